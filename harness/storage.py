@@ -1,0 +1,73 @@
+"""Where a study lives: one function turns a storage URL into an Optuna storage.
+
+Default: an Optuna journal file under ``runs/``. Optuna advises against SQLite for
+parallel workers ("database is locked"); its journal file backend is safe for several
+processes on one host. Any URL with a scheme (``postgresql://``, ``mysql://``,
+``sqlite:///``) goes to Optuna's RDB storage, which also gives heartbeats.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+
+DEFAULT_STORAGE = "journal:runs/optuna.journal"
+JOURNAL_PREFIX = "journal:"
+
+
+class StorageError(ValueError):
+    """A storage URL that cannot be opened; the message says why."""
+
+
+def journal_path(url: str) -> Path | None:
+    """The journal file a storage URL names, or None for an RDB URL."""
+    if url.startswith(JOURNAL_PREFIX):
+        return Path(url[len(JOURNAL_PREFIX):])
+    if "://" not in url and url.endswith(".journal"):
+        return Path(url)
+    return None
+
+
+def open_storage(url: str | None, heartbeat_seconds: int | None = None,
+                 max_retry: int = 2) -> optuna.storages.BaseStorage:
+    """Open (creating if needed) the storage at ``url``; None means the default journal.
+
+    With ``heartbeat_seconds`` an RDB storage marks a trial whose worker stopped beating
+    for twice that long as failed, and Optuna's retry callback re-queues it.
+    """
+    url = url or DEFAULT_STORAGE
+    path = journal_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(path))
+        return optuna.storages.JournalStorage(backend)
+    if "://" not in url:
+        raise StorageError(
+            f"storage {redact_url(url)!r}: expected a database URL such as "
+            "postgresql://user@host/db, or a journal file such as journal:runs/optuna.journal")
+    # Optuna 5.0 name; RetryFailedTrialCallback is its deprecated alias.
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    try:
+        if heartbeat_seconds:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=retry)
+        return optuna.storages.RDBStorage(url)
+    except Exception as error:  # SQLAlchemy raises many types; all mean "cannot open"
+        raise StorageError(f"cannot open storage {redact_url(url)}: "
+                           f"{type(error).__name__}: {redact_text(str(error), url)}") from error
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and reports."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def redact_text(text: str, url: str) -> str:
+    """``text`` with the password of ``url`` (if any) removed wherever it appears."""
+    match = re.search(r"://[^:/@]+:([^@]*)@", url)
+    if match and match.group(1):
+        text = text.replace(match.group(1), "***")
+    return text
