@@ -1,0 +1,138 @@
+"""Accuracy-versus-compute plots (matplotlib; figures render with Agg, no display needed).
+
+- ``plot_front``: every complete trial, the Pareto front as a step line with its 95%
+  intervals, the teacher and the label-only baselines marked, on a log compute axis;
+- ``plot_comparison``: the fronts of several studies on one axis;
+- ``plot_kd_gain_vs_params``: KD gain against T, T_s and alpha.
+
+Each takes the study DataFrame of ``analysis.frame`` and returns a ``Figure``; only
+COMPLETE rows are drawn. Figures are built with ``matplotlib.figure.Figure``, not pyplot,
+so no GUI backend is touched, nothing global holds them, and ``fig.savefig`` renders
+with Agg. In a notebook, ``display(fig)`` shows one.
+"""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
+
+from analysis import stats, tables
+from analysis.front import AXIS_LABELS, check_axis, pareto_front
+
+Y_LABEL = "dev accuracy"
+
+
+def _complete(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
+
+
+def _draw_front(ax, frame: pd.DataFrame, x: str, color, label: str) -> None:
+    """Trials as points, the front as a step line with interval bars."""
+    complete = _complete(frame)
+    ax.scatter(tables.column(complete, x), tables.column(complete, "dev_accuracy"), s=18,
+               color=color, alpha=0.35, label=f"{label}: trials ({len(complete)})")
+    front = pareto_front(frame, x)
+    xs, ys = tables.column(front, x), tables.column(front, "dev_accuracy")
+    low, high = stats.accuracy_interval(ys, tables.column(front, "dev_examples"))
+    # The front is attained from each member's cost up to the next member's: steps "post".
+    ax.step(xs, ys, where="post", color=color, linewidth=1.8, label=f"{label}: Pareto front (95% intervals)")
+    ax.errorbar(xs, ys, yerr=_yerr(ys, low, high), fmt="o", color=color, markersize=5,
+                capsize=3)
+
+
+def _yerr(ys, low, high):
+    """Error-bar lengths (zero where the interval is unknown)."""
+    return np.nan_to_num(np.vstack([ys - low, high - ys]), nan=0.0)
+
+
+def _draw_teacher(ax, frame: pd.DataFrame, x: str, color="black", label="teacher") -> None:
+    teacher = tables.teacher_reference(frame)
+    cost = teacher.get(tables.TEACHER_COLUMNS.get(x, ""), np.nan)
+    acc = teacher.get("teacher_dev_accuracy", np.nan)
+    if not np.isfinite(acc):
+        return
+    low, high = stats.accuracy_interval(acc, teacher.get("dev_examples", np.nan))
+    ax.axhline(acc, color=color, linestyle=":", linewidth=1, label=f"{label} dev accuracy")
+    if np.isfinite(cost):
+        ax.errorbar([cost], [acc], yerr=_yerr(np.array([acc]), low, high), fmt="*",
+                    color=color, markersize=14, capsize=3)
+
+
+def _draw_baselines(ax, frame: pd.DataFrame, x: str) -> None:
+    """Label-only baselines: one point per distinct (cost, baseline accuracy)."""
+    complete = _complete(frame)
+    points = pd.DataFrame({"x": tables.column(complete, x),
+                           "y": tables.column(complete, "baseline_dev_accuracy")})
+    points = points.dropna().drop_duplicates()
+    if not points.empty:
+        ax.scatter(points["x"], points["y"], marker="x", s=40, color="tab:red",
+                   label="label-only baseline (same size)")
+
+
+def _finish(ax, x: str, title: str | None) -> None:
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{AXIS_LABELS[x]} (log scale)")
+    ax.set_ylabel(Y_LABEL)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize="small")
+    if title:
+        ax.set_title(title)
+
+
+def plot_front(frame: pd.DataFrame, x: str = "flops_per_example",
+               title: str | None = None) -> Figure:
+    """Accuracy vs ``x`` for one study: trials, front, teacher and baselines."""
+    check_axis(x)
+    fig = Figure(figsize=(9, 6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    _draw_baselines(ax, frame, x)
+    _draw_front(ax, frame, x, "tab:blue", "KD student")
+    _draw_teacher(ax, frame, x)
+    _finish(ax, x, title or _title(frame, "Pareto front (chosen on dev accuracy)"))
+    return fig
+
+
+def plot_comparison(frames: dict[str, pd.DataFrame], x: str = "flops_per_example",
+                    title: str | None = None) -> Figure:
+    """The fronts of several studies (label -> study frame) on one log axis."""
+    check_axis(x)
+    if not frames:
+        raise ValueError("plot_comparison needs at least one study frame")
+    fig = Figure(figsize=(9, 6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for (label, frame), color in zip(frames.items(), colors * len(frames)):
+        _draw_front(ax, frame, x, color, label)
+        _draw_teacher(ax, frame, x, color=color, label=f"{label}: teacher")
+    _finish(ax, x, title or "Pareto fronts: " + " vs ".join(frames))
+    return fig
+
+
+def plot_kd_gain_vs_params(frame: pd.DataFrame, params=("T", "T_s", "alpha")) -> Figure:
+    """KD gain (dev, with its paired 95% interval) against each parameter, coloured by size."""
+    complete = tables.add_intervals(_complete(frame))
+    fig = Figure(figsize=(4.5 * len(params), 4), dpi=100, layout="constrained")
+    axes = fig.subplots(1, len(params), sharey=True, squeeze=False)
+    gain = tables.column(complete, "kd_gain")
+    size = tables.column(complete, "flops_per_example")
+    for ax, name in zip(axes[0], params):
+        values = tables.column(complete, name)
+        ax.errorbar(values, gain, fmt="none", ecolor="grey", alpha=0.4,
+                    yerr=_yerr(gain, tables.column(complete, "kd_gain_ci_low"),
+                               tables.column(complete, "kd_gain_ci_high")))
+        points = ax.scatter(values, gain, c=np.log10(size), cmap="viridis", s=24)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xlabel(name)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel("KD gain over label-only baseline (dev, accuracy)")
+    fig.colorbar(points, ax=axes[0].tolist(), label="log10 forward FLOPs per example")
+    return fig
+
+
+def _title(frame: pd.DataFrame, what: str) -> str:
+    name = frame.attrs.get("study_name")
+    return f"{what}: {name}" if name else what

@@ -1,0 +1,148 @@
+"""Compute cost of a sequence classifier: FLOPs, parameters and latency, measured not guessed.
+
+FLOPs come from `torch.utils.flop_counter.FlopCounterMode`: FLOPs of matrix products (mm,
+addmm, bmm, scaled-dot-product attention; 2 per multiply-add), the dominant cost; elementwise
+ops (softmax, GELU, LayerNorm, dropout, adds) and embedding lookups are not counted.
+
+On CPU, `sdpa` attention runs as `aten._scaled_dot_product_flash_attention_for_cpu` (and its
+backward), for which FlopCounterMode has no formula: it counts such attention as 0 FLOPs,
+so the same model would look cheaper with sdpa than with eager attention. We map both ops
+to torch's sdpa formulas, so the two implementations give the same forward count.
+
+Takes any Hugging Face *ForSequenceClassification model (input_ids, attention_mask) already
+on `device`; every function restores its training flag and leaves its `.grad`s as found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+
+@dataclass(frozen=True)
+class ComputeCost:
+    flops_per_example: int  # forward FLOPs, batch 1, at seq_len tokens
+    train_flops_per_example: int  # forward + backward of one example (CE loss on the logits)
+    seq_len: int  # tokens per example the counts were made at
+    params: int
+    non_embedding_params: int  # params minus nn.Embedding tables (word, position, token type)
+    latency_ms: float  # batch 1 forward, median over repeats, on the given device
+
+
+def _cpu_sdpa_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_sdpa_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def _flop_counter() -> FlopCounterMode:
+    # The CPU kernels take (query, key, value, ...) and (grad_out, query, key, value, ...)
+    # like the CUDA ones, so torch's sdpa formulas apply (FlopCounterMode passes shapes).
+    return FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+        torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_sdpa_backward_flops,
+    })
+
+
+@contextlib.contextmanager
+def _mode(model: torch.nn.Module, training: bool):  # set train/eval, then restore the flag
+    was_training = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _example_inputs(model: torch.nn.Module, seq_len: int, device) -> dict[str, torch.Tensor]:
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions is not None and seq_len > max_positions:
+        raise ValueError(f"seq_len {seq_len} exceeds the model's max_position_embeddings {max_positions}")
+    # Values do not change matmul FLOPs, but keep them valid and clear of the pad token
+    # (RoBERTa-style models derive position ids from which tokens are padding).
+    token = 2 if getattr(model.config, "pad_token_id", None) == 1 else 1
+    input_ids = torch.full((1, seq_len), token, dtype=torch.long, device=device)  # (1, L)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def count_forward_flops(model: torch.nn.Module, seq_len: int, device) -> int:
+    """Forward FLOPs of one example (batch 1) of seq_len tokens, in eval mode."""
+    inputs = _example_inputs(model, seq_len, device)
+    with _mode(model, training=False), torch.no_grad(), _flop_counter() as counter:
+        model(**inputs)
+    return counter.get_total_flops()
+
+
+def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device) -> int:
+    """Forward + backward FLOPs of one example in train mode, loss = cross-entropy on the logits.
+
+    About 3x forward: each matmul's backward computes both operands' gradients; fused sdpa
+    backward kernels also recompute the attention scores, and that is counted too.
+    """
+    inputs = _example_inputs(model, seq_len, device)
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]  # the caller may be accumulating gradients
+    for p in params:
+        p.grad = None
+    try:
+        with _mode(model, training=True), torch.enable_grad(), _flop_counter() as counter:
+            logits = model(**inputs).logits  # (1, num_labels)
+            labels = torch.zeros(1, dtype=torch.long, device=logits.device)  # any class: same FLOPs
+            torch.nn.functional.cross_entropy(logits, labels).backward()
+    finally:
+        for p, grad in zip(params, saved_grads):
+            p.grad = grad
+    return counter.get_total_flops()
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(params, non_embedding_params), tied weights counted once. Embedding params are the
+    nn.Embedding tables (word, position, token type), as in Kaplan et al. 2020; the
+    embeddings' LayerNorm is not a lookup table and counts as non-embedding, like every LayerNorm.
+    """
+    total = sum(p.numel() for p in model.parameters())  # parameters() yields a tied weight once
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    tables = {id(p): p.numel() for m in embeddings for p in m.parameters()}  # by id: tied once
+    return total, total - sum(tables.values())
+
+
+def measure_latency_ms(model: torch.nn.Module, seq_len: int, device, warmup: int = 3, repeats: int = 20) -> float:
+    """Median wall time of a batch-1 forward pass in eval mode, after `warmup` untimed runs."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    inputs = _example_inputs(model, seq_len, device)
+    # CUDA kernels run asynchronously: synchronize so the clock sees only the finished forward.
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda device: None
+    times_ms = []
+    with _mode(model, training=False), torch.no_grad():
+        for _ in range(warmup):  # first calls pay for allocation, kernel selection, caches
+            model(**inputs)
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            model(**inputs)
+            sync(device)
+            times_ms.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times_ms)
+
+
+def measure_compute(model: torch.nn.Module, seq_len: int, device) -> ComputeCost:
+    """All compute measures of `model` at `seq_len` tokens (the dataset's mean length, rounded)."""
+    params, non_embedding_params = count_params(model)
+    return ComputeCost(
+        flops_per_example=count_forward_flops(model, seq_len, device),
+        train_flops_per_example=count_train_flops_per_example(model, seq_len, device),
+        seq_len=seq_len,
+        params=params,
+        non_embedding_params=non_embedding_params,
+        latency_ms=measure_latency_ms(model, seq_len, device),
+    )

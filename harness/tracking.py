@@ -1,0 +1,247 @@
+"""Weights & Biases tracking: one W&B run per trial, one per study invocation.
+
+The only module that imports wandb, and only inside functions: importing this module is
+cheap, and mode ``disabled`` never imports wandb or writes a file. W&B trouble (a full
+disk, a network error, wandb missing) is logged as a warning and never reaches the trial.
+
+    mode = resolve_mode("auto")            # "online" when logged in, else "offline"
+    run = start_trial_run(mode, project, entity, tags, run_dir, study_name,
+                          trial_number, job_type="trial", config=trial_config)
+    run.log({"kd/loss": 0.4, "kd/loss_kd": 0.3, "kd/loss_ce": 0.1, "kd/lr": 1e-4}, step=10)
+    run.log({"kd/epoch": 1, "kd/dev_accuracy": 0.81})
+    run.finish(summary=stored_fields, state="complete")   # or "pruned"/"failed", reason
+    trial.set_user_attr("wandb_run_id", run.run_id)       # joins Optuna and W&B
+    log_study_front(mode, project, entity, tags, run_dir, study_name, front, png_path)
+    print(sync_command(run_dir, mode))                    # offline: how to upload later
+
+Metric names are ``<phase>/<name>``. A ``step`` passed to ``log`` is the phase's own
+counter and is logged as ``<phase>/step``, that phase's x-axis; W&B's own ``_step`` only
+grows, so a phase that restarts its count at 0 loses no rows. Each run is finished before
+the next starts; several processes may share ``run_dir`` (each run has its own
+``wandb/<offline->run-<time>-<id>`` folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+from harness.storage import redact_url
+
+MODES = ("auto", "online", "offline", "disabled")
+TRIAL_STATES = ("complete", "pruned", "failed")
+MASK = "***"
+# Finishing a run online waits for its upload; past this, W&B gives up (the data stays
+# on disk for `wandb sync`) so a network outage cannot stall the study.
+FINISH_TIMEOUT_SECONDS = 60.0
+
+# Word-bounded "token" so that tokenizer / max_tokens are kept.
+_SECRET_KEY = re.compile(r"password|passwd|api_?key|secret|(^|[^a-z])token($|[^a-z])", re.I)
+_log = logging.getLogger(__name__)
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` -> ``online`` if W&B credentials are configured, else ``offline``.
+
+    Other valid modes pass through; anything else raises ValueError. The check reads only
+    local configuration (no network, no prompt).
+    """
+    if mode not in MODES:
+        raise ValueError(f"W&B mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    try:
+        return "online" if _has_credentials() else "offline"
+    except Exception as error:  # a malformed key or a broken install: stay local
+        _log.warning("W&B credentials unreadable (%s: %s); logging offline",
+                     type(error).__name__, error)
+        return "offline"
+
+
+def _has_credentials() -> bool:
+    """Whether wandb would find credentials: its own lookup with prompt and verify off."""
+    import wandb
+    try:
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+    except ImportError:  # older wandb: api_key reads env, netrc and settings offline
+        return bool(wandb.api.api_key)
+    # wbauth is internal, but the public wandb.login(prompt=False) saves settings files
+    # and, unless silent, asks the server who is logged in.
+    settings = wandb_setup.singleton().settings
+    host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
+    auth = wbauth.authenticate_session(host=host, source="kd-harness", prompt=False,
+                                       verify=False, update_session=False)
+    return auth is not None
+
+
+class TrialRun:
+    """One trial's W&B run; every method is a no-op once W&B failed or when disabled."""
+
+    def __init__(self, run: Any = None, label: str = "run") -> None:
+        self._run = run
+        self._label = label
+        self._phases: set[str] = set()
+        self.run_id: str | None = run.id if run is not None else None
+
+    def log(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """One history row; ``step`` (if given) becomes each phase's ``<phase>/step``."""
+        if self._run is None:
+            return
+        row = dict(metrics)
+        if step is not None:
+            for phase in sorted({key.split("/", 1)[0] for key in metrics if "/" in key}):
+                row[f"{phase}/step"] = step
+        self._guard("log", lambda: self._log_row(row))
+
+    def _log_row(self, row: dict[str, Any]) -> None:
+        for phase in sorted({key.split("/", 1)[0] for key in row if "/" in key}):
+            if phase not in self._phases:
+                # Rows of this phase without a step (epoch records) get its last step.
+                self._run.define_metric(f"{phase}/step")
+                self._run.define_metric(f"{phase}/*", step_metric=f"{phase}/step")
+                self._phases.add(phase)
+        self._run.log(row)
+
+    def finish(self, summary: dict[str, Any], state: str, reason: str | None = None) -> None:
+        """Store ``summary`` plus ``trial_state`` (and ``state_reason``), then end the run.
+
+        A failed trial ends with exit code 1 (W&B state "failed"); a pruned one ends
+        normally, since the pruner stopping it is not an error, and says so in summary.
+        """
+        if state not in TRIAL_STATES:
+            raise ValueError(f"trial state {state!r}: expected one of {TRIAL_STATES}")
+        if self._run is None:
+            return
+        final = {**summary, "trial_state": state}
+        if reason is not None:
+            final["state_reason"] = reason
+        run = self._run
+
+        def close() -> None:
+            run.summary.update(redact_config(final))
+            run.finish(exit_code=1 if state == "failed" else 0)
+
+        self._guard("finish", close)
+        self._run = None
+
+    def _guard(self, action: str, call: Any) -> None:
+        try:
+            call()
+        except Exception as error:
+            _warn(action, self._label, error)
+            run, self._run = self._run, None
+            _abandon(run)
+
+
+def start_trial_run(mode: str, project: str, entity: str | None, tags: tuple[str, ...],
+                    run_dir: Path, study_name: str, trial_number: int, job_type: str,
+                    config: dict[str, Any]) -> TrialRun:
+    """Start trial ``trial_number``'s run (name ``trial-<n>``, group = study), secrets removed."""
+    name = f"trial-{trial_number}"
+    run = _init_run(mode, run_dir, project=project, entity=entity, tags=list(tags),
+                    name=name, group=study_name, job_type=job_type,
+                    config=redact_config(config))
+    return TrialRun(run, name)
+
+
+def log_study_front(mode: str, project: str, entity: str | None, tags: tuple[str, ...],
+                    run_dir: Path, study_name: str, front: Any,
+                    figure_path: Path | None) -> str | None:
+    """Log the Pareto ``front`` (a DataFrame) and its plot in a run ``study-<name>``.
+
+    Returns the run id, or None when disabled or W&B failed.
+    """
+    name = f"study-{study_name}"
+    run = _init_run(mode, run_dir, project=project, entity=entity, tags=list(tags),
+                    name=name, group=study_name, job_type="study",
+                    config={"study_name": study_name})
+    if run is None:
+        return None
+    try:
+        import wandb
+        row = {"pareto_front": wandb.Table(dataframe=_redact_frame(front))}
+        if figure_path is not None:
+            row["accuracy_vs_flops"] = wandb.Image(str(figure_path))
+        run.log(row)
+        run.finish()
+        return run.id
+    except Exception as error:
+        _warn("study logging", name, error)
+        _abandon(run)
+        return None
+
+
+def sync_command(run_dir: Path, mode: str) -> str | None:
+    """For offline runs, the shell command that uploads those under ``run_dir``."""
+    if mode != "offline":
+        return None
+    return f"wandb sync {shlex.quote(str(Path(run_dir) / 'wandb'))}/offline-run-*"
+
+
+def redact_config(config: Any) -> Any:
+    """A copy with secrets masked: string values of secret-named keys, URL passwords."""
+    if isinstance(config, dict):
+        return {key: MASK if _is_secret(key, value) else redact_config(value)
+                for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return type(config)(redact_config(value) for value in config)
+    if isinstance(config, str) and "://" in config:
+        return redact_url(config)
+    return config
+
+
+def _redact_frame(frame: Any) -> Any:
+    """A DataFrame copy whose text cells pass through ``redact_config``."""
+    return frame.map(redact_config)
+
+
+def _is_secret(key: Any, value: Any) -> bool:
+    # Numbers (pad_token_id) and unset values are no secret whatever their key says.
+    if value is None or isinstance(value, (bool, int, float)):
+        return False
+    return bool(_SECRET_KEY.search(str(key)))
+
+
+def _init_run(mode: str, run_dir: Path, **init_args: Any) -> Any:
+    """A started wandb run, or None when disabled or when W&B fails to start."""
+    mode = resolve_mode(mode)
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        return wandb.init(mode=mode, dir=str(run_dir), reinit="finish_previous",
+                          settings=_settings(wandb), **init_args)
+    except Exception as error:
+        _warn("init", init_args.get("name", "run"), error)
+        return None
+
+
+def _settings(wandb: Any) -> Any:
+    return wandb.Settings(
+        silent=True, console="off",  # the trial's own output stays the console's
+        # No system-metric sampler, metadata, git or code capture: each costs startup
+        # time, and metadata records sys.argv, which may hold a database URL.
+        x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True,
+        disable_git=True, save_code=False, x_save_requirements=False,
+        finish_timeout=FINISH_TIMEOUT_SECONDS,
+    )
+
+
+def _warn(action: str, label: str, error: BaseException) -> None:
+    _log.warning("W&B %s failed for %s (%s: %s); continuing without W&B",
+                 action, label, type(error).__name__, error)
+
+
+def _abandon(run: Any) -> None:
+    """Best effort to close a run after a failure, so it is not left open."""
+    if run is None:
+        return
+    try:
+        run.finish(exit_code=1)
+    except Exception:  # already broken; the warning has been logged
+        pass

@@ -1,0 +1,138 @@
+"""One training loop for every phase (teacher, baseline, intermediate, distill, fine-tune).
+
+AdamW, linear warm-up then linear decay, gradient clipping, dynamic padding, a progress
+bar per phase, bf16 autocast on GPU, seeded and reproducible on CPU. What a phase
+optimises is the ``loss_fn`` it is given; the loop knows nothing about distillation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.data import TokenizedSplit
+
+LOG_EVERY_STEPS = 10
+
+
+class Diverged(RuntimeError):
+    """A NaN or infinite loss; the study records the trial as failed with reason ``diverged``."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: float
+    lr: float
+    batch_size: int
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class PhaseResult:
+    steps: int
+    examples_seen: int
+    epoch_dev_accuracy: tuple[float, ...]
+    wall_seconds: float
+
+
+# loss_fn(model, batch) -> {"loss": total, other named components...}
+LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
+# on_epoch_end(epoch_number) -> dev accuracy; may raise to stop the trial (pruning)
+EpochHook = Callable[[int], float]
+StepLogger = Callable[[dict[str, float], int], None]
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; full precision on CPU, where bf16 is slower and less exact."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_fn: LossFn,
+                settings: TrainSettings, device: torch.device, pad_id: int,
+                extra_parameters: Sequence[torch.nn.Parameter] = (),
+                on_epoch_end: EpochHook | None = None,
+                log_step: StepLogger | None = None) -> PhaseResult:
+    """Train ``model`` for ``settings.epochs`` (fractions allowed) over ``split``."""
+    started = time.perf_counter()
+    steps_per_epoch = math.ceil(len(split) / settings.batch_size)
+    total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
+    parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = _warmup_linear_decay(optimizer, round(settings.warmup_ratio * total_steps),
+                                     total_steps)
+    torch.manual_seed(settings.seed)  # dropout masks
+    order = torch.Generator().manual_seed(settings.seed)
+    model.train()
+    step, epoch, examples, dev_accuracy = 0, 0, 0, []
+    with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
+        while step < total_steps:
+            for indices in torch.randperm(len(split), generator=order).split(settings.batch_size):
+                batch = {k: v.to(device) for k, v in split.batch(indices, pad_id).items()}
+                with autocast(device):
+                    losses = loss_fn(model, batch)
+                loss = losses["loss"]
+                if not torch.isfinite(loss):
+                    raise Diverged(f"{name}: loss became {loss.item()} at step {step + 1}")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step, examples = step + 1, examples + len(indices)
+                bar.update()
+                if log_step is not None and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
+                    values = {f"{name}/{k}": float(v) for k, v in losses.items()}
+                    values[f"{name}/lr"] = scheduler.get_last_lr()[0]
+                    log_step(values, step)
+                if step == total_steps:
+                    break
+            epoch += 1
+            if on_epoch_end is not None:
+                dev_accuracy.append(on_epoch_end(epoch))
+                bar.set_postfix(dev_accuracy=f"{dev_accuracy[-1]:.4f}")
+                model.train()
+    model.eval()
+    return PhaseResult(step, examples, tuple(dev_accuracy), time.perf_counter() - started)
+
+
+def _warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, split: TokenizedSplit, batch_size: int,
+                   device: torch.device, pad_id: int) -> torch.Tensor:
+    """Float32 logits (n, classes) in the split's order.
+
+    Batches are formed over examples sorted by length, so little compute goes to padding.
+    """
+    was_training = model.training
+    model.eval()
+    order = torch.argsort(split.lengths(), stable=True)
+    chunks = []
+    for indices in order.split(batch_size):
+        batch = split.batch(indices, pad_id)
+        with autocast(device):
+            logits = model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device)).logits
+        chunks.append(logits.float().cpu())
+    logits = torch.empty(len(split), chunks[0].shape[1])
+    logits[order] = torch.cat(chunks)
+    model.train(was_training)
+    return logits
