@@ -12,6 +12,7 @@ Only this module and ``analysis.pareto`` touch Optuna; everything else takes Dat
 
 from __future__ import annotations
 
+import json
 import numbers
 
 import optuna
@@ -86,10 +87,10 @@ def _trial_row(trial: optuna.trial.FrozenTrial, objectives: list[str]) -> dict:
 
 
 def _scalar(value):
-    """Keep scalars; turn lists and dicts (JSON-valued attributes) into their text."""
+    """Keep scalars; turn lists and dicts (JSON-valued attributes) into JSON text."""
     if value is None or isinstance(value, (str, bool, numbers.Number)):
         return value
-    return str(value)
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _all_ints(values) -> bool:

@@ -119,6 +119,8 @@ def pareto_front(frame: pd.DataFrame, x: str = "flops_per_example",
     """The front rows of ``frame``, cheapest first (ties: more accurate, then lower trial)."""
     marked = mark_dominated(frame, x, y)
     front = marked[~marked["dominated"]].drop(columns="dominated")
+    if front.empty:  # also when the study never stored x or y: nothing to sort by
+        return front.reset_index(drop=True)
     keys = [x, y] + (["trial"] if "trial" in front.columns else [])
     ascending = [True, False] + ([True] if "trial" in front.columns else [])
     return front.sort_values(keys, ascending=ascending, kind="stable").reset_index(drop=True)

@@ -38,7 +38,8 @@ def _draw_front(ax, frame: pd.DataFrame, x: str, color, label: str) -> None:
     xs, ys = tables.column(front, x), tables.column(front, "dev_accuracy")
     low, high = stats.accuracy_interval(ys, tables.column(front, "dev_examples"))
     # The front is attained from each member's cost up to the next member's: steps "post".
-    ax.step(xs, ys, where="post", color=color, linewidth=1.8, label=f"{label}: Pareto front (95% intervals)")
+    ax.step(xs, ys, where="post", color=color, linewidth=1.8,
+            label=f"{label}: Pareto front (95% intervals)")
     ax.errorbar(xs, ys, yerr=_yerr(ys, low, high), fmt="o", color=color, markersize=5,
                 capsize=3)
 

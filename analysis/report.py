@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import tables
+from analysis import stats, tables
 from analysis.frame import state_counts, state_summary
 from analysis.front import AXIS_LABELS, check_axis, default_ref_cost, hypervolume
 
@@ -87,6 +87,11 @@ def number(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def times(value) -> str:
+    """``"4.01x"``: a speed-up factor."""
+    return f"{number(value)}x" if np.isfinite(value) else "n/a"
+
+
 def _get(row, name) -> float:
     value = pd.to_numeric(pd.Series([row.get(name, np.nan)]), errors="coerce").iloc[0]
     return float(value) if pd.notna(value) else np.nan
@@ -114,7 +119,7 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     for _, row in report.front.iterrows():
         rows.append([f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
                      number(_get(row, "T_s")), number(_get(row, "alpha")),
-                     number(_get(row, report.x)), f"{number(_get(row, 'speedup'))}x",
+                     number(_get(row, report.x)), times(_get(row, "speedup")),
                      _interval(row, "dev_accuracy"), percent(_get(row, "retention_dev")),
                      _interval(row, "kd_gain", points), _interval(row, "test_accuracy"),
                      "~" if row["indistinguishable"] else ""])
@@ -128,7 +133,7 @@ def _teacher_cells(report: Report) -> list[str]:
     for split in ("dev", "test"):
         acc, n = teacher.get(f"teacher_{split}_accuracy", np.nan), teacher.get(
             f"{split}_examples", np.nan)
-        low, high = tables.stats.accuracy_interval(acc, n)
+        low, high = stats.accuracy_interval(acc, n)
         cells.append(percent(acc, float(low), float(high)))
     return ["teacher (reference)", "", "", "", "", number(cost), "1x", cells[0], "100.0",
             "", cells[1], ""]

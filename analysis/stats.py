@@ -44,10 +44,11 @@ def wilson_interval(successes, n, confidence: float = CONFIDENCE):
     with np.errstate(invalid="ignore", divide="ignore"):
         centre = (k + z * z / 2.0) / (n + z * z)
         half = z * np.sqrt(np.maximum(k * (n - k) / n, 0.0) + z * z / 4.0) / (n + z * z)
+    # At k = 0 and k = n the bound is exactly 0 or 1; rounding would leave it a hair off.
+    low = np.where(k == 0, 0.0, np.clip(centre - half, 0.0, 1.0))
+    high = np.where(k == n, 1.0, np.clip(centre + half, 0.0, 1.0))
     bad = ~(n > 0) | (k < 0) | (k > n)  # also true for NaN inputs
-    low = np.where(bad, np.nan, np.clip(centre - half, 0.0, 1.0))
-    high = np.where(bad, np.nan, np.clip(centre + half, 0.0, 1.0))
-    return low, high
+    return np.where(bad, np.nan, low), np.where(bad, np.nan, high)
 
 
 def accuracy_interval(accuracy, n, confidence: float = CONFIDENCE):

@@ -9,6 +9,7 @@ path and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -207,7 +208,10 @@ def apply_override(raw: dict, override: str) -> None:
         if not isinstance(child, dict):
             raise ConfigError(f"--set {override!r}: {part!r} is not a section")
         node = child
-    node[leaf] = yaml.safe_load(text)
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML ({error})") from error
 
 
 def _build(cls: type, value: Any, path: str, base: Any = None) -> Any:
@@ -216,9 +220,14 @@ def _build(cls: type, value: Any, path: str, base: Any = None) -> Any:
         raise ConfigError(f"{path or 'study'}: expected a mapping, got {_describe(value)}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(value) - names)
+    unknown = sorted(set(value) - names, key=str)  # YAML keys need not be strings
     if unknown:
         raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in value
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing and base is None:
+        raise ConfigError(f"{_join(path, missing[0])}: required; {path or 'study'} needs "
+                          f"{sorted(f.name for f in dataclasses.fields(cls))}")
     defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, item in value.items():
@@ -284,6 +293,10 @@ def _check_semantics(config: StudyConfig) -> None:
     if config.student.hidden_size % config.student.head_dim:
         raise ConfigError(f"student.hidden_size: {config.student.hidden_size} is not a multiple "
                           f"of student.head_dim {config.student.head_dim}")
+    for name in ("T", "T_s"):
+        if not getattr(config.pipeline, name) > 0:
+            raise ConfigError(f"pipeline.{name}: temperatures must be > 0, "
+                              f"got {getattr(config.pipeline, name)}")
     if not 0.0 <= config.pipeline.alpha <= 1.0:
         raise ConfigError(f"pipeline.alpha: expected a value in [0, 1], got {config.pipeline.alpha}")
     if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
@@ -310,6 +323,8 @@ def _check_search_param(name: str, param: SearchParam, student: StudentConfig) -
             raise ConfigError(f"{path}: expected low and high" if kind is not str
                               else f"{path}: expected choices")
         low, high = _scalar(kind, param.low, f"{path}.low"), _scalar(kind, param.high, f"{path}.high")
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise ConfigError(f"{path}: low and high must be finite numbers, got {low} and {high}")
         if low > high:
             raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
         if param.log and low <= 0:
@@ -319,6 +334,9 @@ def _check_search_param(name: str, param: SearchParam, student: StudentConfig) -
             raise ConfigError(f"{path}: an int range of hidden sizes needs low and step that are "
                               f"multiples of student.head_dim ({student.head_dim}), or use choices")
         step = None if param.step is None else _scalar(kind, param.step, f"{path}.step")
+        if step is not None and (not step > 0 or param.log):  # Optuna rejects step with log
+            raise ConfigError(f"{path}.step: expected a step > 0 on a linear scale (no log), "
+                              f"got {step}")
         param = dataclasses.replace(param, low=low, high=high, step=step)
         values = [low, high]
     if name == "hidden_size" and any(v % student.head_dim for v in values):

@@ -212,14 +212,16 @@ def distill_student(study: StudyConfig, shared: SharedArtifacts, student, trial:
         extra = list(projection.parameters())
     epochs_done = 0
 
-    def evaluate_epoch(epoch: int) -> float:
-        accuracy = score(predict_logits(student, shared.tokens["dev"], pipeline.eval_batch_size,
-                                        device, shared.pad_id), shared.tokens["dev"].labels).accuracy
-        if hooks.log is not None:
-            hooks.log({"dev_accuracy": accuracy, "epoch": epochs_done + epoch}, None)
-        if hooks.epoch_end is not None:
-            hooks.epoch_end(epochs_done + epoch, accuracy)
-        return accuracy
+    def epoch_hook(phase: str):
+        def evaluate(epoch: int) -> float:
+            accuracy = score(predict_logits(student, shared.tokens["dev"], pipeline.eval_batch_size,
+                                            device, shared.pad_id), shared.tokens["dev"].labels).accuracy
+            if hooks.log is not None:
+                hooks.log({f"{phase}/epoch": epoch, f"{phase}/dev_accuracy": accuracy}, None)
+            if hooks.epoch_end is not None:
+                hooks.epoch_end(epochs_done + epoch, accuracy)
+            return accuracy
+        return evaluate
 
     hard_label_temperature = 1.0 if pipeline.hard_label_temperature == "one" else None
     logit_kd = LogitKD(trial.alpha, trial.T, trial.T_s, hard_label_temperature)
@@ -239,7 +241,7 @@ def distill_student(study: StudyConfig, shared: SharedArtifacts, student, trial:
             continue
         results[name] = train_phase(
             name, student, shared.tokens["train"], loss_fn, settings_for(study, phase, trial.seed, lr),
-            device, shared.pad_id, extra_parameters=extra, on_epoch_end=evaluate_epoch,
+            device, shared.pad_id, extra_parameters=extra, on_epoch_end=epoch_hook(name),
             log_step=hooks.log)
         epochs_done += len(results[name].epoch_dev_accuracy)
     return results

@@ -57,7 +57,9 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
         study, data, tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model").to(device).eval()
-    logits = load_file(str(artifact.path / "logits.safetensors"))
+    # Copied out of the (memory-mapped) file, so nothing done to the cache later can
+    # change the numbers of a running study.
+    logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
     return SharedArtifacts(

@@ -10,7 +10,7 @@ disk, a network error, wandb missing) is logged as a warning and never reaches t
     run.log({"kd/loss": 0.4, "kd/loss_kd": 0.3, "kd/loss_ce": 0.1, "kd/lr": 1e-4}, step=10)
     run.log({"kd/epoch": 1, "kd/dev_accuracy": 0.81})
     run.finish(summary=stored_fields, state="complete")   # or "pruned"/"failed", reason
-    trial.set_user_attr("wandb_run_id", run.run_id)       # joins Optuna and W&B
+    trial.set_user_attr("wandb_run_id", run.run_id)       # (caller) joins Optuna and W&B
     log_study_front(mode, project, entity, tags, run_dir, study_name, front, png_path)
     print(sync_command(run_dir, mode))                    # offline: how to upload later
 
@@ -18,7 +18,8 @@ Metric names are ``<phase>/<name>``. A ``step`` passed to ``log`` is the phase's
 counter and is logged as ``<phase>/step``, that phase's x-axis; W&B's own ``_step`` only
 grows, so a phase that restarts its count at 0 loses no rows. Each run is finished before
 the next starts; several processes may share ``run_dir`` (each run has its own
-``wandb/<offline->run-<time>-<id>`` folder).
+``wandb/<offline->run-<time>-<id>`` folder). An online run that cannot start is started
+offline instead. Config and summary pass through ``redact_config`` (no secrets in W&B).
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ from harness.storage import redact_url
 
 MODES = ("auto", "online", "offline", "disabled")
 TRIAL_STATES = ("complete", "pruned", "failed")
-MASK = "***"
-# Finishing a run online waits for its upload; past this, W&B gives up (the data stays
-# on disk for `wandb sync`) so a network outage cannot stall the study.
-FINISH_TIMEOUT_SECONDS = 60.0
+# wandb.Settings of every run. Quiet, and no copy of the process's stdout/stderr in each
+# run. No system-metric sampler, metadata, git or code capture: each costs startup time,
+# and metadata records sys.argv, which may hold a database URL. Finishing an online run
+# waits for its upload; after finish_timeout W&B gives up (the data stays on disk for
+# `wandb sync`), so a network outage cannot stall the study.
+WANDB_SETTINGS = dict(silent=True, console="off", x_disable_stats=True, x_disable_meta=True,
+                      x_disable_machine_info=True, disable_git=True, save_code=False,
+                      x_save_requirements=False, finish_timeout=60.0)
 
 # Word-bounded "token" so that tokenizer / max_tokens are kept.
 _SECRET_KEY = re.compile(r"password|passwd|api_?key|secret|(^|[^a-z])token($|[^a-z])", re.I)
@@ -89,21 +94,18 @@ class TrialRun:
 
     def log(self, metrics: dict[str, float], step: int | None = None) -> None:
         """One history row; ``step`` (if given) becomes each phase's ``<phase>/step``."""
-        if self._run is None:
-            return
-        row = dict(metrics)
-        if step is not None:
-            for phase in sorted({key.split("/", 1)[0] for key in metrics if "/" in key}):
-                row[f"{phase}/step"] = step
-        self._guard("log", lambda: self._log_row(row))
+        if self._run is not None:
+            self._guard("log", lambda: self._log_row(dict(metrics), step))
 
-    def _log_row(self, row: dict[str, Any]) -> None:
+    def _log_row(self, row: dict[str, Any], step: int | None) -> None:
         for phase in sorted({key.split("/", 1)[0] for key in row if "/" in key}):
             if phase not in self._phases:
                 # Rows of this phase without a step (epoch records) get its last step.
                 self._run.define_metric(f"{phase}/step")
                 self._run.define_metric(f"{phase}/*", step_metric=f"{phase}/step")
                 self._phases.add(phase)
+            if step is not None:
+                row[f"{phase}/step"] = step
         self._run.log(row)
 
     def finish(self, summary: dict[str, Any], state: str, reason: str | None = None) -> None:
@@ -151,9 +153,9 @@ def start_trial_run(mode: str, project: str, entity: str | None, tags: tuple[str
 def log_study_front(mode: str, project: str, entity: str | None, tags: tuple[str, ...],
                     run_dir: Path, study_name: str, front: Any,
                     figure_path: Path | None) -> str | None:
-    """Log the Pareto ``front`` (a DataFrame) and its plot in a run ``study-<name>``.
+    """Log the Pareto ``front`` (a DataFrame) and its plot in run ``study-<name>``.
 
-    Returns the run id, or None when disabled or W&B failed.
+    Returns the run id, or None when disabled or W&B failed. A W&B failure is a warning.
     """
     name = f"study-{study_name}"
     run = _init_run(mode, run_dir, project=project, entity=entity, tags=list(tags),
@@ -163,7 +165,7 @@ def log_study_front(mode: str, project: str, entity: str | None, tags: tuple[str
         return None
     try:
         import wandb
-        row = {"pareto_front": wandb.Table(dataframe=_redact_frame(front))}
+        row = {"pareto_front": wandb.Table(dataframe=front.map(redact_config))}
         if figure_path is not None:
             row["accuracy_vs_flops"] = wandb.Image(str(figure_path))
         run.log(row)
@@ -176,27 +178,26 @@ def log_study_front(mode: str, project: str, entity: str | None, tags: tuple[str
 
 
 def sync_command(run_dir: Path, mode: str) -> str | None:
-    """For offline runs, the shell command that uploads those under ``run_dir``."""
-    if mode != "offline":
-        return None
-    return f"wandb sync {shlex.quote(str(Path(run_dir) / 'wandb'))}/offline-run-*"
+    """The shell command that uploads the offline runs under ``run_dir``, if any.
+
+    Always given in offline mode; in online mode only if a run fell back to offline.
+    """
+    runs = Path(run_dir) / "wandb"
+    if mode == "offline" or (mode == "online" and any(runs.glob("offline-run-*"))):
+        return f"wandb sync {shlex.quote(str(runs))}/offline-run-*"
+    return None
 
 
 def redact_config(config: Any) -> Any:
-    """A copy with secrets masked: string values of secret-named keys, URL passwords."""
+    """A copy with secrets masked: non-numeric values of secret-named keys, URL passwords."""
     if isinstance(config, dict):
-        return {key: MASK if _is_secret(key, value) else redact_config(value)
+        return {key: "***" if _is_secret(key, value) else redact_config(value)
                 for key, value in config.items()}
     if isinstance(config, (list, tuple)):
         return type(config)(redact_config(value) for value in config)
     if isinstance(config, str) and "://" in config:
         return redact_url(config)
     return config
-
-
-def _redact_frame(frame: Any) -> Any:
-    """A DataFrame copy whose text cells pass through ``redact_config``."""
-    return frame.map(redact_config)
 
 
 def _is_secret(key: Any, value: Any) -> bool:
@@ -207,7 +208,11 @@ def _is_secret(key: Any, value: Any) -> bool:
 
 
 def _init_run(mode: str, run_dir: Path, **init_args: Any) -> Any:
-    """A started wandb run, or None when disabled or when W&B fails to start."""
+    """A started wandb run, or None when disabled or when W&B fails to start.
+
+    An online run that cannot start (network down) is started offline instead, so the
+    trial's record stays on disk for `wandb sync`.
+    """
     mode = resolve_mode(mode)
     if mode == "disabled":
         return None
@@ -215,33 +220,25 @@ def _init_run(mode: str, run_dir: Path, **init_args: Any) -> Any:
         import wandb
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         return wandb.init(mode=mode, dir=str(run_dir), reinit="finish_previous",
-                          settings=_settings(wandb), **init_args)
+                          settings=wandb.Settings(**WANDB_SETTINGS), **init_args)
     except Exception as error:
-        _warn("init", init_args.get("name", "run"), error)
-        return None
+        if mode != "online":
+            _warn("init", init_args["name"], error)
+            return None
+        _warn("init", init_args["name"], error, "continuing offline")
+        return _init_run("offline", run_dir, **init_args)
 
 
-def _settings(wandb: Any) -> Any:
-    return wandb.Settings(
-        silent=True, console="off",  # the trial's own output stays the console's
-        # No system-metric sampler, metadata, git or code capture: each costs startup
-        # time, and metadata records sys.argv, which may hold a database URL.
-        x_disable_stats=True, x_disable_meta=True, x_disable_machine_info=True,
-        disable_git=True, save_code=False, x_save_requirements=False,
-        finish_timeout=FINISH_TIMEOUT_SECONDS,
-    )
-
-
-def _warn(action: str, label: str, error: BaseException) -> None:
-    _log.warning("W&B %s failed for %s (%s: %s); continuing without W&B",
-                 action, label, type(error).__name__, error)
+def _warn(action: str, label: str, error: BaseException,
+          then: str = "continuing without W&B") -> None:
+    _log.warning("W&B %s failed for %s (%s: %s); %s",
+                 action, label, type(error).__name__, error, then)
 
 
 def _abandon(run: Any) -> None:
     """Best effort to close a run after a failure, so it is not left open."""
-    if run is None:
-        return
     try:
-        run.finish(exit_code=1)
+        if run is not None:
+            run.finish(exit_code=1)
     except Exception:  # already broken; the warning has been logged
         pass

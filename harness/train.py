@@ -92,7 +92,7 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 step, examples = step + 1, examples + len(indices)
                 bar.update()
                 if log_step is not None and (step % LOG_EVERY_STEPS == 0 or step == total_steps):
-                    values = {f"{name}/{k}": float(v) for k, v in losses.items()}
+                    values = {f"{name}/{k}": float(v.detach()) for k, v in losses.items()}
                     values[f"{name}/lr"] = scheduler.get_last_lr()[0]
                     log_step(values, step)
                 if step == total_steps:

@@ -178,8 +178,9 @@ def test_auto_is_online_with_api_key(monkeypatch, no_network):
 
 
 def test_auto_is_online_with_netrc_entry(wandb_env, no_network):
-    (wandb_env / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
-    (wandb_env / ".netrc").chmod(0o600)
+    netrc = wandb_env / ".netrc"
+    netrc.write_text(f"machine api.wandb.ai\n  login user\n  password {FAKE_KEY}\n")
+    netrc.chmod(0o600)
     assert tracking.resolve_mode("auto") == "online"
 
 
@@ -209,6 +210,24 @@ def test_init_failure_gives_a_no_op_run(tmp_path, monkeypatch, caplog):
     assert "No space left on device" in caplog.text and "trial-0" in caplog.text
     assert tracking.log_study_front("offline", "kd", None, (), tmp_path, "s1",
                                     pd.DataFrame(), None) is None
+
+
+def test_online_failure_falls_back_to_offline(tmp_path, monkeypatch, caplog):
+    import wandb
+
+    real_init = wandb.init
+
+    def unreachable_server(**kwargs):
+        if kwargs["mode"] == "online":
+            raise ConnectionError("no route to api.wandb.ai")
+        return real_init(**kwargs)
+    monkeypatch.setattr(wandb, "init", unreachable_server)
+    assert tracking.sync_command(tmp_path, "online") is None  # no offline run yet
+    run = tracking.start_trial_run("online", "kd", None, (), tmp_path, "s1", 0, "trial", {})
+    run.finish({}, "complete")
+    assert run.run_id and "continuing offline" in caplog.text
+    assert inspect(tmp_path, run.run_id, summary=True)["state"] == "finished"
+    assert tracking.sync_command(tmp_path, "online") == f"wandb sync {tmp_path}/wandb/offline-run-*"
 
 
 def test_unwritable_run_dir_gives_a_no_op_run(tmp_path, caplog):

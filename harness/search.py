@@ -1,0 +1,88 @@
+"""The search space and search policy: study file -> Optuna samplers, pruners and the
+early-stopping rule of multi-objective studies. With ``harness.study``, the only module
+that touches Optuna.
+
+Early stopping: Optuna's ``Trial.report``/``should_prune`` raise NotImplementedError in
+multi-objective studies, so there:
+
+    stop a trial after distillation epoch e when its dev accuracy is below the median dev
+    accuracy at epoch e of the completed trials of the same student size (num_layers,
+    hidden_size), once at least ``pruner.n_startup_trials`` such trials exist.
+
+Comparing within a size keeps a small, cheap student from being stopped only for being
+small: it competes on the compute axis, not against bigger students' accuracy. In
+single-objective studies Optuna's MedianPruner does the same over all trials.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+
+from harness.config import OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig
+from harness.pipeline import TrialConfig, TrialResult, default_trial_config
+
+
+def suggest_trial_config(trial: optuna.Trial, study: StudyConfig) -> TrialConfig:
+    """Sample every ``search`` entry; the rest of the trial comes from the study file."""
+    sampled = {}
+    for name, param in study.search.items():
+        if param.choices is not None:
+            sampled[name] = trial.suggest_categorical(name, list(param.choices))
+        elif SEARCHABLE[name] is int:
+            sampled[name] = trial.suggest_int(name, param.low, param.high,
+                                              step=param.step or 1, log=param.log)
+        else:
+            sampled[name] = trial.suggest_float(name, param.low, param.high,
+                                                step=param.step, log=param.log)
+    return default_trial_config(study, **sampled)
+
+
+def directions(study: StudyConfig) -> list[str]:
+    return [OBJECTIVE_DIRECTIONS[metric] for metric in study.objectives.metrics]
+
+
+def objective_values(study: StudyConfig, result: TrialResult) -> list[float]:
+    return [float(getattr(result, metric)) for metric in study.objectives.metrics]
+
+
+def constraint_violations(study: StudyConfig, result: TrialResult) -> dict[str, float]:
+    """Optuna's convention: a trial is feasible when every value is <= 0."""
+    return {metric: float(getattr(result, metric)) - limit
+            for metric, limit in study.objectives.constraints.items()}
+
+
+def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    config = study.sampler
+    if config.name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials,
+                                          multivariate=True)
+    if config.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=config.n_startup_trials)
+    if config.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size or 50)
+    if config.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    grid = {name: list(param.choices) for name, param in study.search.items()}
+    return optuna.samplers.GridSampler(grid, seed=seed)
+
+
+def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
+    config = study.pruner
+    if config.name == "median" and len(study.objectives.metrics) == 1:
+        return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials,
+                                           n_warmup_steps=config.n_warmup_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int, int],
+                      epoch: int, dev_accuracy: float, config: PrunerConfig) -> bool:
+    """The multi-objective rule in this module's docstring."""
+    if config.name == "none" or epoch <= config.n_warmup_epochs:
+        return False
+    peers = [t.user_attrs["epoch_dev_accuracy"][epoch - 1] for t in finished
+             if t.state == optuna.trial.TrialState.COMPLETE
+             and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
+             and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= epoch]
+    return len(peers) >= config.n_startup_trials and dev_accuracy < statistics.median(peers)

@@ -1,0 +1,256 @@
+"""The study driver: sample distillation settings and student sizes, run each trial,
+record it in an Optuna storage and (optionally) W&B.
+
+    python -m harness.study --n-trials 50                      # studies/default.yaml, offline
+    python -m harness.study --study studies/smoke.yaml --n-trials 3 --wandb disabled
+    python -m harness.study --storage postgresql://user@host/db  # several workers, one study
+
+``--n-trials N`` means "until the study holds N finished (complete or pruned) trials":
+re-running an interrupted command completes the study, and workers sharing a storage
+share one total. Bad input exits with code 2 before any training; Ctrl-C marks the
+running trial failed ("interrupted") and exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from harness import tracking
+from harness.artifacts import cache_root
+from harness.config import ConfigError, StudyConfig, load_study_config
+from harness.data import DataError
+from harness.models import ModelError
+from harness.pipeline import TrialHooks, run_trial
+from harness.provenance import provenance
+from harness.search import (constraint_violations, directions, make_pruner, make_sampler,
+                            objective_values, should_stop_early, suggest_trial_config)
+from harness.shared import SharedArtifacts, prepare_shared
+from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
+                             redact_url)
+from harness.train import Diverged
+from harness.workers import reap_dead_local_trials, trial_counts
+
+log = logging.getLogger("harness.study")
+
+DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "default.yaml"
+FRONT_COLUMNS = ("dev_accuracy", "test_accuracy", "flops_per_example", "params", "T", "T_s",
+                 "alpha", "num_layers", "hidden_size", "kd_gain")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m harness.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help="study file (YAML)")
+    parser.add_argument("--n-trials", type=int, default=50,
+                        help="run until the study holds this many finished trials")
+    parser.add_argument("--study-name", help="default: the study file's name")
+    parser.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    parser.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="override a study-file value, e.g. --set pipeline.distill.epochs=1")
+    parser.add_argument("--heartbeat-seconds", type=int, default=60,
+                        help="RDB storages: a worker silent for twice this is declared dead")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
+    try:
+        overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
+        overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
+        config = load_study_config(args.study, overrides)
+        device = resolve_device(args.device)
+        study_name = args.study_name or config.name
+        storage_url = args.storage or DEFAULT_STORAGE
+        _check_storage_url(storage_url)
+        shared = prepare_shared(config, device, cache_root())
+        storage = open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds)
+    except (ConfigError, DataError, ModelError, StorageError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                directions=directions(config), sampler=make_sampler(config, config.seed),
+                                pruner=make_pruner(config))
+    if study.user_attrs.get("objectives", list(config.objectives.metrics)) != list(
+            config.objectives.metrics):
+        print(f"error: study {study_name!r} was created with objectives "
+              f"{study.user_attrs['objectives']}; use another --study-name", file=sys.stderr)
+        return 2
+    study.set_user_attr("objectives", list(config.objectives.metrics))
+    run_dir = Path("runs") / study_name
+    try:
+        run_study(study, config, shared, args.n_trials, run_dir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
+              "to complete the study", file=sys.stderr)
+        return 130
+    finally:
+        _report_location(study, storage_url, run_dir, config)
+    return 0
+
+
+def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts, n_trials: int,
+              run_dir: Path) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers)."""
+    reap_dead_local_trials(study)
+    counts = trial_counts(study)
+    with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
+              unit="trial") as bar:
+        while counts.finished < n_trials:
+            if counts.finished + counts.running >= n_trials and not counts.waiting:
+                time.sleep(2)  # the last trials run elsewhere; wait in case a worker dies
+                reap_dead_local_trials(study)
+            else:
+                study.optimize(lambda trial: objective(trial, config, shared, run_dir),
+                               n_trials=1, catch=(Exception,))
+                keep_front_students(study, run_dir)
+            counts = trial_counts(study)
+            bar.n = min(counts.finished, n_trials)
+            bar.set_postfix(front=len(study.best_trials) if counts.complete else 0)
+            bar.refresh()
+
+
+def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
+              run_dir: Path) -> list[float]:
+    """One Optuna trial: sample, run, record. Failures keep their reason in the storage."""
+    trial_config = suggest_trial_config(trial, config)
+    trial.set_user_attr("provenance", provenance(shared.device))
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    run = tracking.start_trial_run(
+        config.tracking.wandb, config.tracking.project, config.tracking.entity,
+        config.tracking.tags, run_dir, trial.study.study_name, trial.number, "trial",
+        {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(config)})
+    if run.run_id:
+        trial.set_user_attr("wandb_run_id", run.run_id)
+    size = (trial_config.num_layers, trial_config.hidden_size)
+    hooks = TrialHooks(log=run.log, epoch_end=lambda epoch, accuracy: _early_stop(
+        trial, config, size, epoch, accuracy))
+    try:
+        result = run_trial(config, trial_config, shared, hooks,
+                           save_student_to=run_dir / "students" / f"trial-{trial.number}")
+    except optuna.TrialPruned as pruned:
+        trial.set_user_attr("prune_reason", str(pruned))
+        run.finish({"prune_reason": str(pruned)}, "pruned", str(pruned))
+        raise
+    except BaseException as error:  # recorded, then re-raised for Optuna to mark FAIL
+        reason = failure_reason(error)
+        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("traceback", "".join(traceback.format_exception(error)[-3:])[-2000:])
+        run.finish({"fail_reason": reason}, "failed", reason)
+        raise
+    for key, value in result.stored_fields().items():
+        trial.set_user_attr(key, value)
+    trial.set_user_attr("student_path", str(run_dir / "students" / f"trial-{trial.number}"))
+    for key, value in constraint_violations(config, result).items():
+        trial.set_constraint(key, value)
+    run.finish(result.stored_fields(), "complete")
+    return objective_values(config, result)
+
+
+def failure_reason(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, Diverged):
+        return "diverged"
+    if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
+        return "out of memory"
+    return f"{type(error).__name__}: {str(error)[:300]}"
+
+
+def _early_stop(trial: optuna.Trial, config: StudyConfig, size: tuple[int, int], epoch: int,
+                accuracy: float) -> None:
+    if len(config.objectives.metrics) == 1:
+        trial.report(accuracy, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"MedianPruner at epoch {epoch} (dev accuracy {accuracy:.4f})")
+        return
+    finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if should_stop_early(finished, size, epoch, accuracy, config.pruner):
+        raise optuna.TrialPruned(f"below the median of size {size} at epoch {epoch} "
+                                 f"(dev accuracy {accuracy:.4f})")
+
+
+def keep_front_students(study: optuna.Study, run_dir: Path) -> None:
+    """Delete saved students of finished trials that are not on the Pareto front."""
+    folder = run_dir / "students"
+    if not folder.is_dir():
+        return
+    front = {t.number for t in study.best_trials}
+    finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    for path in folder.glob("trial-*"):
+        number = int(path.name.removeprefix("trial-"))
+        if number in finished and number not in front:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available; use cpu or auto")
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 where bf16 autocast does not apply
+        torch.backends.cudnn.allow_tf32 = True
+    elif name != "cpu":
+        raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def _check_storage_url(url: str) -> None:
+    """Reject a malformed storage URL before any training (and before writing anything)."""
+    if journal_path(url) is None and "://" not in url:
+        open_storage(url)  # raises StorageError with the expected forms
+
+
+def _report_location(study: optuna.Study, storage_url: str, run_dir: Path,
+                     config: StudyConfig) -> None:
+    complete = [t for t in study.get_trials(deepcopy=False)
+                if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        print(front_table(study))
+    storage_arg = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact_url(storage_url)}'"
+    print(f"study {study.study_name!r} is stored in {redact_url(storage_url)}")
+    print(f"Pareto report: python -m analysis.pareto --study-name {study.study_name}{storage_arg}")
+    sync = tracking.sync_command(run_dir, tracking.resolve_mode(config.tracking.wandb))
+    if sync:
+        print(f"upload the offline W&B runs: {sync}")
+
+
+def front_table(study: optuna.Study) -> str:
+    rows = sorted(study.best_trials, key=lambda t: t.user_attrs.get("flops_per_example", 0))
+    header = ["trial", *FRONT_COLUMNS]
+    lines = ["Pareto front:", "  ".join(f"{h:>12}" for h in header)]
+    for trial in rows:
+        values = [trial.number] + [trial.user_attrs.get(c, float("nan")) for c in FRONT_COLUMNS]
+        lines.append("  ".join(f"{v:>12.4g}" if isinstance(v, float) else f"{v:>12}"
+                               for v in values))
+    return "\n".join(lines)
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

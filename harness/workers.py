@@ -1,0 +1,73 @@
+"""Several workers on one study: counting its trials and reaping those of dead workers.
+
+Optuna's RDB storages have heartbeats (``--heartbeat-seconds``): a trial whose worker
+stops beating is failed and re-queued by Optuna's retry callback. The journal file
+storage (the embedded default) has none, so a killed worker's trial would stay RUNNING
+for ever. Each trial records its worker's host and PID; any worker on the same host fails
+and re-queues the RUNNING trials whose process is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    complete: int
+    pruned: int
+    running: int
+    waiting: int
+
+    @property
+    def finished(self) -> int:
+        """What --n-trials counts: complete or pruned, never failed."""
+        return self.complete + self.pruned
+
+
+def trial_counts(study: optuna.Study) -> TrialCounts:
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return TrialCounts(*(states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.RUNNING, TrialState.WAITING)))
+
+
+def reap_dead_local_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials of processes on this host that no longer exist."""
+    if isinstance(study._storage, optuna.storages.RDBStorage):  # heartbeats do it there
+        optuna.storages.fail_stale_trials(study)
+        return []
+    host, reaped = socket.gethostname(), []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker", {})
+        if worker.get("host") != host or _alive(worker.get("pid")):
+            continue
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                           f"worker {worker.get('pid')} died (no heartbeat)")
+        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            continue  # another worker reaped it first
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+                            skip_if_exists=False)
+        log.warning("trial %d: its worker (pid %s) is gone; marked failed and re-queued",
+                    trial.number, worker.get("pid"))
+        reaped.append(trial.number)
+    return reaped
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return True  # not ours to judge: a trial started before the worker was recorded
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

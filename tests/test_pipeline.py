@@ -1,0 +1,129 @@
+"""run_trial end to end on the smoke study: contract fields, artifact reuse, rebuilds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import transformers
+
+import harness.pipeline
+import harness.shared
+from harness.pipeline import TrialHooks, default_trial_config, run_trial
+from harness.shared import prepare_shared
+from harness.train import Diverged
+
+CONTRACT = ("dev_accuracy", "test_accuracy", "baseline_dev_accuracy", "baseline_test_accuracy",
+            "kd_gain", "teacher_agreement", "flops_per_example", "params",
+            "non_embedding_params", "latency_ms", "train_flops", "wall_seconds", "T", "T_s",
+            "alpha", "num_layers", "hidden_size", "num_heads", "intermediate_size")
+# Timing fields differ run to run; everything else must repeat exactly on CPU.
+TIMINGS = ("latency_ms", "wall_seconds", "teacher_latency_ms")
+
+
+@pytest.fixture
+def phase_calls(monkeypatch) -> list[str]:
+    """Names of the training phases run, recorded around the real training loop."""
+    calls: list[str] = []
+    real = harness.pipeline.train_phase
+
+    def recording(name, *args, **kwargs):
+        calls.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(harness.pipeline, "train_phase", recording)
+    monkeypatch.setattr(harness.shared, "train_phase", recording)
+    return calls
+
+
+def test_trial_produces_every_contract_field(smoke_config, smoke_shared, tmp_path):
+    trial = default_trial_config(smoke_config, T=2.0, T_s=3.0, alpha=0.5)
+    result = run_trial(smoke_config, trial, smoke_shared, save_student_to=tmp_path / "student")
+    fields = result.stored_fields()
+    for name in CONTRACT:
+        assert name in fields and fields[name] is not None, name
+    assert 0.0 <= result.dev_accuracy <= 1.0 and 0.0 <= result.teacher_agreement <= 1.0
+    assert result.kd_gain == pytest.approx(result.dev_accuracy - result.baseline_dev_accuracy)
+    assert (result.T, result.T_s, result.alpha) == (2.0, 3.0, 0.5)
+    assert result.hidden_size == smoke_config.student.hidden_size
+    assert result.num_heads == result.hidden_size // smoke_config.student.head_dim
+    assert result.flops_per_example < result.teacher_flops_per_example
+    assert result.train_flops > 0 and result.dev_examples == len(smoke_shared.tokens["dev"])
+    assert len(result.epoch_dev_accuracy) == smoke_config.pipeline.distill.epochs
+    # The saved student is a plain transformers model that reproduces the trial's numbers.
+    classifier = transformers.pipeline("text-classification", model=str(tmp_path / "student"),
+                                       device="cpu")
+    assert classifier("a wonderful, moving film")[0]["label"] in ("rotten", "fresh")
+
+
+def test_identical_trial_reuses_artifacts_and_repeats_numbers(smoke_config, smoke_shared,
+                                                               cache_dir, phase_calls):
+    trial = default_trial_config(smoke_config, hidden_size=64)
+    first = run_trial(smoke_config, trial, smoke_shared)
+    phase_calls.clear()
+    shared_again = prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
+    second = run_trial(smoke_config, trial, shared_again)
+    assert shared_again.reused == {"tokens": True, "teacher": True}
+    assert phase_calls == ["distill"]  # no teacher, no baseline retraining
+    same = {k: v for k, v in first.stored_fields().items() if k not in TIMINGS}
+    assert {k: v for k, v in second.stored_fields().items() if k not in TIMINGS} == same
+
+
+def test_changed_teacher_setting_retrains_teacher_and_baseline(smoke_config, smoke_shared,
+                                                                cache_dir, phase_calls):
+    changed = dataclasses.replace(smoke_config, teacher=dataclasses.replace(
+        smoke_config.teacher, lr=smoke_config.teacher.lr / 2))
+    shared = prepare_shared(changed, torch.device("cpu"), cache_dir)
+    assert shared.teacher_key != smoke_shared.teacher_key
+    run_trial(changed, default_trial_config(changed), shared)
+    assert phase_calls == ["teacher", "baseline", "distill"]
+
+
+def test_corrupted_artifact_is_detected_and_rebuilt(smoke_config, smoke_shared, cache_dir,
+                                                    phase_calls):
+    logits_file = cache_dir / "teacher" / smoke_shared.teacher_key / "logits.safetensors"
+    data = bytearray(logits_file.read_bytes())
+    data[-5] ^= 0xFF
+    logits_file.write_bytes(bytes(data))
+    rebuilt = prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
+    assert phase_calls == ["teacher"] and not rebuilt.reused["teacher"]
+    for split in ("train", "dev", "test"):
+        assert torch.equal(rebuilt.teacher_logits[split], smoke_shared.teacher_logits[split])
+
+
+def test_hidden_and_attention_matching_across_widths(smoke_config, smoke_shared):
+    trial = default_trial_config(smoke_config, hidden_size=32, hidden_weight=1.0,
+                                 attention_weight=1.0)
+    logged = []
+    result = run_trial(smoke_config, trial, smoke_shared,
+                       TrialHooks(log=lambda metrics, step: logged.append(metrics)))
+    assert result.hidden_size != smoke_shared.teacher.config.hidden_size  # needs the projection
+    keys = set().union(*logged)
+    assert {"distill/hidden", "distill/attention", "distill/kd", "distill/ce", "distill/lr",
+            "distill/dev_accuracy", "distill/epoch"} <= keys
+    student_only = dataclasses.replace(trial, hidden_weight=0.0, attention_weight=0.0)
+    plain = run_trial(smoke_config, student_only, smoke_shared)
+    # The teacher forward passes that matching needs are counted in train_flops.
+    assert result.train_flops > plain.train_flops
+
+
+def test_tinybert_style_intermediate_phase_then_logit_kd(smoke_config, smoke_shared,
+                                                         phase_calls):
+    pipeline = dataclasses.replace(smoke_config.pipeline, intermediate=dataclasses.replace(
+        smoke_config.pipeline.intermediate, epochs=1.0))
+    config = dataclasses.replace(smoke_config, pipeline=pipeline)
+    result = run_trial(config, default_trial_config(config, init="baseline"), smoke_shared)
+    assert phase_calls[-2:] == ["intermediate", "distill"]
+    assert result.init == "baseline"
+    assert len(result.epoch_dev_accuracy) == 1 + smoke_config.pipeline.distill.epochs
+
+
+def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkeypatch):
+    def exploding(shared, projection, logit_kd, hidden_weight, attention_weight):
+        return lambda model, batch: {"loss": model(**{k: batch[k] for k in (
+            "input_ids", "attention_mask")}).logits.sum() * float("nan")}
+
+    monkeypatch.setattr(harness.pipeline, "matching_loss", exploding)
+    with pytest.raises(Diverged, match="distill"):
+        run_trial(smoke_config, default_trial_config(smoke_config), smoke_shared)
