@@ -87,7 +87,9 @@ def verify(folder: Path) -> bool:
         return False
     try:
         expected = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, TypeError):  # TypeError: valid JSON that is not a mapping
+        return False
+    if not isinstance(expected, dict):
         return False
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if present != set(expected) | {MANIFEST}:

@@ -46,9 +46,11 @@ def resolve_source(source: str) -> str:
     if source.startswith("builtin:"):
         raise ModelError(f"teacher.source: unknown builtin {source!r}; expected one of "
                          f"{list(BUILTIN_TEACHERS)}")
-    folder = Path(source)
+    folder = Path(source).expanduser()
     if folder.exists() or source.startswith((".", "/", "~")):
-        _check_folder(folder.expanduser())
+        _check_folder(folder)
+        if source.startswith("~"):  # from_pretrained would take "~/x" for a hub name
+            return str(folder)
     return source
 
 

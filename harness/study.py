@@ -46,6 +46,7 @@ from harness.workers import reap_dead_local_trials, trial_counts
 log = logging.getLogger("harness.study")
 
 DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "default.yaml"
+MAX_CONSECUTIVE_FAILURES = 5
 FRONT_COLUMNS = ("dev_accuracy", "test_accuracy", "flops_per_example", "params", "T", "T_s",
                  "alpha", "num_layers", "hidden_size", "kd_gain")
 
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
               "to complete the study", file=sys.stderr)
         return 130
+    except StudyAborted as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     finally:
         _report_location(study, storage_url, run_dir, config)
     return 0
@@ -111,6 +115,7 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
     """Run trials until the study holds ``n_trials`` finished ones (shared by all workers)."""
     reap_dead_local_trials(study)
     counts = trial_counts(study)
+    states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
     with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
               unit="trial") as bar:
         while counts.finished < n_trials:
@@ -119,12 +124,23 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
                 reap_dead_local_trials(study)
             else:
                 study.optimize(lambda trial: objective(trial, config, shared, run_dir),
-                               n_trials=1, catch=(Exception,))
+                               n_trials=1, catch=(Exception,),
+                               callbacks=[lambda _, trial: states.append(trial.state)])
                 keep_front_students(study, run_dir)
+                if states[-MAX_CONSECUTIVE_FAILURES:] == [FAIL] * MAX_CONSECUTIVE_FAILURES:
+                    raise StudyAborted(f"the last {MAX_CONSECUTIVE_FAILURES} trials failed; see "
+                                       "their fail_reason in the storage")
             counts = trial_counts(study)
             bar.n = min(counts.finished, n_trials)
             bar.set_postfix(front=len(study.best_trials) if counts.complete else 0)
             bar.refresh()
+
+
+class StudyAborted(RuntimeError):
+    """Every recent trial failed: stop rather than fail for ever."""
+
+
+FAIL = optuna.trial.TrialState.FAIL
 
 
 def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,

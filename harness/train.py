@@ -77,7 +77,7 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     step, epoch, examples, dev_accuracy = 0, 0, 0, []
     with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
         while step < total_steps:
-            for indices in torch.randperm(len(split), generator=order).split(settings.batch_size):
+            for indices in length_grouped_batches(split, settings.batch_size, order):
                 batch = {k: v.to(device) for k, v in split.batch(indices, pad_id).items()}
                 with autocast(device):
                     losses = loss_fn(model, batch)
@@ -104,6 +104,24 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 model.train()
     model.eval()
     return PhaseResult(step, examples, tuple(dev_accuracy), time.perf_counter() - started)
+
+
+def length_grouped_batches(split: TokenizedSplit, batch_size: int,
+                           generator: torch.Generator) -> list[torch.Tensor]:
+    """Shuffled batches of examples of similar length (as transformers' group_by_length).
+
+    Random batches are padded to their longest example, which on short-text data wastes
+    about a third of the compute; sorting within shuffled windows of 50 batches keeps
+    the order random while batches hold similar lengths.
+    """
+    window = batch_size * 50
+    lengths = split.lengths()
+    batches = []
+    for chunk in torch.randperm(len(split), generator=generator).split(window):
+        by_length = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]
+        batches.extend(by_length.split(batch_size))
+    order = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in order]
 
 
 def _warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int):

@@ -1,0 +1,247 @@
+"""Tests for harness.config: every ConfigError case names the key path; overrides; defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from harness.config import (
+    ConfigError,
+    PhaseConfig,
+    SearchParam,
+    StudyConfig,
+    apply_override,
+    load_study_config,
+    study_config_from_dict,
+)
+
+
+def config_error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as caught:
+        study_config_from_dict(raw)
+    return str(caught.value)
+
+
+def write_study(tmp_path, raw: dict):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# --- defaults and accepted input ----------------------------------------------------------
+
+def test_empty_study_is_the_defaults():
+    assert study_config_from_dict({}) == StudyConfig()
+
+
+def test_config_is_frozen():
+    config = study_config_from_dict({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.seed = 3  # type: ignore[misc]
+
+
+def test_partial_nested_section_keeps_its_other_defaults():
+    config = study_config_from_dict({"pipeline": {"distill": {"lr": 3e-4}}})
+    assert config.pipeline.distill == PhaseConfig(epochs=2.0, lr=3e-4)
+    assert config.pipeline.baseline == StudyConfig().pipeline.baseline
+    assert config.pipeline.batch_size == 32
+    config = study_config_from_dict({"data": {"max_length": 16}})
+    assert config.data.source == "builtin:rotten-tomatoes" and config.data.max_length == 16
+
+
+def test_float_fields_accept_yaml_exponent_strings_and_ints(tmp_path):
+    # YAML 1.1 reads 1e-4 (no dot) as the string "1e-4".
+    path = tmp_path / "study.yaml"
+    path.write_text("pipeline:\n  distill: {lr: 1e-4, epochs: 3}\nteacher: {lr: 2e-5}\n")
+    config = load_study_config(path)
+    assert config.pipeline.distill.lr == pytest.approx(1e-4)
+    assert isinstance(config.pipeline.distill.epochs, float) and config.pipeline.distill.epochs == 3.0
+    assert config.teacher.lr == pytest.approx(2e-5)
+
+
+def test_search_entries_are_normalised_to_the_parameter_type():
+    config = study_config_from_dict({"search": {
+        "T": {"low": 1, "high": "8e0", "log": True},
+        "num_layers": {"low": 1, "high": 4},
+        "hidden_size": {"choices": [128, 256]},
+        "init": {"choices": ["random", "teacher-layers"]},
+    }})
+    assert config.search["T"] == SearchParam(low=1.0, high=8.0, log=True)
+    assert isinstance(config.search["T"].low, float)
+    assert config.search["num_layers"].low == 1 and isinstance(config.search["num_layers"].high, int)
+    assert config.search["hidden_size"].choices == (128, 256)
+    assert config.search["init"].choices == ("random", "teacher-layers")
+
+
+def test_architecture_teacher_section():
+    config = study_config_from_dict({"teacher": {"source": "architecture", "architecture": {
+        "num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}}})
+    assert config.teacher.architecture.hidden_size == 64
+
+
+# --- ConfigError cases --------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, path", [
+    ({"colour": "red"}, "colour"),
+    ({"data": {"sorce": "x"}}, "data.sorce"),
+    ({"pipeline": {"distill": {"learning_rate": 1e-3}}}, "pipeline.distill.learning_rate"),
+    ({"search": {"T": {"low": 1, "high": 2, "scale": "log"}}}, "search.T.scale"),
+    ({"teacher": {"architecture": {"num_layers": 1, "hidden_size": 8, "num_heads": 1,
+                                   "intermediate_size": 8, "heads": 2}}},
+     "teacher.architecture.heads"),
+])
+def test_unknown_key_names_its_path(raw, path):
+    message = config_error(raw)
+    assert message.startswith(f"{path}: unknown key")
+    assert "expected one of" in message
+
+
+def test_unknown_non_string_key_is_a_config_error():
+    # YAML reads `on:` as True and `1:` as an int; mixed key types must not crash the sort.
+    assert "unknown key" in config_error({"data": {1: "x", "zz": 2}})
+
+
+@pytest.mark.parametrize("raw, path, expected", [
+    ({"seed": "zero"}, "seed", "expected int"),
+    ({"seed": 1.5}, "seed", "expected int"),
+    ({"seed": True}, "seed", "expected int"),
+    ({"pipeline": {"batch_size": 3.0}}, "pipeline.batch_size", "expected int"),
+    ({"pipeline": {"distill": {"lr": "fast"}}}, "pipeline.distill.lr", "expected float"),
+    ({"pipeline": {"T": True}}, "pipeline.T", "expected float"),
+    ({"data": {"source": 3}}, "data.source", "expected str"),
+    ({"data": "builtin:rotten-tomatoes"}, "data", "expected a mapping"),
+    ({"pipeline": {"distill": 2}}, "pipeline.distill", "expected a mapping"),
+    ({"search": {"T": 4.0}}, "search.T", "expected a mapping"),
+    ({"sampler": {"name": "bayes"}}, "sampler.name", "expected one of"),
+    ({"tracking": {"tags": "a,b"}}, "tracking.tags", "expected a list"),
+    ({"tracking": {"tags": ["a", 2]}}, "tracking.tags[1]", "expected str"),
+    ({"objectives": {"constraints": {"params": "big"}}}, "objectives.constraints.params",
+     "expected float"),
+    ({"search": {"T": {"low": "one", "high": 2}}}, "search.T.low", "expected float"),
+    ({"search": {"num_layers": {"low": 1.5, "high": 3}}}, "search.num_layers.low", "expected int"),
+    ({"search": {"hidden_size": {"choices": [64, "big"]}}}, "search.hidden_size.choices[1]",
+     "expected int"),
+])
+def test_wrong_type_names_path_and_expectation(raw, path, expected):
+    message = config_error(raw)
+    assert message.startswith(f"{path}:"), message
+    assert expected in message
+
+
+def test_missing_required_architecture_field():
+    message = config_error({"teacher": {"source": "architecture",
+                                        "architecture": {"num_layers": 2}}})
+    assert message.startswith("teacher.architecture.") and "required" in message
+
+
+def test_architecture_teacher_without_architecture():
+    assert config_error({"teacher": {"source": "architecture"}}).startswith("teacher.architecture")
+
+
+@pytest.mark.parametrize("raw, fragment", [
+    ({"search": {"T": {"low": 8.0, "high": 1.0}}}, "search.T: low (8.0) is greater than high (1.0)"),
+    ({"search": {"num_layers": {"low": 4, "high": 2}}}, "search.num_layers: low (4)"),
+    ({"search": {"alpha": {"choices": []}}}, "search.alpha.choices: expected at least one choice"),
+    ({"search": {"lr": {"low": 0.0, "high": 1e-3, "log": True}}}, "search.lr.log: a log-scale"),
+    ({"search": {"T": {"low": -1.0, "high": 2.0, "log": True}}}, "search.T.log"),
+    ({"search": {"num_heads": {"choices": [4, 8]}}}, "search.num_heads: not a searchable"),
+    ({"search": {"hidden_size": {"choices": [64, 100]}}}, "search.hidden_size: every hidden size"),
+    ({"search": {"hidden_size": {"low": 64, "high": 256, "step": 48}}}, "search.hidden_size:"),
+    ({"search": {"hidden_size": {"low": 64, "high": 256}}}, "search.hidden_size:"),
+    ({"search": {"T": {"low": 1.0}}}, "search.T: expected low and high"),
+    ({"search": {"init": {"low": 1, "high": 2}}}, "search.init: expected choices"),
+    ({"search": {"init": {"choices": ["zeros"]}}}, "search.init.choices"),
+    ({"search": {"T": {"low": 1.0, "high": 2.0, "choices": [1.0]}}}, "search.T: give either"),
+    ({"search": {"alpha": {"low": 0.0, "high": 1.5}}}, "search.alpha: alpha must lie in [0, 1]"),
+    ({"search": {"T_s": {"choices": [0.0, 1.0]}}}, "search.T_s: temperatures must be > 0"),
+    ({"search": {"T": {"low": float("nan"), "high": 2.0}}}, "search.T: low and high must be finite"),
+    ({"search": {"lr": {"low": 1e-5, "high": 1e-3, "log": True, "step": 1e-5}}}, "search.lr.step"),
+    ({"search": {"num_layers": {"low": 1, "high": 4, "step": 0}}}, "search.num_layers.step"),
+    ({"sampler": {"name": "grid"}, "search": {"T": {"low": 1.0, "high": 2.0}}},
+     "sampler.name: grid needs every search entry given as choices"),
+    ({"objectives": {"metrics": ["dev_accuracy", "energy"]}},
+     "objectives.metrics: unknown metric 'energy'"),
+    ({"objectives": {"metrics": ["flops_per_example"]}}, "objectives.metrics: the first objective"),
+    ({"objectives": {"constraints": {"dev_accuracy": 0.9}}}, "objectives.constraints.dev_accuracy"),
+    ({"student": {"hidden_size": 100, "head_dim": 32}}, "student.hidden_size: 100 is not a multiple"),
+    ({"pipeline": {"alpha": 1.5}}, "pipeline.alpha"),
+    ({"pipeline": {"T": 0.0}}, "pipeline.T: temperatures must be > 0"),
+])
+def test_semantic_errors(raw, fragment):
+    assert fragment in config_error(raw)
+
+
+def test_grid_sampler_with_choices_is_valid():
+    config = study_config_from_dict({"sampler": {"name": "grid"},
+                                     "search": {"T": {"choices": [1.0, 2.0]}}})
+    assert config.search["T"].choices == (1.0, 2.0)
+
+
+def test_hidden_size_follows_the_student_head_dim():
+    config = study_config_from_dict({"student": {"head_dim": 16, "hidden_size": 48},
+                                     "search": {"hidden_size": {"choices": [16, 48]}}})
+    assert config.search["hidden_size"].choices == (16, 48)
+    assert "multiple" in config_error({"student": {"head_dim": 64},
+                                       "search": {"hidden_size": {"choices": [32]}}})
+
+
+# --- study files and --set overrides ------------------------------------------------------
+
+def test_apply_override_nested_and_yaml_parsed():
+    raw: dict = {"pipeline": {"batch_size": 32}}
+    apply_override(raw, "pipeline.distill.lr=3e-4")
+    apply_override(raw, "pipeline.batch_size=8")
+    apply_override(raw, "search.hidden_size.choices=[64, 128]")
+    apply_override(raw, "data.max_train_examples=null")
+    apply_override(raw, "tracking.wandb=disabled")
+    apply_override(raw, "teacher.trust_remote_code=true")
+    assert raw == {"pipeline": {"batch_size": 8, "distill": {"lr": "3e-4"}},
+                   "search": {"hidden_size": {"choices": [64, 128]}},
+                   "data": {"max_train_examples": None}, "tracking": {"wandb": "disabled"},
+                   "teacher": {"trust_remote_code": True}}
+    config = study_config_from_dict(raw)
+    assert config.pipeline.distill.lr == pytest.approx(3e-4)
+    assert config.pipeline.batch_size == 8 and config.teacher.trust_remote_code is True
+
+
+@pytest.mark.parametrize("override", ["pipeline.batch_size", "=3", "pipeline.batch_size 8"])
+def test_apply_override_without_key_or_equals(override):
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_override({}, override)
+
+
+def test_apply_override_value_that_is_not_yaml():
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        apply_override({}, "search.T.choices=[1, 2")
+
+
+def test_apply_override_through_a_value_is_an_error():
+    with pytest.raises(ConfigError, match="'batch_size' is not a section"):
+        apply_override({"pipeline": {"batch_size": 32}}, "pipeline.batch_size.x=1")
+
+
+def test_load_study_config_applies_overrides_then_validates(tmp_path):
+    path = write_study(tmp_path, {"name": "s", "pipeline": {"distill": {"epochs": 1.0}}})
+    config = load_study_config(path, ["pipeline.distill.lr=5e-4", "seed=3"])
+    assert config.name == "s" and config.seed == 3
+    assert config.pipeline.distill == PhaseConfig(epochs=1.0, lr=5e-4)
+    with pytest.raises(ConfigError, match=r"^pipeline\.distil: unknown key"):
+        load_study_config(path, ["pipeline.distil.lr=1"])
+    with pytest.raises(ConfigError, match=r"^seed: expected int"):
+        load_study_config(path, ["seed=abc"])
+
+
+def test_load_study_config_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_study_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_study_config(bad)
+    bad.write_text("- a list\n- of things\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_study_config(bad)
+    bad.write_text("")
+    assert load_study_config(bad) == StudyConfig()

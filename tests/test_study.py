@@ -1,0 +1,164 @@
+"""python -m harness.study on the smoke study: storage contents, resume, failures,
+bad input, Ctrl-C, saved Pareto-front students, and every shipped study file."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import transformers
+
+import harness.study
+from harness.config import load_study_config
+from harness.pipeline import TrialConfig
+from harness.search import make_sampler, suggest_trial_config
+from harness.storage import open_storage
+from harness.study import main
+from harness.train import Diverged
+
+from .conftest import REPO, SMOKE
+from .test_pipeline import CONTRACT
+
+STUDY_FILES = sorted((REPO / "studies").glob("*.yaml"))
+
+
+def run_smoke(tmp_path: Path, n_trials: int, *extra: str) -> tuple[int, str]:
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    code = main(["--study", str(SMOKE), "--n-trials", str(n_trials), "--wandb", "disabled",
+                 "--storage", storage, "--study-name", "smoke-test", *extra])
+    return code, storage
+
+
+def load(storage: str) -> optuna.Study:
+    return optuna.load_study(study_name="smoke-test", storage=open_storage(storage))
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, cache_dir, smoke_shared) -> Path:
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
+    return tmp_path
+
+
+def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp):
+    code, storage = run_smoke(in_tmp, 3)
+    assert code == 0
+    study = load(storage)
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 3
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
+    assert complete, "the smoke study completed no trial"
+    for trial in complete:
+        for name in CONTRACT:
+            assert name in trial.user_attrs, (trial.number, name)
+        assert trial.values == [trial.user_attrs["dev_accuracy"],
+                                trial.user_attrs["flops_per_example"]]
+        assert trial.user_attrs["provenance"]["libraries"]["optuna"] == optuna.__version__
+    front = {t.number for t in study.best_trials}
+    saved = {int(p.name.removeprefix("trial-"))
+             for p in (in_tmp / "runs" / "smoke-test" / "students").iterdir()}
+    assert saved == front
+    best = study.best_trials[0]
+    classifier = transformers.pipeline("text-classification", model=best.user_attrs["student_path"],
+                                       device="cpu")
+    assert classifier("an utterly charming film")[0]["label"] in ("rotten", "fresh")
+
+
+def test_rerun_resumes_to_the_asked_total(in_tmp):
+    assert run_smoke(in_tmp, 2)[0] == 0
+    code, storage = run_smoke(in_tmp, 3)
+    assert code == 0
+    assert len([t for t in load(storage).trials if t.state.is_finished()]) == 3
+    assert run_smoke(in_tmp, 3)[0] == 0  # already complete: runs nothing more
+    assert len(load(storage).trials) == 3
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
+    real_run_trial = harness.study.run_trial
+    calls = []
+
+    def diverge_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise Diverged("distill: loss became nan at step 3")
+        return real_run_trial(*args, **kwargs)
+
+    monkeypatch.setattr(harness.study, "run_trial", diverge_once)
+    code, storage = run_smoke(in_tmp, 2)
+    assert code == 0
+    trials = load(storage).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "diverged"
+    assert "Diverged" in failed[0].user_attrs["traceback"]
+    assert len([t for t in trials if t.state.is_finished()]) == 3  # 2 finished + 1 failed
+
+
+@pytest.mark.parametrize("extra", [
+    ["--set", "pipeline.unknown_key=1"],
+    ["--set", "search.T.low=100"],
+    ["--set", "search.hidden_size.choices=[]"],
+    ["--set", "data.source=/nonexistent/reviews.csv"],
+    ["--set", "teacher.source=/nonexistent/model"],
+    ["--storage", "not-a-storage-url"],
+    ["--device", "tpu"],
+], ids=["unknown-key", "low-above-high", "empty-choices", "missing-data", "missing-model",
+        "bad-storage", "bad-device"])
+def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
+    storage = in_tmp / "study.journal"
+    code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+                 "--storage", f"journal:{storage}", *extra])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
+    assert not storage.exists() and not (in_tmp / "runs").exists()
+
+
+def test_ctrl_c_marks_the_running_trial_interrupted(in_tmp):
+    storage = f"journal:{in_tmp / 'study.journal'}"
+    command = [sys.executable, "-m", "harness.study", "--study", str(SMOKE), "--n-trials", "3",
+               "--wandb", "disabled", "--storage", storage, "--study-name", "smoke-test",
+               "--set", "pipeline.distill.epochs=200"]
+    worker = subprocess.Popen(command, cwd=in_tmp, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (in_tmp / "study.journal").exists() and any(
+                    t.state == optuna.trial.TrialState.RUNNING for t in load(storage).trials):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("no trial started")
+        time.sleep(1.0)
+        worker.send_signal(signal.SIGINT)
+        output = worker.communicate(timeout=60)[0].decode()
+    finally:
+        worker.kill()
+    assert worker.returncode == 130, output
+    trials = load(storage).trials
+    assert len(trials) == 1 and trials[0].state == optuna.trial.TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"] == "interrupted"
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=[p.stem for p in STUDY_FILES])
+def test_every_shipped_study_file_loads_and_samples(path):
+    config = load_study_config(path)
+    assert {"T", "T_s", "alpha", "num_layers", "hidden_size"} <= set(config.search)
+    study = optuna.create_study(directions=["maximize"] * len(config.objectives.metrics),
+                                sampler=make_sampler(config, 0))
+    for _ in range(3):
+        trial = study.ask()
+        sampled = suggest_trial_config(trial, config)
+        assert isinstance(sampled, TrialConfig)
+        assert sampled.hidden_size % config.student.head_dim == 0
+        for name, param in config.search.items():
+            value = getattr(sampled, name)
+            if param.choices is not None:
+                assert value in param.choices
+            else:
+                assert param.low <= value <= param.high
+        study.tell(trial, [0.5] * len(config.objectives.metrics))
