@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import shutil
 import socket
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
         overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
         config = load_study_config(args.study, overrides)
+        # "auto" is decided once per invocation, so every trial logs the same way.
+        config = dataclasses.replace(config, tracking=dataclasses.replace(
+            config.tracking, wandb=tracking.resolve_mode(config.tracking.wandb)))
         device = resolve_device(args.device)
         study_name = args.study_name or config.name
         storage_url = args.storage or DEFAULT_STORAGE
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     study.set_user_attr("objectives", list(config.objectives.metrics))
     run_dir = Path("runs") / study_name
     try:
-        run_study(study, config, shared, args.n_trials, run_dir)
+        context = {"storage": redact_url(storage_url), "device": str(device)}
+        run_study(study, config, shared, args.n_trials, run_dir, context)
     except KeyboardInterrupt:
         print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
               "to complete the study", file=sys.stderr)
@@ -106,12 +111,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
+        log_front_to_wandb(study, config, run_dir)
         _report_location(study, storage_url, run_dir, config)
     return 0
 
 
+def log_front_to_wandb(study: optuna.Study, config: StudyConfig, run_dir: Path) -> None:
+    """One study-level W&B run with the Pareto front table and the accuracy-vs-FLOPs plot."""
+    if config.tracking.wandb == "disabled" or not trial_counts(study).complete:
+        return
+    from analysis.frame import study_frame
+    from analysis.front import pareto_front
+    from analysis.plots import plot_front
+
+    frame = study_frame(study)
+    figure_path = run_dir / "pareto.png"
+    figure_path.parent.mkdir(parents=True, exist_ok=True)
+    plot_front(frame).savefig(figure_path, dpi=100)
+    front = pareto_front(frame)[["trial", *FRONT_COLUMNS]]
+    tracking.log_study_front(config.tracking.wandb, config.tracking.project,
+                             config.tracking.entity, config.tracking.tags, run_dir,
+                             study.study_name, front, figure_path)
+
+
 def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts, n_trials: int,
-              run_dir: Path) -> None:
+              run_dir: Path, context: dict) -> None:
     """Run trials until the study holds ``n_trials`` finished ones (shared by all workers)."""
     reap_dead_local_trials(study)
     counts = trial_counts(study)
@@ -123,7 +147,7 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
                 time.sleep(2)  # the last trials run elsewhere; wait in case a worker dies
                 reap_dead_local_trials(study)
             else:
-                study.optimize(lambda trial: objective(trial, config, shared, run_dir),
+                study.optimize(lambda trial: objective(trial, config, shared, run_dir, context),
                                n_trials=1, catch=(Exception,),
                                callbacks=[lambda _, trial: states.append(trial.state)])
                 keep_front_students(study, run_dir)
@@ -144,20 +168,25 @@ FAIL = optuna.trial.TrialState.FAIL
 
 
 def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
-              run_dir: Path) -> list[float]:
-    """One Optuna trial: sample, run, record. Failures keep their reason in the storage."""
+              run_dir: Path, context: dict) -> list[float]:
+    """One Optuna trial: sample, run, record. Failures keep their reason in the storage.
+
+    ``context`` (redacted storage URL, device) goes into the W&B config beside the trial's.
+    """
     trial_config = suggest_trial_config(trial, config)
     trial.set_user_attr("provenance", provenance(shared.device))
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     run = tracking.start_trial_run(
         config.tracking.wandb, config.tracking.project, config.tracking.entity,
         config.tracking.tags, run_dir, trial.study.study_name, trial.number, "trial",
-        {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(config)})
+        {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(config), **context})
     if run.run_id:
         trial.set_user_attr("wandb_run_id", run.run_id)
     size = (trial_config.num_layers, trial_config.hidden_size)
+    phases = (config.pipeline.intermediate, config.pipeline.distill, config.pipeline.finetune)
+    last_epoch = sum(math.ceil(phase.epochs) for phase in phases if phase.epochs > 0)
     hooks = TrialHooks(log=run.log, epoch_end=lambda epoch, accuracy: _early_stop(
-        trial, config, size, epoch, accuracy))
+        trial, config, size, epoch, accuracy, last_epoch))
     try:
         result = run_trial(config, trial_config, shared, hooks,
                            save_student_to=run_dir / "students" / f"trial-{trial.number}")
@@ -191,11 +220,13 @@ def failure_reason(error: BaseException) -> str:
 
 
 def _early_stop(trial: optuna.Trial, config: StudyConfig, size: tuple[int, int], epoch: int,
-                accuracy: float) -> None:
+                accuracy: float, last_epoch: int) -> None:
     if len(config.objectives.metrics) == 1:
         trial.report(accuracy, epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"MedianPruner at epoch {epoch} (dev accuracy {accuracy:.4f})")
+        return
+    if epoch >= last_epoch:  # stopping now would save nothing and lose a finished result
         return
     finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if should_stop_early(finished, size, epoch, accuracy, config.pruner):
@@ -244,7 +275,7 @@ def _report_location(study: optuna.Study, storage_url: str, run_dir: Path,
     storage_arg = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact_url(storage_url)}'"
     print(f"study {study.study_name!r} is stored in {redact_url(storage_url)}")
     print(f"Pareto report: python -m analysis.pareto --study-name {study.study_name}{storage_arg}")
-    sync = tracking.sync_command(run_dir, tracking.resolve_mode(config.tracking.wandb))
+    sync = tracking.sync_command(run_dir, config.tracking.wandb)
     if sync:
         print(f"upload the offline W&B runs: {sync}")
 

@@ -68,7 +68,8 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     steps_per_epoch = math.ceil(len(split) / settings.batch_size)
     total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
-    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
+                                  fused=True)
     scheduler = _warmup_linear_decay(optimizer, round(settings.warmup_ratio * total_steps),
                                      total_steps)
     torch.manual_seed(settings.seed)  # dropout masks

@@ -33,3 +33,23 @@ def smoke_shared(smoke_config, cache_dir):
 
     torch.set_num_threads(2)
     return prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
+
+
+def _postgres_url() -> str | None:
+    url = os.environ.get("KD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+    try:
+        import psycopg  # SQLAlchemy 2.1's default PostgreSQL driver, as Optuna will use it
+
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception:
+        return None
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The real PostgreSQL on loopback (trust auth); tests that need it skip without it."""
+    url = _postgres_url()
+    if url is None:
+        pytest.skip("no PostgreSQL at 127.0.0.1:5432 (set KD_TEST_POSTGRES to another URL)")
+    return url
