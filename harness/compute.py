@@ -135,7 +135,8 @@ def measure_latency_ms(model: torch.nn.Module, seq_len: int, device, warmup: int
     return statistics.median(times_ms)
 
 
-def measure_compute(model: torch.nn.Module, seq_len: int, device) -> ComputeCost:
+def measure_compute(model: torch.nn.Module, seq_len: int, device,
+                    latency_repeats: int = 20) -> ComputeCost:
     """All compute measures of `model` at `seq_len` tokens (the dataset's mean length, rounded)."""
     params, non_embedding_params = count_params(model)
     return ComputeCost(
@@ -144,5 +145,5 @@ def measure_compute(model: torch.nn.Module, seq_len: int, device) -> ComputeCost
         seq_len=seq_len,
         params=params,
         non_embedding_params=non_embedding_params,
-        latency_ms=measure_latency_ms(model, seq_len, device),
+        latency_ms=measure_latency_ms(model, seq_len, device, repeats=latency_repeats),
     )

@@ -235,6 +235,11 @@ def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> Text
     feature = split.features[config.label_column]
     if hasattr(feature, "names"):
         labels = [int(v) for v in raw]
+        outside = sorted({v for v in labels if not 0 <= v < len(label_names)})
+        if outside:  # e.g. GLUE test splits, whose hidden labels are -1
+            raise DataError(f"data.label_column: split {split.split} has labels {outside[:5]} "
+                            f"outside 0..{len(label_names) - 1}; choose another split (a null "
+                            "split is carved out of train)")
     else:
         index = {name: i for i, name in enumerate(label_names)}
         try:

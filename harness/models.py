@@ -18,11 +18,12 @@ import torch
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
                           BertConfig, PreTrainedModel)
 
-from harness.config import ArchitectureConfig, TeacherConfig
+from harness.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 
 BUILTIN_TEACHERS = ("builtin:minilm-l6",)
+BERT_STYLE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 
 
 class ModelError(ValueError):
@@ -116,14 +117,20 @@ def check_teacher_source(config: TeacherConfig) -> None:
     if config.source == "architecture":
         return
     try:
-        AutoConfig.from_pretrained(resolve_source(config.source),
-                                   trust_remote_code=config.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(resolve_source(config.source),
+                                                  trust_remote_code=config.trust_remote_code)
     except ModelError:
         raise
     except Exception as error:
         raise ModelError(f"teacher.source: cannot load {config.source!r} "
                          f"({type(error).__name__}: {str(error)[:200]}); offline, use "
                          "builtin:minilm-l6 or a local model folder") from error
+    # Students are built by resizing the teacher's config, which needs BERT-style names.
+    missing = [name for name in BERT_STYLE_FIELDS if not hasattr(model_config, name)]
+    if missing:
+        raise ModelError(f"teacher.source: {config.source!r} is a {model_config.model_type} "
+                         f"model without {missing}; students are built from BERT-style "
+                         f"encoders ({', '.join(BERT_STYLE_FIELDS)})")
 
 
 def student_shape(teacher: PreTrainedModel, num_layers: int, hidden_size: int, head_dim: int,
@@ -156,7 +163,7 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
                   and shape.num_heads == teacher.config.num_attention_heads
                   and shape.intermediate_size == teacher.config.intermediate_size)
     if not same_width or shape.num_layers > teacher.config.num_hidden_layers:
-        log.info("student %s cannot copy teacher layers (widths differ); random init", shape)
+        log.debug("student %s cannot copy teacher layers (widths differ); random init", shape)
         return student, "random"
     copy_teacher_layers(teacher, student)
     return student, "teacher-layers"
@@ -172,6 +179,8 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> N
                                   teacher.config.num_hidden_layers)
     teacher_state = teacher.state_dict()
     layer_prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    if not any(name.startswith(layer_prefix) for name in student.state_dict()):
+        raise ModelError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
     new_state = {}
     for name in student.state_dict():
         if name.startswith(layer_prefix):
@@ -188,8 +197,9 @@ def save_model(model: PreTrainedModel, tokenizer, folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def load_saved_model(folder: Path) -> PreTrainedModel:
-    return AutoModelForSequenceClassification.from_pretrained(folder, use_safetensors=True)
+def load_saved_model(folder: Path, trust_remote_code: bool = False) -> PreTrainedModel:
+    return AutoModelForSequenceClassification.from_pretrained(
+        folder, use_safetensors=True, trust_remote_code=trust_remote_code)
 
 
 def _label_config(label_names: tuple[str, ...]) -> dict:

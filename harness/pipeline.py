@@ -10,6 +10,7 @@ label-only baseline is cached per (architecture, init, teacher, data, phase sett
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -138,7 +139,8 @@ def run_trial(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts,
     baseline_test = score(baseline_logits["test"], labels["test"])
     kd_dev, base_dev = discordant_counts(logits["dev"], baseline_logits["dev"], labels["dev"])
     kd_test, base_test = discordant_counts(logits["test"], baseline_logits["test"], labels["test"])
-    cost, teacher_cost = measure_compute(student, shared.seq_len, shared.device), shared.teacher_cost
+    cost = measure_compute(student, shared.seq_len, shared.device, study.pipeline.latency_repeats)
+    teacher_cost = shared.teacher_cost
     teacher_forward_examples = sum(p.examples_seen for name, p in phases.items()
                                    if name == "intermediate" or (name == "distill" and (
                                        trial.hidden_weight or trial.attention_weight)))
@@ -205,6 +207,7 @@ def distill_student(study: StudyConfig, shared: SharedArtifacts, student, trial:
                     hooks: TrialHooks) -> dict[str, PhaseResult]:
     """Intermediate-layer matching (optional), logit distillation, fine-tune on labels."""
     pipeline, device = study.pipeline, shared.device
+    torch.manual_seed(trial.seed)  # the projection's initialisation
     projection = make_projection(student.config.hidden_size, shared.teacher.config.hidden_size)
     extra = []
     if projection is not None:
@@ -231,20 +234,46 @@ def distill_student(study: StudyConfig, shared: SharedArtifacts, student, trial:
             shared, projection, logit_kd, trial.hidden_weight, trial.attention_weight)),
         ("finetune", pipeline.finetune, None, cross_entropy_loss),
     ]
-    if pipeline.intermediate.epochs > 0 or trial.attention_weight > 0:
-        # Attention maps are only returned by the eager implementation, not by SDPA.
-        student.set_attn_implementation("eager")
-        shared.teacher.set_attn_implementation("eager")
+    matches_attention = pipeline.intermediate.epochs > 0 or trial.attention_weight > 0
     results = {}
-    for name, phase, lr, loss_fn in plan:
-        if phase.epochs <= 0:
-            continue
-        results[name] = train_phase(
-            name, student, shared.tokens["train"], loss_fn, settings_for(study, phase, trial.seed, lr),
-            device, shared.pad_id, extra_parameters=extra, on_epoch_end=epoch_hook(name),
-            log_step=hooks.log)
-        epochs_done += len(results[name].epoch_dev_accuracy)
+    with attention_maps(student, shared.teacher, matches_attention):
+        for name, phase, lr, loss_fn in plan:
+            if phase.epochs <= 0:
+                continue
+            results[name] = train_phase(
+                name, student, shared.tokens["train"], loss_fn,
+                settings_for(study, phase, trial.seed, lr), device, shared.pad_id,
+                extra_parameters=extra, on_epoch_end=epoch_hook(name), log_step=hooks.log)
+            epochs_done += len(results[name].epoch_dev_accuracy)
     return results
+
+
+@contextlib.contextmanager
+def attention_maps(student, teacher, needed: bool):
+    """Eager attention (SDPA returns no attention maps) and no dropout on the student's
+    attention probabilities (matching would compare maps with holes), then back.
+
+    The teacher is shared by every trial in the process, so it must leave as it came.
+    """
+    if not needed:
+        yield
+        return
+    implementations = student.config._attn_implementation, teacher.config._attn_implementation
+    dropouts = [m.dropout for name, m in student.named_modules()
+                if name.endswith("attention.self") and isinstance(getattr(m, "dropout", None),
+                                                                   torch.nn.Dropout)]
+    probabilities = [d.p for d in dropouts]
+    student.set_attn_implementation("eager")
+    teacher.set_attn_implementation("eager")
+    for dropout in dropouts:
+        dropout.p = 0.0
+    try:
+        yield
+    finally:
+        student.set_attn_implementation(implementations[0])
+        teacher.set_attn_implementation(implementations[1])
+        for dropout, p in zip(dropouts, probabilities):
+            dropout.p = p
 
 
 def cross_entropy_loss(model, batch) -> dict[str, torch.Tensor]:

@@ -56,7 +56,8 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
         study, data, tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
-    teacher = load_saved_model(artifact.path / "model").to(device).eval()
+    teacher = load_saved_model(artifact.path / "model",
+                               study.teacher.trust_remote_code).to(device).eval()
     # Copied out of the (memory-mapped) file, so nothing done to the cache later can
     # change the numbers of a running study.
     logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 
 DEFAULT_STORAGE = "journal:runs/optuna.journal"
 JOURNAL_PREFIX = "journal:"
@@ -61,13 +62,33 @@ def open_storage(url: str | None, heartbeat_seconds: int | None = None,
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and reports."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with its password (in the user part or a query parameter) as ``***``."""
+    if journal_path(url) is not None:
+        return url
+    # Greedy up to the netloc's last "@", so an unescaped "@" inside a password is covered.
+    url = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:  # not a database URL: nothing more to find
+        return url
+    query = {key: "***" if _SECRET_PARAMETER.search(key) else value
+             for key, value in parsed.query.items()}
+    return parsed.set(query=query).render_as_string(hide_password=True)
 
 
 def redact_text(text: str, url: str) -> str:
     """``text`` with the password of ``url`` (if any) removed wherever it appears."""
-    match = re.search(r"://[^:/@]+:([^@]*)@", url)
-    if match and match.group(1):
-        text = text.replace(match.group(1), "***")
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except Exception:
+        return text
+    secrets = [parsed.password] + [v for k, v in parsed.query.items()
+                                   if _SECRET_PARAMETER.search(k)]
+    for secret in secrets:
+        for value in ([secret] if isinstance(secret, str) else list(secret or ())):
+            if value:
+                text = text.replace(value, "***")
     return text
+
+
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|key", re.IGNORECASE)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -84,26 +86,26 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
         study_name = args.study_name or config.name
         storage_url = args.storage or DEFAULT_STORAGE
-        _check_storage_url(storage_url)
+        # A database is reached before the (possibly hours-long) teacher fine-tune; a
+        # journal file is only created once the data and the teacher are known to be good.
+        storage = (None if journal_path(storage_url)
+                   else open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds))
         shared = prepare_shared(config, device, cache_root())
-        storage = open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds)
+        study = open_study(storage or open_storage(storage_url), study_name, config)
     except (ConfigError, DataError, ModelError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                directions=directions(config), sampler=make_sampler(config, config.seed),
-                                pruner=make_pruner(config))
-    if study.user_attrs.get("objectives", list(config.objectives.metrics)) != list(
-            config.objectives.metrics):
-        print(f"error: study {study_name!r} was created with objectives "
-              f"{study.user_attrs['objectives']}; use another --study-name", file=sys.stderr)
-        return 2
-    study.set_user_attr("objectives", list(config.objectives.metrics))
+    except KeyboardInterrupt:
+        print("\ninterrupted before the first trial; the cache holds only complete artifacts",
+              file=sys.stderr)
+        return 130
     run_dir = Path("runs") / study_name
+    interrupted = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}
         run_study(study, config, shared, args.n_trials, run_dir, context)
     except KeyboardInterrupt:
+        interrupted = True
         print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
               "to complete the study", file=sys.stderr)
         return 130
@@ -111,9 +113,43 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        log_front_to_wandb(study, config, run_dir)
+        if not interrupted:
+            log_front_to_wandb(study, config, run_dir)
         _report_location(study, storage_url, run_dir, config)
     return 0
+
+
+def open_study(storage, study_name: str, config: StudyConfig) -> optuna.Study:
+    """Create or load the study; one made from another configuration is refused.
+
+    The sampler's seed moves on with the trials already stored, so a resumed run or a
+    second worker does not replay the first one's random start-up trials.
+    """
+    fingerprint = config_fingerprint(config)
+    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
+                                directions=directions(config))
+    stored = study.user_attrs.get("config_sha256")
+    if stored is not None and stored != fingerprint:
+        raise ConfigError(f"study {study_name!r} was created from another configuration "
+                          "(study file, --set or --seed differ); use another --study-name")
+    if stored is None:
+        study.set_user_attr("config_sha256", fingerprint)
+        study.set_user_attr("objectives", list(config.objectives.metrics))
+        study.set_user_attr("config", _jsonable(dataclasses.asdict(config)))
+    seed = config.seed + 100_003 * len(study.trials)
+    return optuna.load_study(study_name=study_name, storage=storage,
+                             sampler=make_sampler(config, seed), pruner=make_pruner(config))
+
+
+def config_fingerprint(config: StudyConfig) -> str:
+    """What makes trials comparable: everything but tracking and the description."""
+    fields = dataclasses.asdict(dataclasses.replace(config, description=""))
+    fields.pop("tracking")
+    return hashlib.sha256(json.dumps(_jsonable(fields), sort_keys=True).encode()).hexdigest()
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=list))
 
 
 def log_front_to_wandb(study: optuna.Study, config: StudyConfig, run_dir: Path) -> None:
@@ -140,14 +176,23 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
     reap_dead_local_trials(study)
     counts = trial_counts(study)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
+    waiting_announced = False
     with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
               unit="trial") as bar:
         while counts.finished < n_trials:
+            if isinstance(study.sampler, optuna.samplers.GridSampler) and \
+                    study.sampler.is_exhausted(study):
+                log.info("every grid point has run; stopping at %d trials", counts.finished)
+                break
             if counts.finished + counts.running >= n_trials and not counts.waiting:
-                time.sleep(2)  # the last trials run elsewhere; wait in case a worker dies
+                if not waiting_announced:
+                    log.info("waiting for %d trial(s) running in other workers", counts.running)
+                    waiting_announced = True
+                time.sleep(2)  # wait in case one of those workers dies and its trial returns
                 reap_dead_local_trials(study)
             else:
-                study.optimize(lambda trial: objective(trial, config, shared, run_dir, context),
+                study.optimize(lambda trial: objective(trial, config, shared, run_dir, context,
+                                                       n_trials),
                                n_trials=1, catch=(Exception,),
                                callbacks=[lambda _, trial: states.append(trial.state)])
                 keep_front_students(study, run_dir)
@@ -168,14 +213,16 @@ FAIL = optuna.trial.TrialState.FAIL
 
 
 def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
-              run_dir: Path, context: dict) -> list[float]:
+              run_dir: Path, context: dict, n_trials: int) -> list[float]:
     """One Optuna trial: sample, run, record. Failures keep their reason in the storage.
 
     ``context`` (redacted storage URL, device) goes into the W&B config beside the trial's.
     """
+    # First, so that a worker killed at any later point can be recognised as dead.
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    _refuse_surplus(trial, n_trials)
     trial_config = suggest_trial_config(trial, config)
     trial.set_user_attr("provenance", provenance(shared.device))
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     run = tracking.start_trial_run(
         config.tracking.wandb, config.tracking.project, config.tracking.entity,
         config.tracking.tags, run_dir, trial.study.study_name, trial.number, "trial",
@@ -209,6 +256,22 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
     return objective_values(config, result)
 
 
+class SurplusTrial(RuntimeError):
+    """Workers raced past the asked total; this trial is not run (and not counted)."""
+
+
+def _refuse_surplus(trial: optuna.Trial, n_trials: int) -> None:
+    # Trial numbers are given out atomically by the storage, so counting the live trials
+    # numbered below this one decides exactly which trial is one too many.
+    live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    ahead = sum(t.number < trial.number and t.state in live
+                for t in trial.study.get_trials(deepcopy=False))
+    if ahead >= n_trials:
+        trial.set_user_attr("fail_reason", "surplus")
+        raise SurplusTrial(f"the study already has {n_trials} trials finished or running")
+
+
 def failure_reason(error: BaseException) -> str:
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
@@ -239,8 +302,9 @@ def keep_front_students(study: optuna.Study, run_dir: Path) -> None:
     folder = run_dir / "students"
     if not folder.is_dir():
         return
-    front = {t.number for t in study.best_trials}
+    # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    front = {t.number for t in study.best_trials}
     for path in folder.glob("trial-*"):
         number = int(path.name.removeprefix("trial-"))
         if number in finished and number not in front:
@@ -258,12 +322,6 @@ def resolve_device(name: str) -> torch.device:
     elif name != "cpu":
         raise ConfigError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
     return torch.device(name)
-
-
-def _check_storage_url(url: str) -> None:
-    """Reject a malformed storage URL before any training (and before writing anything)."""
-    if journal_path(url) is None and "://" not in url:
-        open_storage(url)  # raises StorageError with the expected forms
 
 
 def _report_location(study: optuna.Study, storage_url: str, run_dir: Path,

@@ -65,6 +65,8 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 log_step: StepLogger | None = None) -> PhaseResult:
     """Train ``model`` for ``settings.epochs`` (fractions allowed) over ``split``."""
     started = time.perf_counter()
+    if settings.epochs <= 0:
+        return PhaseResult(0, 0, (), 0.0)
     steps_per_epoch = math.ceil(len(split) / settings.batch_size)
     total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 log = logging.getLogger(__name__)
+MAX_RETRIES = 2  # as harness.storage gives Optuna's heartbeat retry callback
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
 
 def reap_dead_local_trials(study: optuna.Study) -> list[int]:
     """Fail and re-queue RUNNING trials of processes on this host that no longer exist."""
+    # study._storage: Optuna offers no public handle on another process's trial; its own
+    # fail_stale_trials reaches the storage the same way.
     if isinstance(study._storage, optuna.storages.RDBStorage):  # heartbeats do it there
         optuna.storages.fail_stale_trials(study)
         return []
@@ -49,15 +52,23 @@ def reap_dead_local_trials(study: optuna.Study) -> list[int]:
         worker = trial.user_attrs.get("worker", {})
         if worker.get("host") != host or _alive(worker.get("pid")):
             continue
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                           f"worker {worker.get('pid')} died (no heartbeat)")
-        if not study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+        try:
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
+                                               f"worker {worker.get('pid')} died (no heartbeat)")
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker reaped it first
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number},
+        reaped.append(trial.number)
+        retries = trial.user_attrs.get("retries", 0)
+        if retries >= MAX_RETRIES:  # e.g. a configuration that the OOM killer always stops
+            log.warning("trial %d: its worker (pid %s) is gone; marked failed, not re-queued "
+                        "after %d retries", trial.number, worker.get("pid"), retries)
+            continue
+        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                      "retries": retries + 1},
                             skip_if_exists=False)
         log.warning("trial %d: its worker (pid %s) is gone; marked failed and re-queued",
                     trial.number, worker.get("pid"))
-        reaped.append(trial.number)
     return reaped
 
 

@@ -78,6 +78,13 @@ def test_rerun_resumes_to_the_asked_total(in_tmp):
     assert len(load(storage).trials) == 3
 
 
+def test_changed_configuration_is_refused(in_tmp, capsys):
+    assert run_smoke(in_tmp, 1)[0] == 0
+    code, storage = run_smoke(in_tmp, 2, "--set", "pipeline.distill.epochs=1")
+    assert code == 2 and "another configuration" in capsys.readouterr().err
+    assert len(load(storage).trials) == 1
+
+
 def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
     real_run_trial = harness.study.run_trial
     calls = []
