@@ -44,7 +44,8 @@ def reap_dead_local_trials(study: optuna.Study) -> list[int]:
     """Fail and re-queue RUNNING trials of processes on this host that no longer exist."""
     # study._storage: Optuna offers no public handle on another process's trial; its own
     # fail_stale_trials reaches the storage the same way.
-    if isinstance(study._storage, optuna.storages.RDBStorage):  # heartbeats do it there
+    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+        # RDB storages with a heartbeat: Optuna's stale-trial check and retry callback do it.
         optuna.storages.fail_stale_trials(study)
         return []
     host, reaped = socket.gethostname(), []

@@ -100,7 +100,7 @@ def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(tmp_path, 
     assert len(failed) == 1
     retries = [t for t in study.trials if optuna.storages.RetryHeartbeatStaleTrialCallback
                .retried_trial_number(t) == failed[0].number]
-    assert len(retries) == 1 and retries[0].state == COMPLETE
+    assert len(retries) == 1 and retries[0].state == COMPLETE, [(t.number, t.state, t.system_attrs, t.user_attrs.get("fail_reason")) for t in study.trials]
     assert retries[0].params == failed[0].params
     assert [t.state for t in study.trials].count(COMPLETE) == 1
 
