@@ -68,8 +68,8 @@ def main() -> int:
         if code:
             return code
         study = optuna.load_study(study_name="no-early-stop", storage=open_storage(storage))
-    trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
-                    key=lambda t: t.number)
+        trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE),
+                        key=lambda t: t.number)
     pruner = load_study_config(args.study).pruner
     kept, spent = replay(trials, args.epochs, pruner)
     ref_cost = default_ref_cost(np.array([t.user_attrs["flops_per_example"] for t in trials]))

@@ -33,10 +33,11 @@ def objective(trial: optuna.Trial) -> tuple[float, float]:
     return params[2], params[3] * params[4]
 
 
-def worker(url: str, name: str, trials: int) -> None:
+def worker(url: str, name: str, trials: int, ready) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=name, storage=open_storage(url),
                               sampler=optuna.samplers.RandomSampler())
+    ready.wait()  # process start-up and imports stay out of the measurement
     study.optimize(objective, n_trials=trials)
 
 
@@ -45,11 +46,13 @@ def measure(url: str, workers: int, trials_per_worker: int) -> float:
     optuna.create_study(study_name=name, storage=open_storage(url),
                         directions=["maximize", "minimize"])
     context = multiprocessing.get_context("spawn")
-    processes = [context.Process(target=worker, args=(url, name, trials_per_worker))
+    ready = context.Barrier(workers + 1)
+    processes = [context.Process(target=worker, args=(url, name, trials_per_worker, ready))
                  for _ in range(workers)]
-    started = time.perf_counter()
     for process in processes:
         process.start()
+    ready.wait()
+    started = time.perf_counter()
     for process in processes:
         process.join()
     return (time.perf_counter() - started) / (workers * trials_per_worker)

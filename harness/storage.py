@@ -9,6 +9,7 @@ processes on one host. Any URL with a scheme (``postgresql://``, ``mysql://``,
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import optuna
@@ -48,14 +49,16 @@ def open_storage(url: str | None, heartbeat_seconds: int | None = None,
         raise StorageError(
             f"storage {redact_url(url)!r}: expected a database URL such as "
             "postgresql://user@host/db, or a journal file such as journal:runs/optuna.journal")
-    # Optuna 5.0 name; RetryFailedTrialCallback is its deprecated alias.
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
     try:
-        if heartbeat_seconds:
+        if not heartbeat_seconds:
+            return optuna.storages.RDBStorage(url)
+        with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Optuna 5.0's name; RetryFailedTrialCallback is its deprecated alias.
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
                 heartbeat_stale_trial_callback=retry)
-        return optuna.storages.RDBStorage(url)
     except Exception as error:  # SQLAlchemy raises many types; all mean "cannot open"
         raise StorageError(f"cannot open storage {redact_url(url)}: "
                            f"{type(error).__name__}: {redact_text(str(error), url)}") from error
