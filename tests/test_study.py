@@ -169,3 +169,20 @@ def test_every_shipped_study_file_loads_and_samples(path):
             else:
                 assert param.low <= value <= param.high
         study.tell(trial, [0.5] * len(config.objectives.metrics))
+
+
+def test_pareto_report_of_a_real_smoke_study(in_tmp):
+    import pandas as pd
+    from matplotlib.image import imread
+
+    from analysis.pareto import main as pareto_main
+
+    code, storage = run_smoke(in_tmp, 3)
+    assert code == 0
+    out = in_tmp / "report"
+    assert pareto_main(["--study-name", "smoke-test", "--storage", storage, "--out", str(out)]) == 0
+    front = pd.read_csv(out / "pareto.csv")
+    assert set(front["trial"]) == {t.number for t in load(storage).best_trials}
+    assert "teacher" in (out / "pareto.md").read_text()
+    height, width, _ = imread(out / "pareto.png").shape
+    assert width >= 600 and height >= 400
