@@ -15,6 +15,7 @@ distillation step / label-only step (target <= 1.10).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -72,7 +73,9 @@ def trainer_rate(shared, student_factory, split, settings) -> float:
         arguments = transformers.TrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=settings.batch_size,
             num_train_epochs=settings.epochs, learning_rate=settings.lr,
-            warmup_ratio=settings.warmup_ratio, weight_decay=settings.weight_decay,
+            warmup_steps=round(settings.warmup_ratio * settings.epochs
+                               * math.ceil(len(split) / settings.batch_size)),
+            weight_decay=settings.weight_decay,
             max_grad_norm=settings.max_grad_norm, seed=settings.seed, report_to=[],
             save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True,
             dataloader_num_workers=0)
