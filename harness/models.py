@@ -83,10 +83,13 @@ def load_tokenizer(config: TeacherConfig):
 
 
 def tokenizer_id(tokenizer) -> str:
-    """A fingerprint of the tokenizer's vocabulary and settings, for cache keys."""
-    vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+    """A fingerprint of everything that decides token ids (vocabulary, normalisation,
+    special-token template), for cache keys."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    definition = backend.to_str() if backend is not None else json.dumps(
+        sorted(tokenizer.get_vocab().items()))
     settings = f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{tokenizer.pad_token_id}"
-    return hashlib.sha256((vocab + settings).encode()).hexdigest()[:20]
+    return hashlib.sha256((definition + settings).encode()).hexdigest()[:20]
 
 
 def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
