@@ -86,8 +86,14 @@ def tokenizer_id(tokenizer) -> str:
     """A fingerprint of everything that decides token ids (vocabulary, normalisation,
     special-token template), for cache keys."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else json.dumps(
-        sorted(tokenizer.get_vocab().items()))
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        # Truncation and padding are per-call state the tokenizer keeps after a call.
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+    else:
+        definition = sorted(tokenizer.get_vocab().items())
+    definition = json.dumps(definition, sort_keys=True)
     settings = f"{type(tokenizer).__name__}|{tokenizer.model_max_length}|{tokenizer.pad_token_id}"
     return hashlib.sha256((definition + settings).encode()).hexdigest()[:20]
 

@@ -366,3 +366,15 @@ def test_unreachable_hub_model_names_the_offline_alternatives(monkeypatch):
     for load in every_loader("nobody-here/no-such-model")[1:]:
         with pytest.raises(ModelError, match="builtin:minilm-l6 or a local model folder"):
             load()
+
+
+def test_tokenizer_id_is_stable_across_calls_and_sees_normalisation():
+    from harness.config import TeacherConfig
+    from harness.models import load_tokenizer, tokenizer_id
+
+    tokenizer = load_tokenizer(TeacherConfig())
+    before = tokenizer_id(tokenizer)
+    tokenizer(["some text"], truncation=True, max_length=8, padding="max_length")
+    assert tokenizer_id(tokenizer) == before  # per-call truncation state is not identity
+    tokenizer.backend_tokenizer.normalizer = None  # a different normalisation is
+    assert tokenizer_id(tokenizer) != before
