@@ -44,7 +44,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="earlier --out files whose rows join this run's summary")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     study = load_study_config(REPO / "studies" / "default.yaml")
@@ -52,7 +55,8 @@ def main() -> int:
     print(f"teacher: dev {shared.teacher_scores['dev'].accuracy:.4f}, "
           f"test {shared.teacher_scores['test'].accuracy:.4f}", flush=True)
     rows = []
-    for student, (size, lr) in STUDENTS.items():
+    for student in args.students:
+        size, lr = STUDENTS[student]
         for loss, hard_labels in LOSSES.items():
             pipeline = dataclasses.replace(
                 study.pipeline, hard_label_temperature=hard_labels,
@@ -72,6 +76,8 @@ def main() -> int:
     args.out.write_text(json.dumps({"teacher": {k: dataclasses.asdict(v) for k, v in
                                                 shared.teacher_scores.items()},
                                     "epochs": args.epochs, "rows": rows}, indent=1))
+    for earlier in args.merge:
+        rows += json.loads(earlier.read_text())["rows"]
     print(summary(rows))
     return 0
 
@@ -82,6 +88,8 @@ def summary(rows: list[dict]) -> str:
     for student in STUDENTS:
         for loss in LOSSES:
             chosen = [r for r in rows if r["student"] == student and r["loss"] == loss]
+            if not chosen:
+                continue
             test = [100 * (r["test_accuracy"] - r["baseline_test_accuracy"]) for r in chosen]
             agree = [100 * (r["teacher_agreement"] - r["baseline_teacher_agreement"])
                      for r in chosen]

@@ -77,7 +77,8 @@ class PhaseConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     baseline: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
-    # TinyBERT-style hidden/attention matching before logit KD; 0 epochs skips it.
+    # TinyBERT-style hidden + attention matching (unit weights) before logit KD; 0 epochs
+    # skips it. hidden_weight / attention_weight below weigh those terms in `distill`.
     intermediate: PhaseConfig = PhaseConfig(epochs=0.0, lr=1e-4)
     distill: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
     finetune: PhaseConfig = PhaseConfig(epochs=0.0, lr=2e-5)
