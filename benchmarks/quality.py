@@ -44,6 +44,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--lr", type=float, help="override every student's learning rate")
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
@@ -57,6 +58,7 @@ def main() -> int:
     rows = []
     for student in args.students:
         size, lr = STUDENTS[student]
+        lr = args.lr or lr
         for loss, hard_labels in LOSSES.items():
             pipeline = dataclasses.replace(
                 study.pipeline, hard_label_temperature=hard_labels,
