@@ -31,9 +31,9 @@ from harness.config import load_study_config
 from harness.data import TokenizedSplit
 from harness.losses import distillation_loss
 from harness.models import build_student, student_shape
-from harness.pipeline import LogitKD, cross_entropy_loss, matching_loss
+from harness.pipeline import LogitKD, matching_loss
 from harness.shared import prepare_shared
-from harness.train import TrainSettings, length_grouped_batches, train_phase
+from harness.train import TrainSettings, cross_entropy_loss, length_grouped_batches, train_phase
 
 REPO = Path(__file__).resolve().parent.parent
 ALPHA, T, T_S = 0.7, 4.0, 4.0

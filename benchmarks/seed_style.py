@@ -30,10 +30,10 @@ from harness.config import load_study_config
 from harness.data import load_text_data, tokenize_data
 from harness.losses import distillation_loss
 from harness.models import build_student, load_teacher, load_tokenizer, student_shape, tokenizer_id
-from harness.pipeline import cross_entropy_loss, run_trial, settings_for
+from harness.pipeline import run_trial, settings_for
 from harness.search import make_sampler, suggest_trial_config
 from harness.shared import prepare_shared
-from harness.train import TrainSettings, predict_logits, train_phase
+from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
 
 REPO = Path(__file__).resolve().parent.parent
 

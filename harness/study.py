@@ -247,12 +247,13 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
         trial.set_user_attr("traceback", "".join(traceback.format_exception(error)[-3:])[-2000:])
         run.finish({"fail_reason": reason}, "failed", reason)
         raise
-    for key, value in result.stored_fields().items():
+    stored = result.stored_fields()
+    for key, value in stored.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("student_path", str(run_dir / "students" / f"trial-{trial.number}"))
     for key, value in constraint_violations(config, result).items():
         trial.set_constraint(key, value)
-    run.finish(result.stored_fields(), "complete")
+    run.finish(stored, "complete")
     return objective_values(config, result)
 
 

@@ -127,6 +127,12 @@ def length_grouped_batches(split: TokenizedSplit, batch_size: int,
     return [batches[i] for i in order]
 
 
+def cross_entropy_loss(model, batch) -> dict[str, torch.Tensor]:
+    """Labels only: the teacher's fine-tune, the student baseline and the fine-tune phase."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return {"loss": torch.nn.functional.cross_entropy(logits.float(), batch["labels"])}
+
+
 def _warmup_linear_decay(optimizer, warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:

