@@ -45,6 +45,8 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--lr", type=float, help="override every student's learning rate")
+    parser.add_argument("--teacher-epochs", type=float,
+                        help="override the teacher's fine-tune epochs (studies/default.yaml: 1)")
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
@@ -52,6 +54,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     study = load_study_config(REPO / "studies" / "default.yaml")
+    if args.teacher_epochs is not None:
+        study = dataclasses.replace(study, teacher=dataclasses.replace(
+            study.teacher, epochs=args.teacher_epochs))
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
     print(f"teacher: dev {shared.teacher_scores['dev'].accuracy:.4f}, "
           f"test {shared.teacher_scores['test'].accuracy:.4f}", flush=True)
@@ -77,7 +82,8 @@ def main() -> int:
                       flush=True)
     args.out.write_text(json.dumps({"teacher": {k: dataclasses.asdict(v) for k, v in
                                                 shared.teacher_scores.items()},
-                                    "epochs": args.epochs, "rows": rows}, indent=1))
+                                    "epochs": args.epochs, "teacher_epochs": study.teacher.epochs,
+                                    "rows": rows}, indent=1))
     for earlier in args.merge:
         rows += json.loads(earlier.read_text())["rows"]
     print(summary(rows))
