@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from harness.artifacts import build_once
-from harness.compute import measure_compute
+from harness.compute import ComputeCost, measure_compute
 from harness.config import StudyConfig
 from harness.evaluation import agreement, discordant_counts, score
 from harness.losses import attention_loss, distillation_loss_terms, hidden_state_loss, layer_map
@@ -171,6 +171,16 @@ def run_trial(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts,
         teacher_flops_per_example=teacher_cost.flops_per_example, teacher_params=teacher_cost.params,
         teacher_latency_ms=teacher_cost.latency_ms,
         epoch_dev_accuracy=tuple(a for p in phases.values() for a in p.epoch_dev_accuracy))
+
+
+def untrained_cost(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts) -> ComputeCost:
+    """The student's compute before any training: its architecture alone decides FLOPs,
+    parameters and latency, so a study can skip a student over its budget."""
+    shape = student_shape(shared.teacher, trial.num_layers, trial.hidden_size,
+                          study.student.head_dim, trial.intermediate_size)
+    student, _ = build_student(shared.teacher, shape, "random", trial.seed)
+    return measure_compute(student.to(shared.device), shared.seq_len, shared.device,
+                           study.pipeline.latency_repeats)
 
 
 def settings_for(study: StudyConfig, phase, seed: int, lr: float | None = None) -> TrainSettings:

@@ -21,6 +21,7 @@ import statistics
 import optuna
 
 from harness.config import OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig
+from harness.compute import ComputeCost
 from harness.pipeline import TrialConfig, TrialResult, default_trial_config
 
 
@@ -51,6 +52,15 @@ def constraint_violations(study: StudyConfig, result: TrialResult) -> dict[str, 
     """Optuna's convention: a trial is feasible when every value is <= 0."""
     return {metric: float(getattr(result, metric)) - limit
             for metric, limit in study.objectives.constraints.items()}
+
+
+def over_budget(study: StudyConfig, untrained: ComputeCost) -> dict[str, float]:
+    """Constraints the untrained student already breaks, by how much. FLOPs, parameters and
+    latency are the architecture's; train_flops is known only after training."""
+    return {metric: float(getattr(untrained, metric)) - limit
+            for metric, limit in study.objectives.constraints.items()
+            if metric in ("flops_per_example", "params", "latency_ms")
+            and getattr(untrained, metric) > limit}
 
 
 def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:

@@ -36,10 +36,11 @@ from harness.artifacts import cache_root
 from harness.config import ConfigError, StudyConfig, load_study_config
 from harness.data import DataError
 from harness.models import ModelError
-from harness.pipeline import TrialHooks, run_trial
+from harness.pipeline import TrialConfig, TrialHooks, run_trial, untrained_cost
 from harness.provenance import provenance
 from harness.search import (constraint_violations, directions, make_pruner, make_sampler,
-                            objective_values, should_stop_early, suggest_trial_config)
+                            objective_values, over_budget, should_stop_early,
+                            suggest_trial_config)
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
                              redact_url)
@@ -235,6 +236,7 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
     hooks = TrialHooks(log=run.log, epoch_end=lambda epoch, accuracy: _early_stop(
         trial, config, size, epoch, accuracy, last_epoch))
     try:
+        _refuse_over_budget(trial, config, trial_config, shared)
         result = run_trial(config, trial_config, shared, hooks,
                            save_student_to=run_dir / "students" / f"trial-{trial.number}")
     except optuna.TrialPruned as pruned:
@@ -255,6 +257,21 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
         trial.set_constraint(key, value)
     run.finish(stored, "complete")
     return objective_values(config, result)
+
+
+def _refuse_over_budget(trial: optuna.Trial, config: StudyConfig, trial_config: TrialConfig,
+                        shared: SharedArtifacts) -> None:
+    """Prune, untrained, a student whose architecture breaks a compute constraint; the
+    constraint values mark it infeasible, so the sampler learns to avoid its region."""
+    if not config.objectives.constraints:
+        return
+    over = over_budget(config, untrained_cost(config, trial_config, shared))
+    for metric, excess in over.items():
+        trial.set_constraint(metric, excess)
+    if over:
+        raise optuna.TrialPruned("over budget before training: " + ", ".join(
+            f"{metric} {config.objectives.constraints[metric] + excess:g} > "
+            f"{config.objectives.constraints[metric]:g}" for metric, excess in over.items()))
 
 
 class SurplusTrial(RuntimeError):

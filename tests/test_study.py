@@ -16,7 +16,7 @@ import transformers
 
 import harness.study
 from harness.config import load_study_config
-from harness.pipeline import TrialConfig
+from harness.pipeline import TrialConfig, default_trial_config, untrained_cost
 from harness.search import make_sampler, suggest_trial_config
 from harness.storage import open_storage
 from harness.study import main
@@ -103,6 +103,33 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"] == "diverged"
     assert "Diverged" in failed[0].user_attrs["traceback"]
     assert len([t for t in trials if t.state.is_finished()]) == 3  # 2 finished + 1 failed
+
+
+def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_config, smoke_shared):
+    sizes = [(layers, width) for layers in (1, 2) for width in (32, 64)]  # smoke's search
+    flops = {size: untrained_cost(smoke_config, default_trial_config(
+        smoke_config, num_layers=size[0], hidden_size=size[1]), smoke_shared).flops_per_example
+        for size in sizes}
+    limit = min(flops.values()) * 1.01  # only the smallest student fits
+    code, storage = run_smoke(in_tmp, 4, "--set", "objectives.metrics=[dev_accuracy]",
+                              "--set", f"objectives.constraints.flops_per_example={limit}",
+                              "--set", "pruner.name=none")
+    assert code == 0
+    trials = load(storage).trials
+    over = [t for t in trials if flops[(t.params["num_layers"], t.params["hidden_size"])] > limit]
+    fits = [t for t in trials if t not in over]
+    assert over, "the seeded sampler drew no student over the budget"
+    for trial in over:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert trial.user_attrs["prune_reason"].startswith("over budget before training")
+        assert trial.constraints == {"flops_per_example": flops[(trial.params["num_layers"],
+                                                                 trial.params["hidden_size"])] - limit}
+        assert "epoch_dev_accuracy" not in trial.user_attrs and not trial.intermediate_values
+    for trial in fits:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert trial.user_attrs["flops_per_example"] == flops[(trial.params["num_layers"],
+                                                               trial.params["hidden_size"])]
+        assert trial.constraints == {"flops_per_example": trial.user_attrs["flops_per_example"] - limit}
 
 
 @pytest.mark.parametrize("extra", [
