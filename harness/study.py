@@ -177,7 +177,7 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
     reap_dead_local_trials(study)
     counts = trial_counts(study)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
-    waiting_announced = False
+    waiting_announced, front_size = False, 0
     with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
               unit="trial") as bar:
         while counts.finished < n_trials:
@@ -196,13 +196,13 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
                                                        n_trials),
                                n_trials=1, catch=(Exception,),
                                callbacks=[lambda _, trial: states.append(trial.state)])
-                keep_front_students(study, run_dir)
+                front_size = keep_front_students(study, run_dir)
                 if states[-MAX_CONSECUTIVE_FAILURES:] == [FAIL] * MAX_CONSECUTIVE_FAILURES:
                     raise StudyAborted(f"the last {MAX_CONSECUTIVE_FAILURES} trials failed; see "
                                        "their fail_reason in the storage")
             counts = trial_counts(study)
             bar.n = min(counts.finished, n_trials)
-            bar.set_postfix(front=len(study.best_trials) if counts.complete else 0)
+            bar.set_postfix(front=front_size)
             bar.refresh()
 
 
@@ -315,18 +315,18 @@ def _early_stop(trial: optuna.Trial, config: StudyConfig, size: tuple[int, int],
                                  f"(dev accuracy {accuracy:.4f})")
 
 
-def keep_front_students(study: optuna.Study, run_dir: Path) -> None:
-    """Delete saved students of finished trials that are not on the Pareto front."""
-    folder = run_dir / "students"
-    if not folder.is_dir():
-        return
+def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
+    """Delete saved students of finished trials that are not on the Pareto front; returns
+    the front's size."""
     # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     front = {t.number for t in study.best_trials}
-    for path in folder.glob("trial-*"):
+    folder = run_dir / "students"
+    for path in folder.glob("trial-*") if folder.is_dir() else ():
         number = int(path.name.removeprefix("trial-"))
         if number in finished and number not in front:
             shutil.rmtree(path, ignore_errors=True)
+    return len(front)
 
 
 def resolve_device(name: str) -> torch.device:
