@@ -111,7 +111,7 @@ def main() -> int:
     settings = TrainSettings(epochs=1.0, lr=1e-4, batch_size=32, warmup_ratio=0.1,
                              weight_decay=0.01, max_grad_norm=1.0, seed=0)
     shape = student_shape(shared.teacher, args.layers, args.hidden, 32, None)
-    factory = lambda: build_student(shared.teacher, shape, "teacher-layers", 0)[0]  # noqa: E731
+    factory = lambda: build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]  # noqa: E731
     kd_loss = matching_loss(shared, None, LogitKD(ALPHA, T, T_S, None), 0.0, 0.0)
     rates = {"harness KD": [], "Trainer KD": [], "harness label-only": []}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike

@@ -183,7 +183,7 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
     kd_loss = matching_loss(shared, None, LogitKD(0.7, 4.0, 4.0, None), 0.0, 0.0)
     rates, train_flops = {}, None
     for name, loss_fn in (("distill", kd_loss), ("label_only", cross_entropy_loss)):
-        student, _ = build_student(shared.teacher, shape, "teacher-layers", 0)
+        student, _ = build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)
         student.to(shared.device)
         synchronize(shared.device)
         clock = time.perf_counter()

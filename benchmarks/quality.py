@@ -8,7 +8,8 @@ students, each distilled with T = T_s = 4, alpha = 0.7 (with the seed's loss, ha
 at T_s, and with the classic variant, hard labels at T = 1) and compared with their own
 label-only baseline on the same seed, same epochs and learning rate:
 
-- a 2-layer student of the teacher's width initialised from teacher layers 0 and 3;
+- a 2-layer student of the teacher's width initialised from layers 0 and 3 of the teacher
+  as loaded, before fine-tuning (DistilBERT-style; its classification head is its own);
 - a 2-layer student of width 128 from random init.
 
 Prints the teacher's accuracy and, per student and loss, the mean paired test gain and

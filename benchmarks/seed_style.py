@@ -16,6 +16,7 @@ Both use the harness's training loop, so the difference is the pipeline's design
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -45,16 +46,17 @@ def seed_style_trial(study, trial, cache: Path, device) -> float:
     tokens, _ = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), study.data.max_length, cache)
     pad = tokenizer.pad_token_id
     teacher = load_teacher(study.teacher, data.label_names, tokenizer, study.seed)
+    pretrained = copy.deepcopy(teacher)  # students copy layers of the teacher before fine-tuning
     teacher_settings = TrainSettings(study.teacher.epochs, study.teacher.lr, study.teacher.batch_size,
                                      study.pipeline.warmup_ratio, study.pipeline.weight_decay,
                                      study.pipeline.max_grad_norm, study.seed)
     train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings, device, pad)
     shape = student_shape(teacher, trial.num_layers, trial.hidden_size, study.student.head_dim,
                           trial.intermediate_size)
-    baseline, _ = build_student(teacher, shape, trial.init, trial.seed)
+    baseline, _ = build_student(pretrained, shape, trial.init, trial.seed)
     train_phase("baseline", baseline, tokens["train"], cross_entropy_loss,
                 settings_for(study, study.pipeline.baseline, trial.seed), device, pad)
-    student, _ = build_student(teacher, shape, trial.init, trial.seed)
+    student, _ = build_student(pretrained, shape, trial.init, trial.seed)
 
     def teacher_forward_loss(model, batch):
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -161,9 +161,11 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
                   seed: int) -> tuple[PreTrainedModel, str]:
     """A student of ``shape`` and the init actually used.
 
-    ``teacher-layers`` (DistilBERT-style: embeddings, pooler, head and every
-    (n_teacher / n_student)-th teacher layer) needs the teacher's width and head count;
-    otherwise the student starts from random weights and the returned init says so.
+    ``teacher-layers`` (DistilBERT-style: embeddings, pooler and every
+    (n_teacher / n_student)-th encoder layer of ``teacher``; the classification head is the
+    student's own, seeded) needs the teacher's width and head count; otherwise the student
+    starts from random weights and the returned init says so. Trials pass the teacher as
+    loaded, before fine-tuning, so a label-only baseline carries no fine-tuned knowledge.
     """
     config = copy.deepcopy(teacher.config)
     config.num_hidden_layers = shape.num_layers
@@ -193,16 +195,19 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> N
     chosen = teacher_layer_choice(student.config.num_hidden_layers,
                                   teacher.config.num_hidden_layers)
     teacher_state = teacher.state_dict()
-    layer_prefix = f"{teacher.base_model_prefix}.encoder.layer."
+    encoder_prefix = f"{teacher.base_model_prefix}."
+    layer_prefix = f"{encoder_prefix}encoder.layer."
     if not any(name.startswith(layer_prefix) for name in student.state_dict()):
         raise ModelError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
     new_state = {}
-    for name in student.state_dict():
+    for name, own in student.state_dict().items():
         if name.startswith(layer_prefix):
             index, rest = name[len(layer_prefix):].split(".", 1)
             new_state[name] = teacher_state[f"{layer_prefix}{chosen[int(index)]}.{rest}"]
-        else:
+        elif name.startswith(encoder_prefix):
             new_state[name] = teacher_state[name]
+        else:  # the task head
+            new_state[name] = own
     student.load_state_dict(new_state)
 
 

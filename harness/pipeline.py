@@ -127,7 +127,8 @@ def run_trial(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts,
     if trial.init == "baseline":
         student, init_used = load_saved_model(baseline.path / "model"), "baseline"
     else:
-        student, init_used = build_student(shared.teacher, shape, trial.init, trial.seed)
+        student, init_used = build_student(shared.pretrained_teacher, shape, trial.init,
+                                           trial.seed)
     student.to(shared.device)
     phases = distill_student(study, shared, student, trial, hooks)
 
@@ -197,10 +198,10 @@ def train_baseline(study: StudyConfig, shared: SharedArtifacts, shape: StudentSh
     init = "random" if trial.init == "random" else "teacher-layers"
     settings = settings_for(study, study.pipeline.baseline, trial.seed)
     fields = {"teacher": shared.teacher_key, "shape": dataclasses.asdict(shape), "init": init,
-              "settings": dataclasses.asdict(settings)}
+              "init_from": "pre-trained teacher", "settings": dataclasses.asdict(settings)}
 
     def build(folder: Path) -> None:
-        student, _ = build_student(shared.teacher, shape, init, trial.seed)
+        student, _ = build_student(shared.pretrained_teacher, shape, init, trial.seed)
         student.to(shared.device)
         result = train_phase("baseline", student, shared.tokens["train"], cross_entropy_loss,
                              settings, shared.device, shared.pad_id)

@@ -1,5 +1,6 @@
 """Work shared by every trial of a study, built once and content-addressed on disk:
-tokenized splits -> fine-tuned teacher -> teacher logits on every split.
+tokenized splits -> fine-tuned teacher -> teacher logits on every split. The teacher as
+loaded, before fine-tuning, is kept beside it: ``teacher-layers`` students start from it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class SharedArtifacts:
     pad_id: int
     seq_len: int  # mean tokenized length of the training split: where compute is counted
     teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
+    pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
     teacher_key: str
     teacher_logits: dict[str, torch.Tensor]  # split -> (n, classes) float32
     teacher_scores: dict[str, Scores]  # "dev", "test"
@@ -66,7 +68,9 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
     seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
     return SharedArtifacts(
         data=data, tokens=tokens, tokenizer=tokenizer, pad_id=pad_id, seq_len=seq_len,
-        teacher=teacher, teacher_key=artifact.key, teacher_logits=logits,
+        teacher=teacher,
+        pretrained_teacher=load_teacher(study.teacher, data.label_names, tokenizer, study.seed),
+        teacher_key=artifact.key, teacher_logits=logits,
         teacher_scores={name: Scores(**metrics[name]) for name in ("dev", "test")},
         teacher_cost=measure_compute(teacher, seq_len, device),
         device=device, cache=cache,

@@ -10,6 +10,7 @@ import transformers
 
 import harness.pipeline
 import harness.shared
+from harness.models import load_teacher
 from harness.pipeline import TrialHooks, default_trial_config, run_trial
 from harness.shared import prepare_shared
 from harness.train import Diverged
@@ -90,6 +91,29 @@ def test_corrupted_artifact_is_detected_and_rebuilt(smoke_config, smoke_shared, 
     assert phase_calls == ["teacher"] and not rebuilt.reused["teacher"]
     for split in ("train", "dev", "test"):
         assert torch.equal(rebuilt.teacher_logits[split], smoke_shared.teacher_logits[split])
+
+
+def test_teacher_layers_students_start_from_the_teacher_before_fine_tuning(
+        smoke_config, smoke_shared, monkeypatch):
+    config = dataclasses.replace(smoke_config, student=dataclasses.replace(
+        smoke_config.student, head_dim=32, init="teacher-layers"))
+    starts = {}
+    real = harness.pipeline.train_phase
+
+    def recording(name, model, *args, **kwargs):
+        starts[name] = model.bert.encoder.layer[0].output.dense.weight.detach().clone()
+        return real(name, model, *args, **kwargs)
+
+    monkeypatch.setattr(harness.pipeline, "train_phase", recording)
+    result = run_trial(config, default_trial_config(config, num_layers=1, hidden_size=64),
+                       smoke_shared)
+    assert result.init == "teacher-layers"
+    layer = "bert.encoder.layer.0.output.dense.weight"
+    before = load_teacher(config.teacher, smoke_shared.data.label_names, smoke_shared.tokenizer,
+                          config.seed).state_dict()[layer]
+    assert torch.equal(smoke_shared.pretrained_teacher.state_dict()[layer], before)
+    assert torch.equal(starts["distill"], before)
+    assert not torch.allclose(starts["distill"], smoke_shared.teacher.state_dict()[layer].cpu())
 
 
 def test_hidden_and_attention_matching_across_widths(smoke_config, smoke_shared):
