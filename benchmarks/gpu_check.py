@@ -182,6 +182,10 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
     settings = dataclasses.replace(settings, epochs=1.0)
     kd_loss = matching_loss(shared, None, LogitKD(0.7, 4.0, 4.0, None), 0.0, 0.0)
     rates, train_flops = {}, None
+    warm_up = dataclasses.replace(settings, epochs=0.05)  # kernels chosen, caches filled
+    train_phase("warm-up", build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]
+                .to(shared.device), shared.tokens["train"], kd_loss, warm_up, shared.device,
+                shared.pad_id)
     for name, loss_fn in (("distill", kd_loss), ("label_only", cross_entropy_loss)):
         student, _ = build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)
         student.to(shared.device)
