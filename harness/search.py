@@ -20,8 +20,8 @@ import statistics
 
 import optuna
 
-from harness.config import OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig
 from harness.compute import ComputeCost
+from harness.config import OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig
 from harness.pipeline import TrialConfig, TrialResult, default_trial_config
 
 
