@@ -33,8 +33,8 @@ from harness.losses import distillation_loss
 from harness.models import build_student, load_teacher, load_tokenizer, student_shape, tokenizer_id
 from harness.pipeline import run_trial, settings_for
 from harness.search import make_sampler, suggest_trial_config
-from harness.shared import prepare_shared
-from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
+from harness.shared import prepare_shared, teacher_settings
+from harness.train import cross_entropy_loss, predict_logits, train_phase
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,10 +47,8 @@ def seed_style_trial(study, trial, cache: Path, device) -> float:
     pad = tokenizer.pad_token_id
     teacher = load_teacher(study.teacher, data.label_names, tokenizer, study.seed)
     pretrained = copy.deepcopy(teacher)  # students copy layers of the teacher before fine-tuning
-    teacher_settings = TrainSettings(study.teacher.epochs, study.teacher.lr, study.teacher.batch_size,
-                                     study.pipeline.warmup_ratio, study.pipeline.weight_decay,
-                                     study.pipeline.max_grad_norm, study.seed)
-    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings, device, pad)
+    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings(study),
+                device, pad)
     shape = student_shape(teacher, trial.num_layers, trial.hidden_size, study.student.head_dim,
                           trial.intermediate_size)
     baseline, _ = build_student(pretrained, shape, trial.init, trial.seed)

@@ -121,8 +121,7 @@ def run_trial(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts,
               hooks: TrialHooks = TrialHooks(), save_student_to: Path | None = None) -> TrialResult:
     """Distil one student configuration and measure it against its label-only baseline."""
     started = time.perf_counter()
-    shape = student_shape(shared.teacher, trial.num_layers, trial.hidden_size,
-                          study.student.head_dim, trial.intermediate_size)
+    shape = trial_shape(study, trial, shared)
     baseline = train_baseline(study, shared, shape, trial)
     if trial.init == "baseline":
         student, init_used = load_saved_model(baseline.path / "model"), "baseline"
@@ -174,12 +173,16 @@ def run_trial(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts,
         epoch_dev_accuracy=tuple(a for p in phases.values() for a in p.epoch_dev_accuracy))
 
 
+def trial_shape(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts) -> StudentShape:
+    return student_shape(shared.teacher, trial.num_layers, trial.hidden_size,
+                         study.student.head_dim, trial.intermediate_size)
+
+
 def untrained_cost(study: StudyConfig, trial: TrialConfig, shared: SharedArtifacts) -> ComputeCost:
     """The student's compute before any training: its architecture alone decides FLOPs,
     parameters and latency, so a study can skip a student over its budget."""
-    shape = student_shape(shared.teacher, trial.num_layers, trial.hidden_size,
-                          study.student.head_dim, trial.intermediate_size)
-    student, _ = build_student(shared.teacher, shape, "random", trial.seed)
+    student, _ = build_student(shared.teacher, trial_shape(study, trial, shared), "random",
+                               trial.seed)
     return measure_compute(student.to(shared.device), shared.seq_len, shared.device,
                            study.pipeline.latency_repeats)
 

@@ -5,6 +5,7 @@ loaded, before fine-tuning, is kept beside it: ``teacher-layers`` students start
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -55,9 +56,10 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
     tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key, study.data.max_length,
                                           cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pretrained = load_teacher(study.teacher, data.label_names, tokenizer, study.seed)
     fields = teacher_fields(study, data, tokenizer_key)
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
-        study, data, tokens, tokenizer, pad_id, device, folder))
+        study, copy.deepcopy(pretrained), tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model",
                                study.teacher.trust_remote_code).to(device).eval()
@@ -68,8 +70,7 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
     seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
     return SharedArtifacts(
         data=data, tokens=tokens, tokenizer=tokenizer, pad_id=pad_id, seq_len=seq_len,
-        teacher=teacher,
-        pretrained_teacher=load_teacher(study.teacher, data.label_names, tokenizer, study.seed),
+        teacher=teacher, pretrained_teacher=pretrained,
         teacher_key=artifact.key, teacher_logits=logits,
         teacher_scores={name: Scores(**metrics[name]) for name in ("dev", "test")},
         teacher_cost=measure_compute(teacher, seq_len, device),
@@ -107,16 +108,22 @@ def _source_identity(source: str) -> str:
     return f"{resolve_source(source)}@sha256:{digest.hexdigest()[:20]}"
 
 
-def _build_teacher(study: StudyConfig, data: TextData, tokens: dict[str, TokenizedSplit],
-                   tokenizer, pad_id: int, device: torch.device, folder: Path) -> None:
-    log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
-             study.teacher.source, study.teacher.epochs)
-    teacher = load_teacher(study.teacher, data.label_names, tokenizer, study.seed).to(device)
-    settings = TrainSettings(
+def teacher_settings(study: StudyConfig) -> TrainSettings:
+    """The teacher's fine-tune: its own epochs, lr and batch; the pipeline's optimiser."""
+    return TrainSettings(
         epochs=study.teacher.epochs, lr=study.teacher.lr, batch_size=study.teacher.batch_size,
         warmup_ratio=study.pipeline.warmup_ratio, weight_decay=study.pipeline.weight_decay,
         max_grad_norm=study.pipeline.max_grad_norm, seed=study.seed)
-    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, settings, device, pad_id)
+
+
+def _build_teacher(study: StudyConfig, teacher: PreTrainedModel,
+                   tokens: dict[str, TokenizedSplit], tokenizer, pad_id: int,
+                   device: torch.device, folder: Path) -> None:
+    log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
+             study.teacher.source, study.teacher.epochs)
+    teacher.to(device)
+    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings(study),
+                device, pad_id)
     logits = {name: predict_logits(teacher, tokens[name], study.pipeline.eval_batch_size,
                                    device, pad_id) for name in ("train", "dev", "test")}
     metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))

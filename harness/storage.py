@@ -17,6 +17,7 @@ import sqlalchemy
 
 DEFAULT_STORAGE = "journal:runs/optuna.journal"
 JOURNAL_PREFIX = "journal:"
+MAX_RETRIES = 2  # a trial whose worker died is re-run at most this often, on any storage
 
 
 class StorageError(ValueError):
@@ -33,7 +34,7 @@ def journal_path(url: str) -> Path | None:
 
 
 def open_storage(url: str | None, heartbeat_seconds: int | None = None,
-                 max_retry: int = 2) -> optuna.storages.BaseStorage:
+                 max_retry: int = MAX_RETRIES) -> optuna.storages.BaseStorage:
     """Open (creating if needed) the storage at ``url``; None means the default journal.
 
     With ``heartbeat_seconds`` an RDB storage marks a trial whose worker stopped beating

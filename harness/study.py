@@ -265,13 +265,14 @@ def _refuse_over_budget(trial: optuna.Trial, config: StudyConfig, trial_config: 
     constraint values mark it infeasible, so the sampler learns to avoid its region."""
     if not config.objectives.constraints:
         return
-    over = over_budget(config, untrained_cost(config, trial_config, shared))
+    cost = untrained_cost(config, trial_config, shared)
+    over = over_budget(config, cost)
     for metric, excess in over.items():
         trial.set_constraint(metric, excess)
     if over:
         raise optuna.TrialPruned("over budget before training: " + ", ".join(
-            f"{metric} {config.objectives.constraints[metric] + excess:g} > "
-            f"{config.objectives.constraints[metric]:g}" for metric, excess in over.items()))
+            f"{metric} {getattr(cost, metric):g} > {config.objectives.constraints[metric]:g}"
+            for metric in over))
 
 
 class SurplusTrial(RuntimeError):

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from harness.storage import MAX_RETRIES
+
 log = logging.getLogger(__name__)
-MAX_RETRIES = 2  # as harness.storage gives Optuna's heartbeat retry callback
 
 
 @dataclass(frozen=True)
