@@ -7,6 +7,9 @@ counts, the teacher's numbers, ``fail_reason`` on failed trials), then any sampl
 parameter or objective value not already stored as a user attribute. User attributes
 come first because they hold both the sampled and the fixed values of a trial.
 
+The rest of ``analysis`` reads such frames through two helpers here: ``column`` (a field
+as float64, NaN where missing) and ``complete_trials`` (the rows that count).
+
 Only this module and ``analysis.pareto`` touch Optuna; everything else takes DataFrames.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import numbers
 
+import numpy as np
 import optuna
 import pandas as pd
 
@@ -35,11 +39,6 @@ def open_existing_storage(storage: str | None) -> optuna.storages.BaseStorage:
         # open_storage would create an empty journal (and its folder) as a side effect.
         raise StudyLoadError(f"no study storage at {redact_url(url)}: {path} does not exist")
     return open_storage(url)
-
-
-def study_names(storage: str | None) -> list[str]:
-    """Names of the studies in ``storage``, sorted."""
-    return sorted(optuna.get_all_study_names(storage=open_existing_storage(storage)))
 
 
 def load_study(study_name: str, storage: str | None = None) -> optuna.Study:
@@ -124,6 +123,28 @@ def state_summary(frame: pd.DataFrame) -> str:
     return text
 
 
+def complete_mask(frame: pd.DataFrame) -> np.ndarray:
+    """True on COMPLETE rows; all True for a frame without ``state``.
+
+    A frame without ``state`` is one built by hand (tests, a front already filtered), so
+    every row of it counts as complete.
+    """
+    if "state" not in frame.columns:
+        return np.ones(len(frame), dtype=bool)
+    return (frame["state"] == "COMPLETE").to_numpy()
+
+
 def complete_trials(frame: pd.DataFrame) -> pd.DataFrame:
-    """The COMPLETE rows only; failed, pruned and unfinished trials are left out."""
-    return frame[frame["state"] == "COMPLETE"].reset_index(drop=True)
+    """The COMPLETE rows only (every row without ``state``), indexed from 0.
+
+    Failed, pruned and unfinished trials are left out of every table, plot and front.
+    """
+    return frame[complete_mask(frame)].reset_index(drop=True)
+
+
+def column(frame: pd.DataFrame, name: str) -> np.ndarray:
+    """A column as float64: NaN where missing or not a number, all NaN if not stored."""
+    if name not in frame.columns:
+        return np.full(len(frame), np.nan)
+    values = pd.to_numeric(frame[name], errors="coerce")
+    return values.to_numpy(dtype=np.float64, na_value=np.nan)

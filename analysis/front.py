@@ -1,6 +1,8 @@
-"""Pareto front of accuracy (maximised) against a compute cost (minimised), and its hypervolume.
+"""Pareto front of accuracy (maximised) against a compute cost (minimised), and the tables
+a researcher reads beside it: the front with its intervals, KD gain per student size,
+the best student under compute budgets, and the front's hypervolume.
 
-Pure functions on arrays and DataFrames; no Optuna here.
+Pure functions on arrays and on the DataFrame of ``analysis.frame``; no Optuna here.
 
 Dominance: point j dominates point i when ``accuracy_j >= accuracy_i`` and
 ``cost_j <= cost_i`` with at least one of the two strict. Exact duplicates (same accuracy
@@ -8,12 +10,19 @@ and same cost) therefore do not dominate each other: **all copies of a non-domin
 are on the front** (as in Optuna's ``study.best_trials``), so two trials that tie stay
 visible in the report. Points whose accuracy or cost is NaN or infinite are never on the
 front and never dominate anything.
+
+On a front table, ``indistinguishable`` is True when the 95% interval of the dev-accuracy
+difference to an adjacent front member (next cheaper or next dearer) contains 0; the
+interval, retention and speed-up columns come from ``analysis.stats.add_intervals``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from analysis import stats
+from analysis.frame import column, complete_mask, complete_trials
 
 #: Compute axes a front can be drawn against; all are "lower is better".
 AXES = ("flops_per_example", "params", "latency_ms", "train_flops")
@@ -23,6 +32,13 @@ AXIS_LABELS = {"flops_per_example": "forward FLOPs per example",
                "latency_ms": "latency (ms)",
                "train_flops": "training FLOPs (total)"}
 ACCURACY = "dev_accuracy"
+#: The teacher's value on each compute axis (the teacher has no training-FLOPs figure).
+TEACHER_COLUMNS = {"flops_per_example": "teacher_flops_per_example",
+                   "params": "teacher_params", "latency_ms": "teacher_latency_ms"}
+#: Shares of the teacher's cost that ``best_under_budgets`` looks under by default.
+BUDGETS = (0.5, 0.25, 0.1)
+#: The sampled fields that together name a student size.
+SIZE = ["num_layers", "hidden_size"]
 
 
 def check_axis(x: str) -> str:
@@ -104,10 +120,8 @@ def mark_dominated(frame: pd.DataFrame, x: str = "flops_per_example",
     """
     check_axis(x)
     out = frame.copy()
-    xs, ys = _numeric(out, x), _numeric(out, y)
-    candidates = np.isfinite(xs) & np.isfinite(ys)
-    if "state" in out.columns:
-        candidates &= (out["state"] == "COMPLETE").to_numpy()
+    xs, ys = column(out, x), column(out, y)
+    candidates = np.isfinite(xs) & np.isfinite(ys) & complete_mask(out)
     on_front = np.zeros(len(out), dtype=bool)
     on_front[candidates] = pareto_mask(ys[candidates], xs[candidates])
     out["dominated"] = ~on_front
@@ -126,9 +140,94 @@ def pareto_front(frame: pd.DataFrame, x: str = "flops_per_example",
     return front.sort_values(keys, ascending=ascending, kind="stable").reset_index(drop=True)
 
 
-def _numeric(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """A column as float64 (NaN where missing or not a number; all NaN if absent)."""
-    if column not in frame.columns:
-        return np.full(len(frame), np.nan)
-    values = pd.to_numeric(frame[column], errors="coerce")
-    return values.to_numpy(dtype=np.float64, na_value=np.nan)
+def mark_indistinguishable(front: pd.DataFrame, y: str = ACCURACY,
+                           n_name: str = "dev_examples") -> pd.DataFrame:
+    """A copy of a front (cheapest first) with ``indistinguishable`` per member.
+
+    Rule: the 95% Newcombe interval of the accuracy difference to an adjacent front
+    member contains 0. The two are treated as independent samples although they are
+    scored on the same examples; that makes the interval wider than a paired one, so a
+    member *not* marked is reliably better than its cheaper neighbour.
+    """
+    out = front.reset_index(drop=True).copy()
+    n = column(out, n_name)
+    k = stats.correct_count(column(out, y), n)
+    low, high = stats.independent_difference_interval(k[1:], n[1:], k[:-1], n[:-1])
+    # Missing counts (NaN) cannot show a difference, so they count as overlapping.
+    overlap = ~((low > 0) | (high < 0))
+    marked = np.zeros(len(out), dtype=bool)
+    marked[1:] |= overlap   # overlaps its cheaper neighbour
+    marked[:-1] |= overlap  # overlaps its dearer neighbour
+    out["indistinguishable"] = marked
+    return out
+
+
+def front_table(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
+    """Front of complete trials on dev accuracy vs ``x``, with intervals and marks."""
+    check_axis(x)
+    return mark_indistinguishable(pareto_front(stats.add_intervals(frame), x))
+
+
+def teacher_reference(frame: pd.DataFrame) -> dict[str, float]:
+    """The teacher's stored numbers (first value found on a complete trial), or {}."""
+    names = ["teacher_dev_accuracy", "teacher_test_accuracy", "teacher_flops_per_example",
+             "teacher_params", "teacher_latency_ms", "dev_examples", "test_examples"]
+    complete = complete_trials(frame)
+    found = {}
+    for name in names:
+        values = column(complete, name)
+        values = values[np.isfinite(values)]
+        if values.size:
+            found[name] = float(values[0])
+    return found if "teacher_dev_accuracy" in found else {}
+
+
+def kd_gain_by_size(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per student size (num_layers, hidden_size): its best KD trial on dev against its baseline.
+
+    ``trials`` counts the complete trials of that size and ``mean_kd_gain`` averages
+    their dev gain. The best of several trials is chosen on dev, which flatters its dev
+    gain; its test gain (``kd_gain_test``, on examples no choice has seen) is the check.
+    """
+    complete = stats.add_intervals(complete_trials(frame))
+    if complete.empty or any(name not in complete.columns for name in SIZE):
+        return pd.DataFrame()
+    rows = []
+    for _, group in complete.groupby(SIZE, sort=True):
+        best = _best(group)
+        row = best.to_dict()
+        row["trials"] = len(group)
+        gains = column(group, "kd_gain")
+        gains = gains[np.isfinite(gains)]
+        row["mean_kd_gain"] = float(gains.mean()) if gains.size else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).reset_index(drop=True)
+
+
+def _best(group: pd.DataFrame) -> pd.Series:
+    """Most accurate row on dev; ties go to the cheaper, then the earlier trial."""
+    ordered = group.assign(_acc=column(group, ACCURACY), _cost=column(group, "flops_per_example"))
+    ordered = ordered.sort_values(["_acc", "_cost", "trial"], ascending=[False, True, True],
+                                  na_position="last", kind="stable")
+    return ordered.iloc[0].drop(["_acc", "_cost"])
+
+
+def best_under_budgets(frame: pd.DataFrame, fractions=BUDGETS,
+                       axis: str = "flops_per_example") -> pd.DataFrame:
+    """Per budget, the most accurate complete trial costing at most ``fraction`` x teacher.
+
+    One row per fraction with ``budget`` (the fraction) and ``budget_limit`` (the cost
+    limit on ``axis``); the trial columns are empty where no trial fits the budget.
+    """
+    teacher_name = TEACHER_COLUMNS.get(check_axis(axis))
+    reference = teacher_reference(frame)
+    teacher_cost = reference.get(teacher_name, np.nan) if teacher_name else np.nan
+    complete = stats.add_intervals(complete_trials(frame))
+    cost = column(complete, axis)
+    rows = []
+    for fraction in fractions:
+        limit = fraction * teacher_cost
+        fits = complete[cost <= limit]
+        row = _best(fits).to_dict() if len(fits) else {}
+        rows.append({"budget": fraction, "budget_limit": limit, **row})
+    return pd.DataFrame(rows)

@@ -36,8 +36,7 @@ import optuna
 from analysis.frame import StudyLoadError, load_study_frame
 from analysis.front import AXES
 from analysis.plots import plot_comparison, plot_front
-from analysis.render import render_markdown, render_text
-from analysis.report import NoCompleteTrials, build_report
+from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
 from harness.storage import DEFAULT_STORAGE, StorageError, redact_url
 
 

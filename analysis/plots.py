@@ -19,24 +19,22 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import PercentFormatter
 
-from analysis import stats, tables
-from analysis.front import AXIS_LABELS, check_axis, pareto_front
+from analysis import stats
+from analysis.frame import column, complete_trials
+from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front,
+                            teacher_reference)
 
 Y_LABEL = "dev accuracy"
 
 
-def _complete(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame[frame["state"] == "COMPLETE"] if "state" in frame.columns else frame
-
-
 def _draw_front(ax, frame: pd.DataFrame, x: str, color, label: str) -> None:
     """Trials as points, the front as a step line with interval bars."""
-    complete = _complete(frame)
-    ax.scatter(tables.column(complete, x), tables.column(complete, "dev_accuracy"), s=18,
+    complete = complete_trials(frame)
+    ax.scatter(column(complete, x), column(complete, "dev_accuracy"), s=18,
                color=color, alpha=0.35, label=f"{label}: trials ({len(complete)})")
     front = pareto_front(frame, x)
-    xs, ys = tables.column(front, x), tables.column(front, "dev_accuracy")
-    low, high = stats.accuracy_interval(ys, tables.column(front, "dev_examples"))
+    xs, ys = column(front, x), column(front, "dev_accuracy")
+    low, high = stats.accuracy_interval(ys, column(front, "dev_examples"))
     # The front is attained from each member's cost up to the next member's: steps "post".
     ax.step(xs, ys, where="post", color=color, linewidth=1.8,
             label=f"{label}: Pareto front (95% intervals)")
@@ -50,8 +48,8 @@ def _yerr(ys, low, high):
 
 
 def _draw_teacher(ax, frame: pd.DataFrame, x: str, color="black", label="teacher") -> None:
-    teacher = tables.teacher_reference(frame)
-    cost = teacher.get(tables.TEACHER_COLUMNS.get(x, ""), np.nan)
+    teacher = teacher_reference(frame)
+    cost = teacher.get(TEACHER_COLUMNS.get(x, ""), np.nan)
     acc = teacher.get("teacher_dev_accuracy", np.nan)
     if not np.isfinite(acc):
         return
@@ -64,9 +62,9 @@ def _draw_teacher(ax, frame: pd.DataFrame, x: str, color="black", label="teacher
 
 def _draw_baselines(ax, frame: pd.DataFrame, x: str) -> None:
     """Label-only baselines: one point per distinct (cost, baseline accuracy)."""
-    complete = _complete(frame)
-    points = pd.DataFrame({"x": tables.column(complete, x),
-                           "y": tables.column(complete, "baseline_dev_accuracy")})
+    complete = complete_trials(frame)
+    points = pd.DataFrame({"x": column(complete, x),
+                           "y": column(complete, "baseline_dev_accuracy")})
     points = points.dropna().drop_duplicates()
     if not points.empty:
         ax.scatter(points["x"], points["y"], marker="x", s=40, color="tab:red",
@@ -115,16 +113,16 @@ def plot_comparison(frames: dict[str, pd.DataFrame], x: str = "flops_per_example
 
 def plot_kd_gain_vs_params(frame: pd.DataFrame, params=("T", "T_s", "alpha")) -> Figure:
     """KD gain (dev, with its paired 95% interval) against each parameter, coloured by size."""
-    complete = tables.add_intervals(_complete(frame))
+    complete = stats.add_intervals(complete_trials(frame))
     fig = Figure(figsize=(4.5 * len(params), 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, len(params), sharey=True, squeeze=False)
-    gain = tables.column(complete, "kd_gain")
-    size = tables.column(complete, "flops_per_example")
+    gain = column(complete, "kd_gain")
+    size = column(complete, "flops_per_example")
     for ax, name in zip(axes[0], params):
-        values = tables.column(complete, name)
+        values = column(complete, name)
         ax.errorbar(values, gain, fmt="none", ecolor="grey", alpha=0.4,
-                    yerr=_yerr(gain, tables.column(complete, "kd_gain_ci_low"),
-                               tables.column(complete, "kd_gain_ci_high")))
+                    yerr=_yerr(gain, column(complete, "kd_gain_ci_low"),
+                               column(complete, "kd_gain_ci_high")))
         points = ax.scatter(values, gain, c=np.log10(size), cmap="viridis", s=24)
         ax.axhline(0.0, color="black", linewidth=0.8)
         ax.set_xlabel(name)

@@ -1,10 +1,12 @@
 """A study's Pareto report: the tables in one object, rendered as markdown or plain text.
 
     report = build_report(load_study_frame("demo", "journal:runs/optuna.journal"))
-    print(render_text(report))
+    print(render_text(report))               # the front, for the terminal
+    page = render_markdown(report, storage)  # the pareto.md page
 
 Accuracies are printed in percent with their 95% Wilson interval; KD gains in accuracy
-points with the paired interval (see ``analysis.stats``).
+points with the paired interval (see ``analysis.stats``). ``front_rows``, ``size_rows``
+and ``budget_rows`` give each table's headers and cells, for a notebook to lay out itself.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis import stats, tables
-from analysis.frame import state_counts, state_summary
-from analysis.front import AXIS_LABELS, check_axis, default_ref_cost, hypervolume
+from analysis import stats
+from analysis.frame import column, complete_trials, state_counts, state_summary
+from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, best_under_budgets, check_axis,
+                            default_ref_cost, front_table, hypervolume, kd_gain_by_size,
+                            teacher_reference)
 
 
 class NoCompleteTrials(ValueError):
@@ -44,19 +48,18 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
     """The report of one study frame; NoCompleteTrials when there is nothing to rank."""
     check_axis(x)
     name = study_name or frame.attrs.get("study_name", "study")
-    front = tables.front_table(frame, x)
+    front = front_table(frame, x)
     if front.empty:
         raise NoCompleteTrials(f"study {name!r} has no complete trial with dev_accuracy and "
                                f"{x} ({state_summary(frame)}); nothing to report")
-    complete = frame[frame["state"] == "COMPLETE"]
-    costs = tables.column(complete, x)
+    complete = complete_trials(frame)
+    costs = column(complete, x)
     ref_cost = default_ref_cost(costs)
-    area = hypervolume(tables.column(complete, "dev_accuracy"), costs, 0.0, ref_cost)
+    area = hypervolume(column(complete, "dev_accuracy"), costs, 0.0, ref_cost)
     return Report(study_name=name, x=x, counts=state_counts(frame),
                   summary=state_summary(frame), front=front,
-                  sizes=tables.kd_gain_by_size(frame),
-                  budgets=tables.best_under_budgets(frame),
-                  teacher=tables.teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
+                  sizes=kd_gain_by_size(frame), budgets=best_under_budgets(frame),
+                  teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
 
 
 # ---- cell formatting -------------------------------------------------------------------
@@ -128,7 +131,7 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
 
 def _teacher_cells(report: Report) -> list[str]:
     teacher = report.teacher
-    cost = teacher.get(tables.TEACHER_COLUMNS.get(report.x, ""), np.nan)
+    cost = teacher.get(TEACHER_COLUMNS.get(report.x, ""), np.nan)
     cells = []
     for split in ("dev", "test"):
         acc, n = teacher.get(f"teacher_{split}_accuracy", np.nan), teacher.get(
@@ -168,3 +171,86 @@ def budget_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                      number(_get(row, "flops_per_example")), _interval(row, "dev_accuracy"),
                      percent(_get(row, "retention_dev")), _interval(row, "test_accuracy")])
     return headers, rows
+
+
+# ---- rendering ---------------------------------------------------------------------------
+
+#: The "How to read this" section that ends pareto.md; the notebook shows it too.
+NOTES = """\
+## How to read this
+
+- The front is chosen on **dev accuracy** (maximised) against the compute axis (minimised).
+  Test accuracy is reported beside it and never used to choose anything.
+- Accuracies: {conf:.0f}% Wilson score interval over the dev (or test) examples.
+- KD gain: the student minus its label-only baseline of the same size, on the same
+  examples. Its interval is Newcombe's paired interval (hybrid score, continuity-corrected
+  correlation; Newcombe 1998, method 10) built from the discordant counts: examples only
+  the KD student got right (b) and only the baseline got right (c); gain = (b - c) / n.
+- `~` marks a front member whose dev accuracy is not distinguishable from an adjacent
+  front member: the {conf:.0f}% interval of their difference (Newcombe's hybrid score
+  interval, treating the two as independent samples, which is conservative) contains 0.
+- Exact duplicates (same accuracy and cost) are all kept on the front.
+- Per size, the best trial is chosen on dev, which flatters its dev gain; its test gain
+  (examples no choice has seen) is the honest check.
+- Retention: student accuracy / teacher accuracy. Speed-up: teacher FLOPs per example /
+  student FLOPs per example.
+""".format(conf=100 * stats.CONFIDENCE)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table (pipes in cells escaped)."""
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    return "\n".join([line(headers), line(["---"] * len(headers))] + [line(r) for r in rows])
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A plain table with aligned columns, for the terminal."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+             for r in [headers] + rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report, storage: str | None = None) -> str:
+    """The ``pareto.md`` page. ``storage`` must already be redacted."""
+    axis = AXIS_LABELS[report.x]
+    lines = [f"# Pareto report: {report.study_name}", ""]
+    if storage:
+        lines.append(f"- Storage: `{storage}`")
+    lines += [
+        f"- Trials: {report.summary} (failed, pruned and unfinished trials are left out)",
+        f"- Front: dev accuracy against {axis}: {len(report.front)} of "
+        f"{report.counts['COMPLETE']} complete trials",
+        f"- Hypervolume: {number(report.hypervolume, 4)} (accuracy x {axis}; reference point "
+        f"accuracy 0, {number(report.ref_cost)} = 1.1 x the largest; normalised by the "
+        f"reference box: {_normalised(report):.4f})",
+        "", "## Front (cheapest first)", "", markdown_table(*front_rows(report)), "",
+    ]
+    if any(report.front["indistinguishable"]):
+        lines += ["`~`: not distinguishable from an adjacent front member "
+                  "(see How to read this).", ""]
+    if not report.sizes.empty:
+        lines += ["## KD gain per student size", "", markdown_table(*size_rows(report)), ""]
+    lines += ["## Best student under compute budgets", "",
+              markdown_table(*budget_rows(report)), "", NOTES]
+    return "\n".join(lines)
+
+
+def render_text(report: Report) -> str:
+    """The front and the trial counts, for printing."""
+    headers, rows = front_rows(report)
+    return "\n".join([
+        f"study {report.study_name}: {report.summary}",
+        f"Pareto front, dev accuracy vs {AXIS_LABELS[report.x]} "
+        f"({len(report.front)} trials; ~ = not distinguishable from a neighbour):",
+        text_table(headers, rows),
+        f"hypervolume {number(report.hypervolume, 4)} "
+        f"(normalised {_normalised(report):.4f}, reference accuracy 0, "
+        f"{number(report.ref_cost)})",
+    ])
+
+
+def _normalised(report: Report) -> float:
+    """Hypervolume as a share of the box from (0, 0) to (ref_cost, accuracy 1)."""
+    return report.hypervolume / report.ref_cost if report.ref_cost > 0 else float("nan")

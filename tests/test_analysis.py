@@ -12,14 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
-from analysis import stats, tables
-from analysis.frame import StudyLoadError, load_study_frame, state_counts, state_summary
-from analysis.front import hypervolume, mark_dominated, pareto_front, pareto_mask
+from analysis import stats
+from analysis.frame import (StudyLoadError, column, complete_trials, load_study_frame,
+                            state_counts, state_summary)
+from analysis.front import (best_under_budgets, front_table, hypervolume, kd_gain_by_size,
+                            mark_dominated, mark_indistinguishable, pareto_front, pareto_mask)
 from analysis.plots import plot_comparison, plot_front, plot_kd_gain_vs_params
-from analysis.render import render_markdown, render_text
-from analysis.report import NoCompleteTrials, build_report
-from analysis.synthetic import create_synthetic_study
+from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
 from harness.storage import open_storage
+
+from .synthetic import create_synthetic_study
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 Z95 = 1.959963984540054
@@ -207,6 +209,17 @@ def test_frame_has_one_row_per_trial_with_states_and_fields(frame):
     assert frame.attrs["objectives"] == ["dev_accuracy", "flops_per_example"]
 
 
+def test_complete_trials_and_column_read_any_frame():
+    frame = pd.DataFrame({"state": ["COMPLETE", "FAIL", "COMPLETE"], "x": ["1.5", "n/a", None]},
+                         index=[5, 6, 7])
+    complete = complete_trials(frame)
+    assert complete.index.tolist() == [0, 1] and (complete["state"] == "COMPLETE").all()
+    np.testing.assert_array_equal(column(frame, "x"), [1.5, np.nan, np.nan])
+    assert column(frame, "absent").dtype == np.float64 and np.isnan(column(frame, "absent")).all()
+    by_hand = pd.DataFrame({"dev_accuracy": [0.7, 0.8]})  # no state: every row counts
+    pd.testing.assert_frame_equal(complete_trials(by_hand), by_hand)
+
+
 def test_unknown_study_lists_the_studies(study_storage):
     with pytest.raises(StudyLoadError, match="studies there: other, smoke"):
         load_study_frame("nope", study_storage)
@@ -223,14 +236,14 @@ def test_missing_journal_is_not_created(tmp_path):
 
 def test_front_matches_optuna_best_trials(frame, study_storage):
     study = optuna.load_study(study_name="smoke", storage=open_storage(study_storage))
-    front = tables.front_table(frame)
+    front = front_table(frame)
     assert set(front["trial"]) == {t.number for t in study.best_trials}
     assert front["flops_per_example"].is_monotonic_increasing
     assert front["dev_accuracy"].is_monotonic_increasing
 
 
 def test_intervals_retention_and_speedup(frame):
-    row = tables.add_intervals(frame[frame["state"] == "COMPLETE"]).iloc[0]
+    row = stats.add_intervals(frame[frame["state"] == "COMPLETE"]).iloc[0]
     k = round(row["dev_accuracy"] * row["dev_examples"])
     assert (row["dev_accuracy_ci_low"], row["dev_accuracy_ci_high"]) == pytest.approx(
         wilson_reference(k, int(row["dev_examples"])))
@@ -243,19 +256,19 @@ def test_intervals_retention_and_speedup(frame):
 def test_indistinguishable_marks_overlapping_neighbours():
     front = pd.DataFrame({"dev_accuracy": [0.60, 0.61, 0.75, 0.90],
                           "dev_examples": [1200, 1200, 1200, 1200]})
-    marked = tables.mark_indistinguishable(front)["indistinguishable"].tolist()
+    marked = mark_indistinguishable(front)["indistinguishable"].tolist()
     assert marked == [True, True, False, False]
 
 
 def test_kd_gain_by_size_and_budgets(frame):
-    sizes = tables.kd_gain_by_size(frame)
+    sizes = kd_gain_by_size(frame)
     complete = frame[frame["state"] == "COMPLETE"]
     assert sizes["trials"].sum() == len(complete)
     for _, row in sizes.iterrows():
         same = complete[(complete["num_layers"] == row["num_layers"])
                         & (complete["hidden_size"] == row["hidden_size"])]
         assert row["dev_accuracy"] == same["dev_accuracy"].max()
-    budgets = tables.best_under_budgets(frame)
+    budgets = best_under_budgets(frame)
     assert budgets["budget"].tolist() == [0.5, 0.25, 0.1]
     teacher_flops = complete["teacher_flops_per_example"].iloc[0]
     for _, row in budgets.dropna(subset=["trial"]).iterrows():

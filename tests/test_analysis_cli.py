@@ -16,8 +16,9 @@ import pytest
 from nbclient import NotebookClient
 
 from analysis.pareto import main
-from analysis.synthetic import create_synthetic_study
 from harness.storage import open_storage
+
+from .synthetic import create_synthetic_study
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "analysis" / "pareto_report.ipynb"
@@ -152,6 +153,7 @@ def private_kernel(tmp_path, monkeypatch):
     return "kd-harness-test"
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(storage, private_kernel, monkeypatch):
     monkeypatch.setenv("KD_STORAGE", storage)
     monkeypatch.setenv("KD_STUDY_NAME", "smoke")

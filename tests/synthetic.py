@@ -1,11 +1,11 @@
-"""A synthetic kd-harness study, written with the real Optuna API: for tests and demos.
+"""A synthetic kd-harness study, written with the real Optuna API, for the analysis tests.
 
 The numbers are made up but shaped like a real sweep (a MiniLM-sized teacher, students of
 1-4 layers and width 128-384, ~1,200 dev and test examples, KD gains of a few points,
 consistent paired counts) and every trial stores the same fields a real trial does.
 It also adds a failed and a pruned trial, as a real sweep has them.
 
-    from analysis.synthetic import create_synthetic_study
+    from tests.synthetic import create_synthetic_study
     create_synthetic_study("journal:/tmp/demo.journal", "demo", n_complete=12)
 """
 
