@@ -31,7 +31,7 @@ from harness.config import load_study_config
 from harness.data import TokenizedSplit
 from harness.losses import distillation_loss
 from harness.models import build_student, student_shape
-from harness.pipeline import LogitKD, matching_loss
+from harness.student_loss import LogitKD, StudentLoss, loss_function
 from harness.shared import prepare_shared
 from harness.train import TrainSettings, cross_entropy_loss, length_grouped_batches, train_phase
 
@@ -112,7 +112,7 @@ def main() -> int:
                              weight_decay=0.01, max_grad_norm=1.0, seed=0)
     shape = student_shape(shared.teacher, args.layers, args.hidden, 32, None)
     factory = lambda: build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]  # noqa: E731
-    kd_loss = matching_loss(shared, None, LogitKD(ALPHA, T, T_S, None), 0.0, 0.0)
+    kd_loss = loss_function(StudentLoss(LogitKD(ALPHA, T, T_S, None)), shared, None)
     rates = {"harness KD": [], "Trainer KD": [], "harness label-only": []}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
         rates["harness KD"].append(harness_rate("kd", shared, factory, kd_loss, split, settings))

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))
 from harness.compute import count_train_flops_per_example  # noqa: E402
 from harness.config import load_study_config  # noqa: E402
 from harness.models import build_student, student_shape  # noqa: E402
-from harness.pipeline import LogitKD, matching_loss, settings_for  # noqa: E402
+from harness.pipeline import settings_for  # noqa: E402
+from harness.student_loss import LogitKD, StudentLoss, loss_function  # noqa: E402
 from harness.shared import prepare_shared  # noqa: E402
 from harness.storage import open_storage  # noqa: E402
 from harness.train import cross_entropy_loss, train_phase  # noqa: E402
@@ -180,7 +181,7 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
                           study.student.head_dim, None)
     settings = settings_for(study, study.pipeline.distill, seed=0)
     settings = dataclasses.replace(settings, epochs=1.0)
-    kd_loss = matching_loss(shared, None, LogitKD(0.7, 4.0, 4.0, None), 0.0, 0.0)
+    kd_loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared, None)
     rates, train_flops = {}, None
     warm_up = dataclasses.replace(settings, epochs=0.05)  # kernels chosen, caches filled
     train_phase("warm-up", build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]

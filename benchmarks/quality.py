@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 
 from harness.artifacts import cache_root
-from harness.config import load_study_config
-from harness.pipeline import default_trial_config, run_trial
+from harness.config import default_trial_config, load_study_config
+from harness.pipeline import run_trial
 from harness.shared import prepare_shared
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,10 +77,11 @@ def main() -> int:
                 result = run_trial(config, trial, shared)
                 rows.append({"student": student, "loss": loss, "seed": seed,
                              **result.stored_fields()})
-                print(f"{student:22s} {loss:20s} seed {seed}: test {result.test_accuracy:.4f} "
-                      f"vs baseline {result.baseline_test_accuracy:.4f}; agreement "
-                      f"{result.teacher_agreement:.4f} vs {result.baseline_teacher_agreement:.4f}",
-                      flush=True)
+                measured = result.evaluation
+                print(f"{student:22s} {loss:20s} seed {seed}: test {measured.test_accuracy:.4f} "
+                      f"vs baseline {measured.baseline_test_accuracy:.4f}; agreement "
+                      f"{measured.teacher_agreement:.4f} vs "
+                      f"{measured.baseline_teacher_agreement:.4f}", flush=True)
     args.out.write_text(json.dumps({"teacher": {k: dataclasses.asdict(v) for k, v in
                                                 shared.teacher_scores.items()},
                                     "epochs": args.epochs, "teacher_epochs": study.teacher.epochs,

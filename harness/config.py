@@ -9,6 +9,7 @@ path and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -48,13 +49,22 @@ class ArchitectureConfig:
 
 @dataclass(frozen=True)
 class TeacherConfig:
+    """The teacher and its one-time fine-tune, whose optimiser settings are its own: a
+    change to the students' (``pipeline``) settings never retrains the teacher."""
+
     source: str = "builtin:minilm-l6"  # builtin name, hub model name, local folder or "architecture"
     architecture: ArchitectureConfig | None = None  # random-init teacher for tiny test studies
     tokenizer: str = "builtin:minilm-l6"  # used only by an architecture teacher
     epochs: float = 2.0
     lr: float = 5e-5
     batch_size: int = 32
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
     trust_remote_code: bool = False
+
+
+StudentInit = Literal["teacher-layers", "random", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class StudentConfig:
     hidden_size: int = 384
     head_dim: int = 32  # num_heads = hidden_size / head_dim, so no invalid combination exists
     intermediate_size: int | None = None  # None: the teacher's intermediate/hidden ratio
-    init: Literal["teacher-layers", "random", "baseline"] = "teacher-layers"
+    init: StudentInit = "teacher-layers"
 
 
 @dataclass(frozen=True)
@@ -98,22 +108,19 @@ class PipelineConfig:
     latency_repeats: int = 20
 
 
-SEARCHABLE = {  # parameter name -> type it is sampled as
-    "T": float, "T_s": float, "alpha": float, "lr": float,
-    "hidden_weight": float, "attention_weight": float,
-    "num_layers": int, "hidden_size": int, "intermediate_size": int,
-    "init": str,
-}
+Value = typing.TypeVar("Value", int, float, str)
 
 
 @dataclass(frozen=True)
-class SearchParam:
-    # int or float by the parameter (config.SEARCHABLE); normalised by the loader
-    low: Any = None
-    high: Any = None
+class SearchParam(typing.Generic[Value]):
+    """One ``search`` entry: a range (``low``..``high``, optional ``step``, ``log``) or
+    ``choices``; its values have the parameter's type (``SEARCHABLE[name].kind``)."""
+
+    low: Value | None = None
+    high: Value | None = None
     log: bool = False
-    step: Any = None
-    choices: tuple[Any, ...] | None = None
+    step: Value | None = None
+    choices: tuple[Value, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,85 @@ class StudyConfig:
     tracking: TrackingConfig = TrackingConfig()
 
 
+@dataclass(frozen=True)
+class Searchable:
+    """A parameter the search may sample; where it does not, the trial takes the study
+    file's value at ``path``. ``problem(value, study_config)`` says why a value is invalid
+    (None: valid), for the fixed value and every value a search entry can produce."""
+
+    path: str
+    kind: type  # what Optuna samples it as: int, float or str
+    problem: typing.Callable[[Any, StudyConfig], str | None]
+
+
+def _above_zero(what: str):
+    return lambda value, _: None if value > 0 else f"{what} must be > 0, got {value}"
+
+
+def _not_negative(what: str):
+    return lambda value, _: None if value >= 0 else f"{what} must be >= 0, got {value}"
+
+
+def _unit_interval(value, _) -> str | None:
+    return None if 0.0 <= value <= 1.0 else f"alpha must lie in [0, 1], got {value}"
+
+
+def _head_dim_multiple(value, study_config: StudyConfig) -> str | None:
+    head_dim = study_config.student.head_dim
+    return None if value % head_dim == 0 else (
+        f"every hidden size must be a multiple of student.head_dim ({head_dim}), got {value}")
+
+
+def _student_init(value, _) -> str | None:
+    inits = typing.get_args(StudentInit)
+    return None if value in inits else f"expected one of {list(inits)}, got {value!r}"
+
+
+# Every searchable parameter, once. Adding one: an entry here, a TrialConfig field, its use.
+# num_heads is not here: it is hidden_size / student.head_dim, so no invalid pair exists.
+SEARCHABLE: dict[str, Searchable] = {
+    "T": Searchable("pipeline.T", float, _above_zero("temperatures")),
+    "T_s": Searchable("pipeline.T_s", float, _above_zero("temperatures")),
+    "alpha": Searchable("pipeline.alpha", float, _unit_interval),
+    "lr": Searchable("pipeline.distill.lr", float, _above_zero("learning rates")),
+    "hidden_weight": Searchable("pipeline.hidden_weight", float, _not_negative("weights")),
+    "attention_weight": Searchable("pipeline.attention_weight", float, _not_negative("weights")),
+    "num_layers": Searchable("student.num_layers", int, _above_zero("layer counts")),
+    "hidden_size": Searchable("student.hidden_size", int, _head_dim_multiple),
+    "intermediate_size": Searchable("student.intermediate_size", int,
+                                    _above_zero("intermediate sizes")),
+    "init": Searchable("student.init", str, _student_init),
+}
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One trial's settings: every SEARCHABLE parameter (sampled, or the study file's) and
+    the seed. The names are the same everywhere: Optuna params, stored attributes, W&B."""
+
+    T: float
+    T_s: float
+    alpha: float
+    lr: float  # of the distillation phase
+    hidden_weight: float
+    attention_weight: float
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int | None  # None: the teacher's intermediate/hidden ratio
+    init: StudentInit
+    seed: int
+
+
+def default_trial_config(study_config: StudyConfig, **sampled) -> TrialConfig:
+    """The study file's values of every searchable parameter, overridden by ``sampled``."""
+    fixed = {name: fixed_value(study_config, p.path) for name, p in SEARCHABLE.items()}
+    return TrialConfig(**{**fixed, "seed": study_config.seed, **sampled})
+
+
+def fixed_value(study_config: StudyConfig, path: str) -> Any:
+    return functools.reduce(getattr, path.split("."), study_config)
+
+
 def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) -> StudyConfig:
     """Read a study file, apply ``key.path=value`` overrides, validate, freeze."""
     path = Path(path)
@@ -189,10 +275,15 @@ def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) ->
 
 
 def study_config_from_dict(raw: dict) -> StudyConfig:
-    config = _build(StudyConfig, raw, "")
-    search = {name: _check_search_param(name, param, config.student)
-              for name, param in config.search.items()}
-    config = dataclasses.replace(config, search=search)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study: expected a mapping of sections, got {_describe(raw)}")
+    search = raw.get("search", {})
+    if not isinstance(search, dict):
+        raise ConfigError(f"search: expected a mapping, got {_describe(search)}")
+    # The search entries' value types depend on the parameter, so they are built apart.
+    config = _build(StudyConfig, {k: v for k, v in raw.items() if k != "search"}, "")
+    config = dataclasses.replace(config, search={
+        str(name): _search_param(str(name), entry, config) for name, entry in search.items()})
     _check_semantics(config)
     return config
 
@@ -215,8 +306,12 @@ def apply_override(raw: dict, override: str) -> None:
         raise ConfigError(f"--set {override!r}: the value is not valid YAML ({error})") from error
 
 
-def _build(cls: type, value: Any, path: str, base: Any = None) -> Any:
-    """``cls`` from a mapping; keys it omits keep ``base``'s values (else the class defaults)."""
+def _build(cls: type, value: Any, path: str, base: Any = None,
+           bindings: dict | None = None) -> Any:
+    """``cls`` from a mapping; keys it omits keep ``base``'s values (else the class defaults).
+
+    ``bindings`` gives the type of each type variable in ``cls``'s fields (SearchParam's).
+    """
     if not isinstance(value, dict):
         raise ConfigError(f"{path or 'study'}: expected a mapping, got {_describe(value)}")
     hints = typing.get_type_hints(cls)
@@ -235,17 +330,19 @@ def _build(cls: type, value: Any, path: str, base: Any = None) -> Any:
         if dataclasses.is_dataclass(defaults[key]):  # a nested section keeps its own defaults
             kwargs[key] = _build(type(defaults[key]), item, _join(path, key), defaults[key])
         else:
-            kwargs[key] = _convert(hints[key], item, _join(path, key))
+            kwargs[key] = _convert(hints[key], item, _join(path, key), bindings or {})
     return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
-def _convert(hint: Any, value: Any, path: str) -> Any:
+def _convert(hint: Any, value: Any, path: str, bindings: dict) -> Any:
+    if isinstance(hint, typing.TypeVar):
+        hint = bindings[hint]
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (inner,) = [arg for arg in args if arg is not type(None)]
-        return _convert(inner, value, path)
+        return _convert(inner, value, path, bindings)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
@@ -253,11 +350,13 @@ def _convert(hint: Any, value: Any, path: str) -> Any:
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
-        return tuple(_convert(args[0], item, f"{path}[{i}]") for i, item in enumerate(value))
+        return tuple(_convert(args[0], item, f"{path}[{i}]", bindings)
+                     for i, item in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        return {str(k): _convert(args[1], v, _join(path, str(k))) for k, v in value.items()}
+        return {str(k): _convert(args[1], v, _join(path, str(k)), bindings)
+                for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, path)
     return _scalar(hint, value, path)
@@ -291,65 +390,60 @@ def _check_semantics(config: StudyConfig) -> None:
                               f"{sorted(set(OBJECTIVE_DIRECTIONS) - {'dev_accuracy'})}")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
-    if config.student.hidden_size % config.student.head_dim:
-        raise ConfigError(f"student.hidden_size: {config.student.hidden_size} is not a multiple "
-                          f"of student.head_dim {config.student.head_dim}")
-    for name in ("T", "T_s"):
-        if not getattr(config.pipeline, name) > 0:
-            raise ConfigError(f"pipeline.{name}: temperatures must be > 0, "
-                              f"got {getattr(config.pipeline, name)}")
-    if not 0.0 <= config.pipeline.alpha <= 1.0:
-        raise ConfigError(f"pipeline.alpha: expected a value in [0, 1], got {config.pipeline.alpha}")
+    for searchable in SEARCHABLE.values():
+        value = fixed_value(config, searchable.path)
+        problem = None if value is None else searchable.problem(value, config)
+        if problem:
+            raise ConfigError(f"{searchable.path}: {problem}")
     if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
         raise ConfigError("sampler.name: grid needs every search entry given as choices")
 
 
-def _check_search_param(name: str, param: SearchParam, student: StudentConfig) -> SearchParam:
-    """``param`` with values of the parameter's type, or ConfigError."""
+def _search_param(name: str, raw: Any, study_config: StudyConfig) -> SearchParam:
+    """The ``search.<name>`` entry, typed by the parameter and checked by its table rule."""
     path = f"search.{name}"
     if name not in SEARCHABLE:
-        raise ConfigError(f"{path}: not a searchable parameter; expected one of {sorted(SEARCHABLE)}"
-                          " (num_heads is derived from hidden_size / student.head_dim)")
-    kind = SEARCHABLE[name]
-    if param.choices is not None:
-        if param.low is not None or param.high is not None:
-            raise ConfigError(f"{path}: give either choices or low/high, not both")
+        raise ConfigError(f"{path}: not a searchable parameter; expected one of "
+                          f"{sorted(SEARCHABLE)} (num_heads is derived from hidden_size / "
+                          "student.head_dim)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {_describe(raw)}")
+    searchable = SEARCHABLE[name]
+    has_choices = raw.get("choices") is not None
+    if has_choices and (raw.get("low") is not None or raw.get("high") is not None):
+        raise ConfigError(f"{path}: give either choices or low/high, not both")
+    if not has_choices and (searchable.kind is str or raw.get("low") is None
+                            or raw.get("high") is None):
+        raise ConfigError(f"{path}: expected choices" if searchable.kind is str
+                          else f"{path}: expected low and high")
+    param = _build(SearchParam, raw, path, bindings={Value: searchable.kind})
+    if has_choices:
         if not param.choices:
             raise ConfigError(f"{path}.choices: expected at least one choice, got an empty list")
-        values = [_scalar(kind, choice, f"{path}.choices[{i}]")
-                  for i, choice in enumerate(param.choices)]
-        param = dataclasses.replace(param, choices=tuple(values))
+        values = [(f"{path}.choices[{i}]", choice) for i, choice in enumerate(param.choices)]
     else:
-        if kind is str or param.low is None or param.high is None:
-            raise ConfigError(f"{path}: expected low and high" if kind is not str
-                              else f"{path}: expected choices")
-        low, high = _scalar(kind, param.low, f"{path}.low"), _scalar(kind, param.high, f"{path}.high")
-        if not (math.isfinite(low) and math.isfinite(high)):
-            raise ConfigError(f"{path}: low and high must be finite numbers, got {low} and {high}")
-        if low > high:
-            raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
-        if param.log and low <= 0:
-            raise ConfigError(f"{path}.log: a log-scale range needs low > 0, got {low}")
-        if name == "hidden_size" and (param.step is None or param.step % student.head_dim
-                                      or low % student.head_dim):
-            raise ConfigError(f"{path}: an int range of hidden sizes needs low and step that are "
-                              f"multiples of student.head_dim ({student.head_dim}), or use choices")
-        step = None if param.step is None else _scalar(kind, param.step, f"{path}.step")
-        if step is not None and (not step > 0 or param.log):  # Optuna rejects step with log
-            raise ConfigError(f"{path}.step: expected a step > 0 on a linear scale (no log), "
-                              f"got {step}")
-        param = dataclasses.replace(param, low=low, high=high, step=step)
-        values = [low, high]
-    if name == "hidden_size" and any(v % student.head_dim for v in values):
-        raise ConfigError(f"{path}: every hidden size must be a multiple of student.head_dim "
-                          f"({student.head_dim})")
-    if name == "alpha" and any(not 0.0 <= v <= 1.0 for v in values):
-        raise ConfigError(f"{path}: alpha must lie in [0, 1]")
-    if name in ("T", "T_s") and any(v <= 0 for v in values):
-        raise ConfigError(f"{path}: temperatures must be > 0")
-    if name == "init" and any(v not in ("teacher-layers", "random", "baseline") for v in values):
-        raise ConfigError(f"{path}.choices: expected teacher-layers, random or baseline")
+        _check_range(param, path)
+        values = [(path, param.low), (path, param.high)]
+        if searchable.kind is int:  # Optuna samples low + k * step
+            values.append((path, param.low + (param.step or 1)))
+    for where, value in values:
+        problem = searchable.problem(value, study_config)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
     return param
+
+
+def _check_range(param: SearchParam, path: str) -> None:
+    low, high = param.low, param.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{path}: low and high must be finite numbers, got {low} and {high}")
+    if low > high:
+        raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
+    if param.log and low <= 0:
+        raise ConfigError(f"{path}.log: a log-scale range needs low > 0, got {low}")
+    if param.step is not None and (not param.step > 0 or param.log):  # Optuna rejects both
+        raise ConfigError(f"{path}.step: expected a step > 0 on a linear scale (no log), "
+                          f"got {param.step}")
 
 
 def _join(path: str, key: str) -> str:

@@ -38,3 +38,47 @@ def discordant_counts(logits: torch.Tensor, other_logits: torch.Tensor,
     """
     right, other_right = logits.argmax(-1) == labels, other_logits.argmax(-1) == labels
     return int((right & ~other_right).sum()), int((other_right & ~right).sum())
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A distilled student against its label-only baseline and the teacher, on dev and
+    test; the field names are the stored attributes'."""
+
+    dev_accuracy: float
+    test_accuracy: float
+    dev_macro_f1: float
+    test_macro_f1: float
+    baseline_dev_accuracy: float
+    baseline_test_accuracy: float
+    kd_gain: float  # dev accuracy, distilled minus label-only baseline
+    teacher_agreement: float  # share of test predictions equal to the teacher's
+    baseline_teacher_agreement: float
+    dev_examples: int
+    test_examples: int
+    kd_only_correct_dev: int  # the paired counts an interval on the KD gain needs
+    baseline_only_correct_dev: int
+    kd_only_correct_test: int
+    baseline_only_correct_test: int
+
+
+def evaluate_against_baseline(logits: dict[str, torch.Tensor],
+                              baseline_logits: dict[str, torch.Tensor],
+                              teacher_logits: dict[str, torch.Tensor],
+                              labels: dict[str, torch.Tensor]) -> Evaluation:
+    """Each argument maps "dev" and "test" to that split's logits (or labels)."""
+    dev, test = score(logits["dev"], labels["dev"]), score(logits["test"], labels["test"])
+    baseline_dev = score(baseline_logits["dev"], labels["dev"])
+    kd_dev, base_dev = discordant_counts(logits["dev"], baseline_logits["dev"], labels["dev"])
+    kd_test, base_test = discordant_counts(logits["test"], baseline_logits["test"], labels["test"])
+    return Evaluation(
+        dev_accuracy=dev.accuracy, test_accuracy=test.accuracy,
+        dev_macro_f1=dev.macro_f1, test_macro_f1=test.macro_f1,
+        baseline_dev_accuracy=baseline_dev.accuracy,
+        baseline_test_accuracy=score(baseline_logits["test"], labels["test"]).accuracy,
+        kd_gain=dev.accuracy - baseline_dev.accuracy,
+        teacher_agreement=agreement(logits["test"], teacher_logits["test"]),
+        baseline_teacher_agreement=agreement(baseline_logits["test"], teacher_logits["test"]),
+        dev_examples=dev.examples, test_examples=test.examples,
+        kd_only_correct_dev=kd_dev, baseline_only_correct_dev=base_dev,
+        kd_only_correct_test=kd_test, baseline_only_correct_test=base_test)

@@ -21,50 +21,51 @@ import statistics
 import optuna
 
 from harness.compute import ComputeCost
-from harness.config import OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig
-from harness.pipeline import TrialConfig, TrialResult, default_trial_config
+from harness.config import (OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig,
+                            TrialConfig, default_trial_config)
 
 
-def suggest_trial_config(trial: optuna.Trial, study: StudyConfig) -> TrialConfig:
+def suggest_trial_config(trial: optuna.Trial, study_config: StudyConfig) -> TrialConfig:
     """Sample every ``search`` entry; the rest of the trial comes from the study file."""
     sampled = {}
-    for name, param in study.search.items():
+    for name, param in study_config.search.items():
         if param.choices is not None:
             sampled[name] = trial.suggest_categorical(name, list(param.choices))
-        elif SEARCHABLE[name] is int:
+        elif SEARCHABLE[name].kind is int:
             sampled[name] = trial.suggest_int(name, param.low, param.high,
                                               step=param.step or 1, log=param.log)
         else:
             sampled[name] = trial.suggest_float(name, param.low, param.high,
                                                 step=param.step, log=param.log)
-    return default_trial_config(study, **sampled)
+    return default_trial_config(study_config, **sampled)
 
 
-def directions(study: StudyConfig) -> list[str]:
-    return [OBJECTIVE_DIRECTIONS[metric] for metric in study.objectives.metrics]
+def directions(study_config: StudyConfig) -> list[str]:
+    return [OBJECTIVE_DIRECTIONS[metric] for metric in study_config.objectives.metrics]
 
 
-def objective_values(study: StudyConfig, result: TrialResult) -> list[float]:
-    return [float(getattr(result, metric)) for metric in study.objectives.metrics]
+def objective_values(study_config: StudyConfig, stored: dict) -> list[float]:
+    """The objectives of a trial from its stored fields."""
+    return [float(stored[metric]) for metric in study_config.objectives.metrics]
 
 
-def constraint_violations(study: StudyConfig, result: TrialResult) -> dict[str, float]:
+def constraint_violations(study_config: StudyConfig, stored: dict) -> dict[str, float]:
     """Optuna's convention: a trial is feasible when every value is <= 0."""
-    return {metric: float(getattr(result, metric)) - limit
-            for metric, limit in study.objectives.constraints.items()}
+    return {metric: float(stored[metric]) - limit
+            for metric, limit in study_config.objectives.constraints.items()}
 
 
-def over_budget(study: StudyConfig, untrained: ComputeCost) -> dict[str, float]:
+def over_budget(study_config: StudyConfig, untrained: ComputeCost) -> dict[str, float]:
     """Constraints the untrained student already breaks, by how much. FLOPs, parameters and
     latency are the architecture's; train_flops is known only after training."""
     return {metric: float(getattr(untrained, metric)) - limit
-            for metric, limit in study.objectives.constraints.items()
+            for metric, limit in study_config.objectives.constraints.items()
             if metric in ("flops_per_example", "params", "latency_ms")
             and getattr(untrained, metric) > limit}
 
 
-def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
-    config = study.sampler
+def make_sampler(study_config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+    config = study_config.sampler
     if config.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials,
                                           multivariate=True)
@@ -74,13 +75,13 @@ def make_sampler(study: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=config.population_size or 50)
     if config.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    grid = {name: list(param.choices) for name, param in study.search.items()}
+    grid = {name: list(param.choices) for name, param in study_config.search.items()}
     return optuna.samplers.GridSampler(grid, seed=seed)
 
 
-def make_pruner(study: StudyConfig) -> optuna.pruners.BasePruner:
-    config = study.pruner
-    if config.name == "median" and len(study.objectives.metrics) == 1:
+def make_pruner(study_config: StudyConfig) -> optuna.pruners.BasePruner:
+    config = study_config.pruner
+    if config.name == "median" and len(study_config.objectives.metrics) == 1:
         return optuna.pruners.MedianPruner(n_startup_trials=config.n_startup_trials,
                                            n_warmup_steps=config.n_warmup_epochs)
     return optuna.pruners.NopPruner()
@@ -95,4 +96,23 @@ def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int,
              if t.state == optuna.trial.TrialState.COMPLETE
              and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
              and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= epoch]
-    return len(peers) >= config.n_startup_trials and dev_accuracy < statistics.median(peers)
+    enough = peers and len(peers) >= config.n_startup_trials  # no peers: no median to fall below
+    return bool(enough) and dev_accuracy < statistics.median(peers)
+
+
+def stop_if_behind(trial: optuna.Trial, study_config: StudyConfig, size: tuple[int, int],
+                   last_epoch: int, epoch: int, dev_accuracy: float) -> None:
+    """Raise ``optuna.TrialPruned`` when the trial should stop after ``epoch``: Optuna's
+    pruner with one objective, this module's rule with several."""
+    if len(study_config.objectives.metrics) == 1:
+        trial.report(dev_accuracy, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"MedianPruner at epoch {epoch} "
+                                     f"(dev accuracy {dev_accuracy:.4f})")
+        return
+    if epoch >= last_epoch:  # stopping now would save nothing and lose a finished result
+        return
+    finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if should_stop_early(finished, size, epoch, dev_accuracy, study_config.pruner):
+        raise optuna.TrialPruned(f"below the median of size {size} at epoch {epoch} "
+                                 f"(dev accuracy {dev_accuracy:.4f})")

@@ -47,22 +47,22 @@ class SharedArtifacts:
     reused: dict[str, bool]  # artifact kind -> reused from the cache
 
 
-def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> SharedArtifacts:
+def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path) -> SharedArtifacts:
     """Load or build the data, tokens and fine-tuned teacher; bad input fails here, first."""
-    check_teacher_source(study.teacher)
-    data = load_text_data(study.data, cache)
-    tokenizer = load_tokenizer(study.teacher)
+    check_teacher_source(study_config.teacher)
+    data = load_text_data(study_config.data, cache)
+    tokenizer = load_tokenizer(study_config.teacher)
     tokenizer_key = tokenizer_id(tokenizer)  # hashes the whole tokenizer definition: once
-    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key, study.data.max_length,
-                                          cache)
+    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key,
+                                          study_config.data.max_length, cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pretrained = load_teacher(study.teacher, data.label_names, tokenizer, study.seed)
-    fields = teacher_fields(study, data, tokenizer_key)
+    pretrained = load_teacher(study_config.teacher, data.label_names, tokenizer, study_config.seed)
+    fields = teacher_fields(study_config, data, tokenizer_key)
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
-        study, copy.deepcopy(pretrained), tokens, tokenizer, pad_id, device, folder))
+        study_config, copy.deepcopy(pretrained), tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model",
-                               study.teacher.trust_remote_code).to(device).eval()
+                               study_config.teacher.trust_remote_code).to(device).eval()
     # Copied out of the (memory-mapped) file, so nothing done to the cache later can
     # change the numbers of a running study.
     logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}
@@ -78,18 +78,18 @@ def prepare_shared(study: StudyConfig, device: torch.device, cache: Path) -> Sha
         reused={"tokens": tokens_reused, "teacher": artifact.reused})
 
 
-def teacher_fields(study: StudyConfig, data: TextData, tokenizer_key: str) -> dict:
-    """Exactly what determines the fine-tuned teacher (its cache key)."""
-    teacher = study.teacher
-    pipeline = study.pipeline
+def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str) -> dict:
+    """Exactly what determines the fine-tuned teacher (its cache key): the teacher section,
+    the data and the seed; never the students' ``pipeline`` settings."""
+    teacher = study_config.teacher
     return {
         "source": _source_identity(teacher.source),
         "architecture": dataclasses.asdict(teacher.architecture) if teacher.architecture else None,
         "tokenizer": tokenizer_key, "data": data.fingerprint,
-        "max_length": study.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
-        "batch_size": teacher.batch_size, "warmup_ratio": pipeline.warmup_ratio,
-        "weight_decay": pipeline.weight_decay, "max_grad_norm": pipeline.max_grad_norm,
-        "seed": study.seed,
+        "max_length": study_config.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
+        "batch_size": teacher.batch_size, "warmup_ratio": teacher.warmup_ratio,
+        "weight_decay": teacher.weight_decay, "max_grad_norm": teacher.max_grad_norm,
+        "seed": study_config.seed,
     }
 
 
@@ -108,23 +108,23 @@ def _source_identity(source: str) -> str:
     return f"{resolve_source(source)}@sha256:{digest.hexdigest()[:20]}"
 
 
-def teacher_settings(study: StudyConfig) -> TrainSettings:
-    """The teacher's fine-tune: its own epochs, lr and batch; the pipeline's optimiser."""
-    return TrainSettings(
-        epochs=study.teacher.epochs, lr=study.teacher.lr, batch_size=study.teacher.batch_size,
-        warmup_ratio=study.pipeline.warmup_ratio, weight_decay=study.pipeline.weight_decay,
-        max_grad_norm=study.pipeline.max_grad_norm, seed=study.seed)
+def teacher_settings(study_config: StudyConfig) -> TrainSettings:
+    """The teacher's fine-tune, all from the ``teacher`` section (and the study's seed)."""
+    teacher = study_config.teacher
+    return TrainSettings(epochs=teacher.epochs, lr=teacher.lr, batch_size=teacher.batch_size,
+                         warmup_ratio=teacher.warmup_ratio, weight_decay=teacher.weight_decay,
+                         max_grad_norm=teacher.max_grad_norm, seed=study_config.seed)
 
 
-def _build_teacher(study: StudyConfig, teacher: PreTrainedModel,
+def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel,
                    tokens: dict[str, TokenizedSplit], tokenizer, pad_id: int,
                    device: torch.device, folder: Path) -> None:
     log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
-             study.teacher.source, study.teacher.epochs)
+             study_config.teacher.source, study_config.teacher.epochs)
     teacher.to(device)
-    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings(study),
-                device, pad_id)
-    logits = {name: predict_logits(teacher, tokens[name], study.pipeline.eval_batch_size,
+    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss,
+                teacher_settings(study_config), device, pad_id)
+    logits = {name: predict_logits(teacher, tokens[name], study_config.pipeline.eval_batch_size,
                                    device, pad_id) for name in ("train", "dev", "test")}
     metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))
                for name in ("dev", "test")}

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
+import importlib.resources
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -28,19 +29,22 @@ import traceback
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from analysis.frame import study_frame
+from analysis.plots import plot_front
+from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
 from harness.artifacts import cache_root
-from harness.config import ConfigError, StudyConfig, load_study_config
+from harness.config import ConfigError, StudyConfig, TrialConfig, load_study_config
 from harness.data import DataError
 from harness.models import ModelError
-from harness.pipeline import TrialConfig, TrialHooks, run_trial, untrained_cost
+from harness.pipeline import TrialHooks, reported_epochs, run_trial, untrained_cost
 from harness.provenance import provenance
 from harness.search import (constraint_violations, directions, make_pruner, make_sampler,
-                            objective_values, over_budget, should_stop_early,
-                            suggest_trial_config)
+                            objective_values, over_budget, stop_if_behind, suggest_trial_config)
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
                              redact_url)
@@ -49,8 +53,11 @@ from harness.workers import reap_dead_local_trials, trial_counts
 
 log = logging.getLogger("harness.study")
 
-DEFAULT_STUDY = Path(__file__).resolve().parent.parent / "studies" / "default.yaml"
+# harness.studies is the studies/ folder shipped as package data (pyproject.toml), so the
+# main job finds it from any folder after a regular, non-editable `pip install .`.
+DEFAULT_STUDY = Path(str(importlib.resources.files("harness.studies") / "default.yaml"))
 MAX_CONSECUTIVE_FAILURES = 5
+# The W&B front table's columns (the printed and file reports have their own layout).
 FRONT_COLUMNS = ("dev_accuracy", "test_accuracy", "flops_per_example", "params", "T", "T_s",
                  "alpha", "num_layers", "hidden_size", "kd_gain")
 
@@ -80,19 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
         overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
-        config = load_study_config(args.study, overrides)
+        study_config = load_study_config(args.study, overrides)
         # "auto" is decided once per invocation, so every trial logs the same way.
-        config = dataclasses.replace(config, tracking=dataclasses.replace(
-            config.tracking, wandb=tracking.resolve_mode(config.tracking.wandb)))
+        study_config = dataclasses.replace(study_config, tracking=dataclasses.replace(
+            study_config.tracking, wandb=tracking.resolve_mode(study_config.tracking.wandb)))
         device = resolve_device(args.device)
-        study_name = args.study_name or config.name
+        study_name = args.study_name or study_config.name
         storage_url = args.storage or DEFAULT_STORAGE
         # A database is reached before the (possibly hours-long) teacher fine-tune; a
         # journal file is only created once the data and the teacher are known to be good.
         storage = (None if journal_path(storage_url)
                    else open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds))
-        shared = prepare_shared(config, device, cache_root())
-        study = open_study(storage or open_storage(storage_url), study_name, config)
+        shared = prepare_shared(study_config, device, cache_root())
+        study = open_study(storage or open_storage(storage_url), study_name, study_config)
     except (ConfigError, DataError, ModelError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}
-        run_study(study, config, shared, args.n_trials, run_dir, context)
+        run_study(study, study_config, shared, args.n_trials, run_dir, context)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
@@ -114,37 +121,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        if not interrupted:
-            log_front_to_wandb(study, config, run_dir)
-        _report_location(study, storage_url, run_dir, config)
+        frame = study_frame(study)
+        report = front_report(frame)
+        if report is not None and not interrupted:
+            log_front_to_wandb(frame, report, study_config, run_dir)
+        _report_location(report, study.study_name, storage_url, run_dir, study_config)
     return 0
 
 
-def open_study(storage, study_name: str, config: StudyConfig) -> optuna.Study:
+def open_study(storage, study_name: str, study_config: StudyConfig) -> optuna.Study:
     """Create or load the study; one made from another configuration is refused.
 
     The sampler's seed moves on with the trials already stored, so a resumed run or a
     second worker does not replay the first one's random start-up trials.
     """
-    fingerprint = config_fingerprint(config)
+    fingerprint = config_fingerprint(study_config)
     study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                directions=directions(config))
+                                directions=directions(study_config))
     stored = study.user_attrs.get("config_sha256")
     if stored is not None and stored != fingerprint:
         raise ConfigError(f"study {study_name!r} was created from another configuration "
                           "(study file, --set or --seed differ); use another --study-name")
     if stored is None:
         study.set_user_attr("config_sha256", fingerprint)
-        study.set_user_attr("objectives", list(config.objectives.metrics))
-        study.set_user_attr("config", _jsonable(dataclasses.asdict(config)))
-    seed = config.seed + 100_003 * len(study.trials)
+        study.set_user_attr("objectives", list(study_config.objectives.metrics))
+        study.set_user_attr("config", _jsonable(dataclasses.asdict(study_config)))
+    seed = study_config.seed + 100_003 * len(study.trials)
     return optuna.load_study(study_name=study_name, storage=storage,
-                             sampler=make_sampler(config, seed), pruner=make_pruner(config))
+                             sampler=make_sampler(study_config, seed),
+                             pruner=make_pruner(study_config))
 
 
-def config_fingerprint(config: StudyConfig) -> str:
+def config_fingerprint(study_config: StudyConfig) -> str:
     """What makes trials comparable: everything but tracking and the description."""
-    fields = dataclasses.asdict(dataclasses.replace(config, description=""))
+    fields = dataclasses.asdict(dataclasses.replace(study_config, description=""))
     fields.pop("tracking")
     return hashlib.sha256(json.dumps(_jsonable(fields), sort_keys=True).encode()).hexdigest()
 
@@ -153,26 +163,31 @@ def _jsonable(value):
     return json.loads(json.dumps(value, default=list))
 
 
-def log_front_to_wandb(study: optuna.Study, config: StudyConfig, run_dir: Path) -> None:
-    """One study-level W&B run with the Pareto front table and the accuracy-vs-FLOPs plot."""
-    if config.tracking.wandb == "disabled" or not trial_counts(study).complete:
-        return
-    from analysis.frame import study_frame
-    from analysis.front import pareto_front
-    from analysis.plots import plot_front
+def front_report(frame: pd.DataFrame) -> Report | None:
+    """The Pareto report of ``python -m analysis.pareto``; None before any complete trial."""
+    try:
+        return build_report(frame)
+    except NoCompleteTrials:
+        return None
 
-    frame = study_frame(study)
+
+def log_front_to_wandb(frame: pd.DataFrame, report: Report, study_config: StudyConfig,
+                       run_dir: Path) -> None:
+    """One study-level W&B run with the Pareto front table and the accuracy-vs-FLOPs plot."""
+    tracking_config = study_config.tracking
+    if tracking_config.wandb == "disabled":
+        return
     figure_path = run_dir / "pareto.png"
     figure_path.parent.mkdir(parents=True, exist_ok=True)
     plot_front(frame).savefig(figure_path, dpi=100)
-    front = pareto_front(frame)[["trial", *FRONT_COLUMNS]]
-    tracking.log_study_front(config.tracking.wandb, config.tracking.project,
-                             config.tracking.entity, config.tracking.tags, run_dir,
-                             study.study_name, front, figure_path)
+    front = report.front[["trial", *FRONT_COLUMNS]]
+    tracking.log_study_front(tracking_config.wandb, tracking_config.project,
+                             tracking_config.entity, tracking_config.tags, run_dir,
+                             report.study_name, front, figure_path)
 
 
-def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts, n_trials: int,
-              run_dir: Path, context: dict) -> None:
+def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
+              n_trials: int, run_dir: Path, context: dict) -> None:
     """Run trials until the study holds ``n_trials`` finished ones (shared by all workers)."""
     reap_dead_local_trials(study)
     counts = trial_counts(study)
@@ -192,8 +207,8 @@ def run_study(study: optuna.Study, config: StudyConfig, shared: SharedArtifacts,
                 time.sleep(2)  # wait in case one of those workers dies and its trial returns
                 reap_dead_local_trials(study)
             else:
-                study.optimize(lambda trial: objective(trial, config, shared, run_dir, context,
-                                                       n_trials),
+                study.optimize(lambda trial: objective(trial, study_config, shared, run_dir,
+                                                       context, n_trials),
                                n_trials=1, catch=(Exception,),
                                callbacks=[lambda _, trial: states.append(trial.state)])
                 front_size = keep_front_students(study, run_dir)
@@ -213,7 +228,7 @@ class StudyAborted(RuntimeError):
 FAIL = optuna.trial.TrialState.FAIL
 
 
-def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
+def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArtifacts,
               run_dir: Path, context: dict, n_trials: int) -> list[float]:
     """One Optuna trial: sample, run, record. Failures keep their reason in the storage.
 
@@ -222,22 +237,22 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
     # First, so that a worker killed at any later point can be recognised as dead.
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     _refuse_surplus(trial, n_trials)
-    trial_config = suggest_trial_config(trial, config)
+    trial_config = suggest_trial_config(trial, study_config)
     trial.set_user_attr("provenance", provenance(shared.device))
+    tracking_config = study_config.tracking
     run = tracking.start_trial_run(
-        config.tracking.wandb, config.tracking.project, config.tracking.entity,
-        config.tracking.tags, run_dir, trial.study.study_name, trial.number, "trial",
-        {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(config), **context})
+        tracking_config.wandb, tracking_config.project, tracking_config.entity,
+        tracking_config.tags, run_dir, trial.study.study_name, trial.number, "trial",
+        {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(study_config),
+         **context})
     if run.run_id:
         trial.set_user_attr("wandb_run_id", run.run_id)
     size = (trial_config.num_layers, trial_config.hidden_size)
-    phases = (config.pipeline.intermediate, config.pipeline.distill, config.pipeline.finetune)
-    last_epoch = sum(math.ceil(phase.epochs) for phase in phases if phase.epochs > 0)
-    hooks = TrialHooks(log=run.log, epoch_end=lambda epoch, accuracy: _early_stop(
-        trial, config, size, epoch, accuracy, last_epoch))
+    hooks = TrialHooks(log=run.log, on_epoch=functools.partial(
+        stop_if_behind, trial, study_config, size, reported_epochs(study_config)))
     try:
-        _refuse_over_budget(trial, config, trial_config, shared)
-        result = run_trial(config, trial_config, shared, hooks,
+        _refuse_over_budget(trial, study_config, trial_config, shared)
+        result = run_trial(study_config, trial_config, shared, hooks,
                            save_student_to=run_dir / "students" / f"trial-{trial.number}")
     except optuna.TrialPruned as pruned:
         trial.set_user_attr("prune_reason", str(pruned))
@@ -253,25 +268,25 @@ def objective(trial: optuna.Trial, config: StudyConfig, shared: SharedArtifacts,
     for key, value in stored.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("student_path", str(run_dir / "students" / f"trial-{trial.number}"))
-    for key, value in constraint_violations(config, result).items():
+    for key, value in constraint_violations(study_config, stored).items():
         trial.set_constraint(key, value)
     run.finish(stored, "complete")
-    return objective_values(config, result)
+    return objective_values(study_config, stored)
 
 
-def _refuse_over_budget(trial: optuna.Trial, config: StudyConfig, trial_config: TrialConfig,
+def _refuse_over_budget(trial: optuna.Trial, study_config: StudyConfig, trial_config: TrialConfig,
                         shared: SharedArtifacts) -> None:
     """Prune, untrained, a student whose architecture breaks a compute constraint; the
     constraint values mark it infeasible, so the sampler learns to avoid its region."""
-    if not config.objectives.constraints:
+    if not study_config.objectives.constraints:
         return
-    cost = untrained_cost(config, trial_config, shared)
-    over = over_budget(config, cost)
+    cost = untrained_cost(study_config, trial_config, shared)
+    over = over_budget(study_config, cost)
     for metric, excess in over.items():
         trial.set_constraint(metric, excess)
     if over:
         raise optuna.TrialPruned("over budget before training: " + ", ".join(
-            f"{metric} {getattr(cost, metric):g} > {config.objectives.constraints[metric]:g}"
+            f"{metric} {getattr(cost, metric):g} > {study_config.objectives.constraints[metric]:g}"
             for metric in over))
 
 
@@ -301,21 +316,6 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {str(error)[:300]}"
 
 
-def _early_stop(trial: optuna.Trial, config: StudyConfig, size: tuple[int, int], epoch: int,
-                accuracy: float, last_epoch: int) -> None:
-    if len(config.objectives.metrics) == 1:
-        trial.report(accuracy, epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"MedianPruner at epoch {epoch} (dev accuracy {accuracy:.4f})")
-        return
-    if epoch >= last_epoch:  # stopping now would save nothing and lose a finished result
-        return
-    finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if should_stop_early(finished, size, epoch, accuracy, config.pruner):
-        raise optuna.TrialPruned(f"below the median of size {size} at epoch {epoch} "
-                                 f"(dev accuracy {accuracy:.4f})")
-
-
 def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
     """Delete saved students of finished trials that are not on the Pareto front; returns
     the front's size."""
@@ -343,29 +343,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _report_location(study: optuna.Study, storage_url: str, run_dir: Path,
-                     config: StudyConfig) -> None:
-    complete = [t for t in study.get_trials(deepcopy=False)
-                if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        print(front_table(study))
+def _report_location(report: Report | None, study_name: str, storage_url: str, run_dir: Path,
+                     study_config: StudyConfig) -> None:
+    if report is not None:
+        print(render_text(report))
     storage_arg = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact_url(storage_url)}'"
-    print(f"study {study.study_name!r} is stored in {redact_url(storage_url)}")
-    print(f"Pareto report: python -m analysis.pareto --study-name {study.study_name}{storage_arg}")
-    sync = tracking.sync_command(run_dir, config.tracking.wandb)
+    print(f"study {study_name!r} is stored in {redact_url(storage_url)}")
+    print(f"Pareto report: python -m analysis.pareto --study-name {study_name}{storage_arg}")
+    sync = tracking.sync_command(run_dir, study_config.tracking.wandb)
     if sync:
         print(f"upload the offline W&B runs: {sync}")
-
-
-def front_table(study: optuna.Study) -> str:
-    rows = sorted(study.best_trials, key=lambda t: t.user_attrs.get("flops_per_example", 0))
-    header = ["trial", *FRONT_COLUMNS]
-    lines = ["Pareto front:", "  ".join(f"{h:>12}" for h in header)]
-    for trial in rows:
-        values = [trial.number] + [trial.user_attrs.get(c, float("nan")) for c in FRONT_COLUMNS]
-        lines.append("  ".join(f"{v:>12.4g}" if isinstance(v, float) else f"{v:>12}"
-                               for v in values))
-    return "\n".join(lines)
 
 
 def _quiet_libraries() -> None:

@@ -8,11 +8,14 @@ import pytest
 import yaml
 
 from harness.config import (
+    SEARCHABLE,
     ConfigError,
     PhaseConfig,
     SearchParam,
     StudyConfig,
+    TrialConfig,
     apply_override,
+    default_trial_config,
     load_study_config,
     study_config_from_dict,
 )
@@ -73,6 +76,33 @@ def test_search_entries_are_normalised_to_the_parameter_type():
     assert config.search["num_layers"].low == 1 and isinstance(config.search["num_layers"].high, int)
     assert config.search["hidden_size"].choices == (128, 256)
     assert config.search["init"].choices == ("random", "teacher-layers")
+
+
+def test_the_searchable_table_gives_every_trial_field_its_study_file_value():
+    assert {f.name for f in dataclasses.fields(TrialConfig)} == set(SEARCHABLE) | {"seed"}
+    # A distinct, valid fixed value per parameter, written where the table says it lives.
+    fixed = {"T": 2.5, "T_s": 3.5, "alpha": 0.25, "lr": 3e-4, "hidden_weight": 0.5,
+             "attention_weight": 1.5, "num_layers": 5, "hidden_size": 96,
+             "intermediate_size": 200, "init": "random"}
+    assert set(fixed) == set(SEARCHABLE)
+    raw: dict = {"seed": 7}
+    for name, value in fixed.items():
+        apply_override(raw, f"{SEARCHABLE[name].path}={value}")
+    config = study_config_from_dict(raw)
+    trial = default_trial_config(config)
+    assert dataclasses.asdict(trial) == {**fixed, "seed": 7}
+    for name, value in fixed.items():
+        assert isinstance(getattr(trial, name), SEARCHABLE[name].kind), name
+    assert default_trial_config(config, T=9.0).T == 9.0
+
+
+def test_the_teacher_fine_tune_has_its_own_optimiser_settings():
+    config = study_config_from_dict({"pipeline": {"warmup_ratio": 0.3, "weight_decay": 0.2,
+                                                  "max_grad_norm": 5.0}})
+    assert (config.teacher.warmup_ratio, config.teacher.weight_decay,
+            config.teacher.max_grad_norm) == (0.1, 0.01, 1.0)
+    teacher = study_config_from_dict({"teacher": {"weight_decay": 0.0}}).teacher
+    assert teacher.weight_decay == 0.0
 
 
 def test_architecture_teacher_section():
@@ -147,7 +177,7 @@ def test_architecture_teacher_without_architecture():
     ({"search": {"lr": {"low": 0.0, "high": 1e-3, "log": True}}}, "search.lr.log: a log-scale"),
     ({"search": {"T": {"low": -1.0, "high": 2.0, "log": True}}}, "search.T.log"),
     ({"search": {"num_heads": {"choices": [4, 8]}}}, "search.num_heads: not a searchable"),
-    ({"search": {"hidden_size": {"choices": [64, 100]}}}, "search.hidden_size: every hidden size"),
+    ({"search": {"hidden_size": {"choices": [64, 100]}}}, "search.hidden_size.choices[1]: every hidden size"),
     ({"search": {"hidden_size": {"low": 64, "high": 256, "step": 48}}}, "search.hidden_size:"),
     ({"search": {"hidden_size": {"low": 64, "high": 256}}}, "search.hidden_size:"),
     ({"search": {"T": {"low": 1.0}}}, "search.T: expected low and high"),
@@ -155,7 +185,7 @@ def test_architecture_teacher_without_architecture():
     ({"search": {"init": {"choices": ["zeros"]}}}, "search.init.choices"),
     ({"search": {"T": {"low": 1.0, "high": 2.0, "choices": [1.0]}}}, "search.T: give either"),
     ({"search": {"alpha": {"low": 0.0, "high": 1.5}}}, "search.alpha: alpha must lie in [0, 1]"),
-    ({"search": {"T_s": {"choices": [0.0, 1.0]}}}, "search.T_s: temperatures must be > 0"),
+    ({"search": {"T_s": {"choices": [0.0, 1.0]}}}, "search.T_s.choices[0]: temperatures must be > 0"),
     ({"search": {"T": {"low": float("nan"), "high": 2.0}}}, "search.T: low and high must be finite"),
     ({"search": {"lr": {"low": 1e-5, "high": 1e-3, "log": True, "step": 1e-5}}}, "search.lr.step"),
     ({"search": {"num_layers": {"low": 1, "high": 4, "step": 0}}}, "search.num_layers.step"),
@@ -165,9 +195,15 @@ def test_architecture_teacher_without_architecture():
      "objectives.metrics: unknown metric 'energy'"),
     ({"objectives": {"metrics": ["flops_per_example"]}}, "objectives.metrics: the first objective"),
     ({"objectives": {"constraints": {"dev_accuracy": 0.9}}}, "objectives.constraints.dev_accuracy"),
-    ({"student": {"hidden_size": 100, "head_dim": 32}}, "student.hidden_size: 100 is not a multiple"),
+    ({"student": {"hidden_size": 100, "head_dim": 32}}, "student.hidden_size: every hidden size must be a multiple of student.head_dim (32), got 100"),
     ({"pipeline": {"alpha": 1.5}}, "pipeline.alpha"),
     ({"pipeline": {"T": 0.0}}, "pipeline.T: temperatures must be > 0"),
+    ({"pipeline": {"hidden_weight": -1.0}}, "pipeline.hidden_weight: weights must be >= 0"),
+    ({"pipeline": {"distill": {"lr": 0.0}}}, "pipeline.distill.lr: learning rates must be > 0"),
+    ({"student": {"num_layers": 0}}, "student.num_layers: layer counts must be > 0"),
+    ({"search": {"attention_weight": {"low": -1.0, "high": 1.0}}},
+     "search.attention_weight: weights must be >= 0"),
+    ({"search": {"num_layers": {"low": 0, "high": 2}}}, "search.num_layers: layer counts"),
 ])
 def test_semantic_errors(raw, fragment):
     assert fragment in config_error(raw)

@@ -8,12 +8,16 @@ import pytest
 import torch
 import transformers
 
+from safetensors.torch import load_file
+
 import harness.pipeline
 import harness.shared
+from harness.config import default_trial_config
+from harness.evaluation import score
 from harness.models import load_teacher
-from harness.pipeline import TrialHooks, default_trial_config, run_trial
+from harness.pipeline import TrialHooks, run_trial
 from harness.shared import prepare_shared
-from harness.train import Diverged
+from harness.train import Diverged, predict_logits
 
 CONTRACT = ("dev_accuracy", "test_accuracy", "baseline_dev_accuracy", "baseline_test_accuracy",
             "kd_gain", "teacher_agreement", "flops_per_example", "params",
@@ -44,17 +48,27 @@ def test_trial_produces_every_contract_field(smoke_config, smoke_shared, tmp_pat
     fields = result.stored_fields()
     for name in CONTRACT:
         assert name in fields and fields[name] is not None, name
-    assert 0.0 <= result.dev_accuracy <= 1.0 and 0.0 <= result.teacher_agreement <= 1.0
-    assert result.kd_gain == pytest.approx(result.dev_accuracy - result.baseline_dev_accuracy)
-    assert (result.T, result.T_s, result.alpha) == (2.0, 3.0, 0.5)
-    assert result.hidden_size == smoke_config.student.hidden_size
-    assert result.num_heads == result.hidden_size // smoke_config.student.head_dim
-    assert result.flops_per_example < result.teacher_flops_per_example
-    assert result.train_flops > 0 and result.dev_examples == len(smoke_shared.tokens["dev"])
-    assert len(result.epoch_dev_accuracy) == smoke_config.pipeline.distill.epochs
-    # The saved student is a plain transformers model that reproduces the trial's numbers.
-    classifier = transformers.pipeline("text-classification", model=str(tmp_path / "student"),
-                                       device="cpu")
+    assert 0.0 <= fields["dev_accuracy"] <= 1.0 and 0.0 <= fields["teacher_agreement"] <= 1.0
+    assert fields["kd_gain"] == pytest.approx(fields["dev_accuracy"]
+                                              - fields["baseline_dev_accuracy"])
+    assert (fields["T"], fields["T_s"], fields["alpha"]) == (2.0, 3.0, 0.5)
+    assert fields["hidden_size"] == smoke_config.student.hidden_size
+    assert fields["num_heads"] == fields["hidden_size"] // smoke_config.student.head_dim
+    assert fields["flops_per_example"] < fields["teacher_flops_per_example"]
+    assert fields["train_flops"] > 0 and fields["dev_examples"] == len(smoke_shared.tokens["dev"])
+    assert len(fields["epoch_dev_accuracy"]) == smoke_config.pipeline.distill.epochs
+    assert_saved_student_reproduces(tmp_path / "student", smoke_shared, fields["dev_accuracy"])
+
+
+def assert_saved_student_reproduces(folder, shared, dev_accuracy: float) -> None:
+    """The saved student, loaded back by transformers, gives the logits the trial measured
+    on dev (within 1e-5) and so its dev accuracy; its saved tokenizer loads with it."""
+    student = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
+    logits = predict_logits(student, shared.tokens["dev"], 64, torch.device("cpu"), shared.pad_id)
+    measured = load_file(str(folder / "logits.safetensors"))["dev"]
+    torch.testing.assert_close(logits, measured, atol=1e-5, rtol=0)
+    assert score(logits, shared.tokens["dev"].labels).accuracy == dev_accuracy
+    classifier = transformers.pipeline("text-classification", model=str(folder), device="cpu")
     assert classifier("a wonderful, moving film")[0]["label"] in ("rotten", "fresh")
 
 
@@ -122,7 +136,7 @@ def test_hidden_and_attention_matching_across_widths(smoke_config, smoke_shared)
     logged = []
     result = run_trial(smoke_config, trial, smoke_shared,
                        TrialHooks(log=lambda metrics, step: logged.append(metrics)))
-    assert result.hidden_size != smoke_shared.teacher.config.hidden_size  # needs the projection
+    assert result.shape.hidden_size != smoke_shared.teacher.config.hidden_size  # a projection
     keys = set().union(*logged)
     assert {"distill/hidden", "distill/attention", "distill/kd", "distill/ce", "distill/lr",
             "distill/dev_accuracy", "distill/epoch"} <= keys
@@ -144,10 +158,10 @@ def test_tinybert_style_intermediate_phase_then_logit_kd(smoke_config, smoke_sha
 
 
 def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkeypatch):
-    def exploding(shared, projection, logit_kd, hidden_weight, attention_weight):
+    def exploding(loss, shared, projection):
         return lambda model, batch: {"loss": model(**{k: batch[k] for k in (
             "input_ids", "attention_mask")}).logits.sum() * float("nan")}
 
-    monkeypatch.setattr(harness.pipeline, "matching_loss", exploding)
+    monkeypatch.setattr(harness.pipeline, "loss_function", exploding)
     with pytest.raises(Diverged, match="distill"):
         run_trial(smoke_config, default_trial_config(smoke_config), smoke_shared)

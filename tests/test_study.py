@@ -12,18 +12,17 @@ from pathlib import Path
 
 import optuna
 import pytest
-import transformers
 
 import harness.study
-from harness.config import load_study_config
-from harness.pipeline import TrialConfig, default_trial_config, untrained_cost
+from harness.config import TrialConfig, default_trial_config, load_study_config
+from harness.pipeline import untrained_cost
 from harness.search import make_sampler, suggest_trial_config
 from harness.storage import open_storage
 from harness.study import main
 from harness.train import Diverged
 
 from .conftest import REPO, SMOKE
-from .test_pipeline import CONTRACT
+from .test_pipeline import CONTRACT, assert_saved_student_reproduces
 
 STUDY_FILES = sorted((REPO / "studies").glob("*.yaml"))
 
@@ -45,7 +44,7 @@ def in_tmp(tmp_path, monkeypatch, cache_dir, smoke_shared) -> Path:
     return tmp_path
 
 
-def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp):
+def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp, smoke_shared):
     code, storage = run_smoke(in_tmp, 3)
     assert code == 0
     study = load(storage)
@@ -63,10 +62,9 @@ def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp):
     saved = {int(p.name.removeprefix("trial-"))
              for p in (in_tmp / "runs" / "smoke-test" / "students").iterdir()}
     assert saved == front
-    best = study.best_trials[0]
-    classifier = transformers.pipeline("text-classification", model=best.user_attrs["student_path"],
-                                       device="cpu")
-    assert classifier("an utterly charming film")[0]["label"] in ("rotten", "fresh")
+    for trial in study.best_trials:
+        assert_saved_student_reproduces(in_tmp / trial.user_attrs["student_path"], smoke_shared,
+                                        trial.user_attrs["dev_accuracy"])
 
 
 def test_rerun_resumes_to_the_asked_total(in_tmp):
@@ -151,6 +149,7 @@ def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
     assert not storage.exists() and not (in_tmp / "runs").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_marks_the_running_trial_interrupted(in_tmp):
     storage = f"journal:{in_tmp / 'study.journal'}"
     command = [sys.executable, "-m", "harness.study", "--study", str(SMOKE), "--n-trials", "3",
@@ -213,3 +212,24 @@ def test_pareto_report_of_a_real_smoke_study(in_tmp):
     assert "teacher" in (out / "pareto.md").read_text()
     height, width, _ = imread(out / "pareto.png").shape
     assert width >= 600 and height >= 400
+
+
+@pytest.mark.slow
+def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
+    """Not editable: the installed package alone must carry studies/default.yaml."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                    "--no-build-isolation", "--target", str(target), str(REPO)], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout
+    probe = ("import harness.study, harness.config; "
+             "print(harness.study.DEFAULT_STUDY); "
+             "print(harness.config.load_study_config(harness.study.DEFAULT_STUDY).name)")
+    printed = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert Path(printed[0]).is_relative_to(target)
+    assert printed[1] == load_study_config(REPO / "studies" / "default.yaml").name
+    help_text = subprocess.run([sys.executable, "-m", "harness.study", "--help"], cwd=elsewhere,
+                               env=env, capture_output=True, text=True, check=True).stdout
+    assert "--n-trials" in help_text

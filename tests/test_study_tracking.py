@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import optuna
@@ -94,7 +95,7 @@ def test_storage_password_never_reaches_run_files(tmp_path, monkeypatch, cache_d
     user_and_host = postgres_url.split("://", 1)[1]
     user, host = user_and_host.split("@", 1)
     url = f"postgresql://{user}:{SECRET}@{host}"
-    name = f"secret-{tmp_path.name}"
+    name = f"secret-{uuid.uuid4().hex[:8]}"  # the database outlives the test session
     assert main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "offline",
                  "--storage", url, "--study-name", name]) == 0
     printed = capsys.readouterr()

@@ -1,0 +1,109 @@
+"""What a student phase minimises, as the training loop's ``loss_fn``: logit KD (the seed's
+loss, from the teacher's cached logits), hidden-state and attention matching (which run the
+teacher on each batch), or labels alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from harness.losses import attention_loss, distillation_loss_terms, hidden_state_loss, layer_map
+from harness.shared import SharedArtifacts
+from harness.train import LossFn, cross_entropy_loss
+
+
+@dataclass(frozen=True)
+class StudentLoss:
+    """What a student phase minimises: logit KD (None: no logit term) plus weighted
+    hidden-state and attention matching; with neither, labels alone (cross-entropy)."""
+
+    logit_kd: LogitKD | None = None
+    hidden_weight: float = 0.0
+    attention_weight: float = 0.0
+
+    @property
+    def runs_teacher(self) -> bool:
+        """Matching needs the teacher's activations; logit KD reads its cached logits."""
+        return self.hidden_weight > 0 or self.attention_weight > 0
+
+
+@dataclass(frozen=True)
+class LogitKD:
+    alpha: float
+    T: float
+    T_s: float
+    hard_label_temperature: float | None  # None: CE on softmax(z_s / T_s), as the seed
+
+
+def loss_function(loss: StudentLoss, shared: SharedArtifacts,
+                  projection: torch.nn.Linear | None) -> LossFn:
+    """``loss`` as the training loop's ``loss_fn``. Logit KD reads the teacher's logits from
+    the cache (no teacher forward pass); matching runs the teacher on the batch."""
+    if loss.logit_kd is None and not loss.runs_teacher:
+        return cross_entropy_loss
+    train_logits = shared.teacher_logits["train"]
+    logit_kd = loss.logit_kd
+
+    def loss_fn(model, batch) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+                  "output_hidden_states": loss.hidden_weight > 0,
+                  "output_attentions": loss.attention_weight > 0}
+        output = model(**inputs)
+        losses = {}
+        if logit_kd is not None:
+            teacher_logits = train_logits[batch["index"].cpu()].to(output.logits.device)
+            terms = distillation_loss_terms(output.logits, teacher_logits, batch["labels"],
+                                            logit_kd.alpha, logit_kd.T, logit_kd.T_s,
+                                            logit_kd.hard_label_temperature)
+            losses = {"loss": terms.total, **{k: v for k, v in (("kd", terms.kd), ("ce", terms.ce))
+                                              if v is not None}}
+        if loss.runs_teacher:
+            with torch.no_grad():
+                teacher_output = shared.teacher(**inputs)
+            chosen = layer_map(model.config.num_hidden_layers,
+                               shared.teacher.config.num_hidden_layers)
+            if loss.hidden_weight > 0:  # hidden_states[0] is the embeddings: match layer outputs
+                losses["hidden"] = hidden_state_loss(
+                    output.hidden_states[1:], [teacher_output.hidden_states[1 + j] for j in chosen],
+                    projection, batch["attention_mask"])
+            if loss.attention_weight > 0:
+                losses["attention"] = attention_loss(
+                    output.attentions, [teacher_output.attentions[j] for j in chosen],
+                    batch["attention_mask"])
+            matching = (loss.hidden_weight * losses.get("hidden", 0.0)
+                        + loss.attention_weight * losses.get("attention", 0.0))
+            losses["loss"] = losses.get("loss", 0.0) + matching
+        return losses
+
+    return loss_fn
+
+
+@contextlib.contextmanager
+def attention_maps(student, teacher, needed: bool):
+    """Eager attention (SDPA returns no attention maps) and no dropout on the student's
+    attention probabilities (matching would compare maps with holes), then back.
+
+    The teacher is shared by every trial in the process, so it must leave as it came.
+    """
+    if not needed:
+        yield
+        return
+    implementations = student.config._attn_implementation, teacher.config._attn_implementation
+    dropouts = [m.dropout for name, m in student.named_modules()
+                if name.endswith("attention.self") and isinstance(getattr(m, "dropout", None),
+                                                                   torch.nn.Dropout)]
+    probabilities = [d.p for d in dropouts]
+    student.set_attn_implementation("eager")
+    teacher.set_attn_implementation("eager")
+    for dropout in dropouts:
+        dropout.p = 0.0
+    try:
+        yield
+    finally:
+        student.set_attn_implementation(implementations[0])
+        teacher.set_attn_implementation(implementations[1])
+        for dropout, p in zip(dropouts, probabilities):
+            dropout.p = p
