@@ -1,0 +1,118 @@
+"""Tests for harness.search.should_stop_early, the multi-objective early-stopping rule:
+stop after epoch e when below the median dev accuracy at e of completed trials of the same
+student size, once enough of them exist. Pinned on hand-built FrozenTrials."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.config import PrunerConfig
+from harness.search import should_stop_early
+
+SIZE = (2, 128)
+OTHER = (4, 256)
+MEDIAN = PrunerConfig(name="median", n_startup_trials=3, n_warmup_epochs=0)
+
+
+def _trial(accuracies, size=SIZE, state=TrialState.COMPLETE):
+    values = [0.0, 1.0] if state == TrialState.COMPLETE else None
+    return optuna.trial.create_trial(
+        state=state, values=values,
+        user_attrs={"num_layers": size[0], "hidden_size": size[1],
+                    "epoch_dev_accuracy": list(accuracies)})
+
+
+# Epoch 2 accuracies 0.5, 0.8, 0.82: median 0.8, mean 0.707. Epoch 1 accuracies are all
+# low, so reading the wrong epoch would never stop a trial at 0.75.
+PEERS = [_trial([0.1, 0.5, 0.9]), _trial([0.2, 0.8, 0.9]), _trial([0.3, 0.82, 0.9])]
+
+
+@pytest.mark.parametrize("accuracy,stops", [
+    (0.75, True),  # below the median 0.8 (though above the mean 0.707)
+    (0.7999, True),
+    (0.8, False),  # at the median
+    (0.81, False),
+    (0.95, False),
+])
+def test_stops_only_below_the_median_of_peers(accuracy, stops):
+    assert should_stop_early(PEERS, SIZE, 2, accuracy, MEDIAN) is stops
+
+
+def test_median_of_an_even_number_of_peers_is_the_mean_of_the_middle_two():
+    peers = PEERS + [_trial([0.1, 0.9])]  # epoch 2: 0.5, 0.8, 0.82, 0.9 -> median 0.81
+    assert should_stop_early(peers, SIZE, 2, 0.805, MEDIAN)
+    assert not should_stop_early(peers, SIZE, 2, 0.81, MEDIAN)
+
+
+def test_uses_the_accuracies_at_the_given_epoch():
+    # Epoch 1 median is 0.2, epoch 3 median is 0.9.
+    assert not should_stop_early(PEERS, SIZE, 1, 0.3, MEDIAN)
+    assert should_stop_early(PEERS, SIZE, 3, 0.3, MEDIAN)
+
+
+def test_needs_n_startup_trials_peers():
+    two = PEERS[:2]  # epoch 2 median 0.65
+    assert not should_stop_early(two, SIZE, 2, 0.1, MEDIAN)
+    assert should_stop_early(two, SIZE, 2, 0.1, PrunerConfig(n_startup_trials=2))
+
+
+def test_no_peers_never_stops_even_when_none_are_required():
+    assert not should_stop_early([], SIZE, 1, 0.0, PrunerConfig(n_startup_trials=0))
+    assert should_stop_early(PEERS[:1], SIZE, 2, 0.0, PrunerConfig(n_startup_trials=0))
+
+
+def test_trials_of_other_sizes_are_ignored():
+    # Same-size peers alone: 0.5 is at their epoch-2 median, so it continues. Counting the
+    # other sizes' high accuracies would raise the median and stop it.
+    same = [_trial([0.1, 0.4]), _trial([0.1, 0.5]), _trial([0.1, 0.6])]
+    others = ([_trial([0.9, 0.95], size=OTHER) for _ in range(3)]
+              + [_trial([0.9, 0.95], size=(SIZE[0], OTHER[1])),  # one coordinate matches
+                 _trial([0.9, 0.95], size=(OTHER[0], SIZE[1]))])
+    assert not should_stop_early(same + others, SIZE, 2, 0.5, MEDIAN)
+    # The same trials as peers of that size would stop it: the filter is what decides.
+    assert should_stop_early(same + others, SIZE, 2, 0.49, MEDIAN)
+    relabelled = same + [_trial(t.user_attrs["epoch_dev_accuracy"]) for t in others]
+    assert should_stop_early(relabelled, SIZE, 2, 0.5, MEDIAN)
+    # Only other-size trials: too few peers, never stops.
+    assert not should_stop_early(others, SIZE, 2, 0.0, MEDIAN)
+
+
+def test_peers_without_that_epoch_are_ignored():
+    # Three peers ran three epochs; two stopped after one (their lists are shorter).
+    full = [_trial([0.5, 0.5, 0.6]), _trial([0.5, 0.5, 0.7]), _trial([0.5, 0.5, 0.8])]
+    short = [_trial([0.99]), _trial([0.99])]
+    assert not should_stop_early(full + short, SIZE, 3, 0.7, MEDIAN)
+    assert should_stop_early(full + short, SIZE, 3, 0.69, MEDIAN)
+    # With four peers required, the three full ones are not enough.
+    assert not should_stop_early(full + short, SIZE, 3, 0.0,
+                                 PrunerConfig(n_startup_trials=4))
+    # At epoch 1 the short ones count: median of 0.5, 0.5, 0.5, 0.99, 0.99 is 0.5.
+    assert should_stop_early(full + short, SIZE, 1, 0.49, PrunerConfig(n_startup_trials=5))
+
+
+@pytest.mark.parametrize("state", [TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING,
+                                   TrialState.WAITING])
+def test_unfinished_trials_are_ignored(state):
+    # Two completed peers (too few); three more in ``state`` with high accuracies would
+    # make enough peers and a median (0.9) that stops 0.5.
+    complete = [_trial([0.1, 0.4]), _trial([0.1, 0.45])]
+    other_state = [_trial([0.9, 0.9], state=state) for _ in range(3)]
+    assert not should_stop_early(complete + other_state, SIZE, 2, 0.5, MEDIAN)
+    as_complete = complete + [_trial([0.9, 0.9]) for _ in range(3)]
+    assert should_stop_early(as_complete, SIZE, 2, 0.5, MEDIAN)
+
+
+def test_pruner_none_never_stops():
+    none = PrunerConfig(name="none", n_startup_trials=3, n_warmup_epochs=0)
+    assert should_stop_early(PEERS, SIZE, 2, 0.0, MEDIAN)
+    for epoch in (1, 2, 3):
+        assert not should_stop_early(PEERS, SIZE, epoch, 0.0, none)
+
+
+def test_no_stop_during_warmup_epochs():
+    warm = PrunerConfig(name="median", n_startup_trials=3, n_warmup_epochs=2)
+    assert not should_stop_early(PEERS, SIZE, 1, 0.0, warm)
+    assert not should_stop_early(PEERS, SIZE, 2, 0.0, warm)
+    assert should_stop_early(PEERS, SIZE, 3, 0.0, warm)
