@@ -53,19 +53,26 @@ from harness.workers import reap_dead_local_trials, trial_counts
 
 log = logging.getLogger("harness.study")
 
-# harness.studies is the studies/ folder shipped as package data (pyproject.toml), so the
-# main job finds it from any folder after a regular, non-editable `pip install .`.
-DEFAULT_STUDY = Path(str(importlib.resources.files("harness.studies") / "default.yaml"))
 MAX_CONSECUTIVE_FAILURES = 5
 # The W&B front table's columns (the printed and file reports have their own layout).
 FRONT_COLUMNS = ("dev_accuracy", "test_accuracy", "flops_per_example", "params", "T", "T_s",
                  "alpha", "num_layers", "hidden_size", "kd_gain")
 
 
+def default_study_file() -> Path:
+    """studies/default.yaml: installed as package data ``harness.studies`` (pyproject.toml),
+    so the main job finds it from any folder after a regular ``pip install .``."""
+    try:
+        return Path(str(importlib.resources.files("harness.studies") / "default.yaml"))
+    except ModuleNotFoundError:  # a source checkout on sys.path, never installed
+        return Path(__file__).resolve().parent.parent / "studies" / "default.yaml"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m harness.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--study", type=Path, default=DEFAULT_STUDY, help="study file (YAML)")
+    parser.add_argument("--study", type=Path, default=default_study_file(),
+                        help="study file (YAML; default: the packaged studies/default.yaml)")
     parser.add_argument("--n-trials", type=int, default=50,
                         help="run until the study holds this many finished trials")
     parser.add_argument("--study-name", help="default: the study file's name")

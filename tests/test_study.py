@@ -224,8 +224,8 @@ def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout
     probe = ("import harness.study, harness.config; "
-             "print(harness.study.DEFAULT_STUDY); "
-             "print(harness.config.load_study_config(harness.study.DEFAULT_STUDY).name)")
+             "print(harness.study.default_study_file()); "
+             "print(harness.config.load_study_config(harness.study.default_study_file()).name)")
     printed = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env,
                              capture_output=True, text=True, check=True).stdout.split()
     assert Path(printed[0]).is_relative_to(target)
