@@ -27,7 +27,7 @@ import torch
 import transformers
 
 from harness.artifacts import cache_root
-from harness.config import load_study_config
+from harness.study_file import load_study_config
 from harness.data import TokenizedSplit
 from harness.losses import distillation_loss
 from harness.models import build_student, student_shape

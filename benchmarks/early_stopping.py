@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 
 from analysis.front import default_ref_cost, hypervolume
-from harness.config import load_study_config
+from harness.study_file import load_study_config
 from harness.search import should_stop_early
 from harness.storage import open_storage
 from harness.study import main as run_study_command

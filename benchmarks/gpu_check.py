@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness.compute import count_train_flops_per_example  # noqa: E402
-from harness.config import load_study_config  # noqa: E402
+from harness.study_file import load_study_config  # noqa: E402
 from harness.models import build_student, student_shape  # noqa: E402
 from harness.pipeline import settings_for  # noqa: E402
 from harness.student_loss import LogitKD, StudentLoss, loss_function  # noqa: E402

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from harness.artifacts import cache_root
-from harness.config import default_trial_config, load_study_config
+from harness.config import default_trial_config
+from harness.study_file import load_study_config
 from harness.pipeline import run_trial
 from harness.shared import prepare_shared
 

@@ -27,7 +27,7 @@ import optuna
 import torch
 import transformers
 
-from harness.config import load_study_config
+from harness.study_file import load_study_config
 from harness.data import load_text_data, tokenize_data
 from harness.losses import distillation_loss
 from harness.models import build_student, load_teacher, load_tokenizer, student_shape, tokenizer_id

@@ -38,7 +38,7 @@ from analysis.plots import plot_front
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
 from harness.artifacts import cache_root
-from harness.config import ConfigError, StudyConfig, TrialConfig, load_study_config
+from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.data import DataError
 from harness.models import ModelError
 from harness.pipeline import TrialHooks, reported_epochs, run_trial, untrained_cost
@@ -48,6 +48,7 @@ from harness.search import (constraint_violations, directions, make_pruner, make
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
                              redact_url)
+from harness.study_file import load_study_config
 from harness.train import Diverged
 from harness.workers import reap_dead_local_trials, trial_counts
 

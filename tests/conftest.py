@@ -22,7 +22,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_config():
-    from harness.config import load_study_config
+    from harness.study_file import load_study_config
 
     return load_study_config(SMOKE)
 

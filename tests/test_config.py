@@ -1,4 +1,5 @@
-"""Tests for harness.config: every ConfigError case names the key path; overrides; defaults."""
+"""Tests for harness.config and harness.study_file: every ConfigError names the key path;
+overrides; defaults; the table of searchable parameters."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from harness.config import (
     SearchParam,
     StudyConfig,
     TrialConfig,
-    apply_override,
     default_trial_config,
-    load_study_config,
-    study_config_from_dict,
 )
+from harness.study_file import apply_override, load_study_config, study_config_from_dict
 
 
 def config_error(raw: dict) -> str:

@@ -14,11 +14,12 @@ import optuna
 import pytest
 
 import harness.study
-from harness.config import TrialConfig, default_trial_config, load_study_config
+from harness.config import TrialConfig, default_trial_config
 from harness.pipeline import untrained_cost
 from harness.search import make_sampler, suggest_trial_config
 from harness.storage import open_storage
 from harness.study import main
+from harness.study_file import load_study_config
 from harness.train import Diverged
 
 from .conftest import REPO, SMOKE
@@ -223,9 +224,9 @@ def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout
-    probe = ("import harness.study, harness.config; "
+    probe = ("import harness.study, harness.study_file; "
              "print(harness.study.default_study_file()); "
-             "print(harness.config.load_study_config(harness.study.default_study_file()).name)")
+             "print(harness.study_file.load_study_config(harness.study.default_study_file()).name)")
     printed = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env,
                              capture_output=True, text=True, check=True).stdout.split()
     assert Path(printed[0]).is_relative_to(target)

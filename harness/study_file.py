@@ -1,0 +1,217 @@
+"""Study files: a YAML file (``studies/*.yaml``) plus ``--set key.path=value`` overrides
+becomes a validated, frozen ``StudyConfig``, once, at the edge.
+
+Unknown keys, wrong types, empty choice lists, ranges with low > high and values a
+parameter's rule (``config.SEARCHABLE``) refuses raise ``ConfigError`` naming the key path
+and what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from harness.config import (OBJECTIVE_DIRECTIONS, SEARCHABLE, ConfigError, SearchParam,
+                            StudyConfig, Value, fixed_value)
+
+
+def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) -> StudyConfig:
+    """Read a study file, apply ``key.path=value`` overrides, validate, freeze."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"study file {path} is not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study file {path}: expected a mapping of sections at the top level")
+    for override in overrides:
+        apply_override(raw, override)
+    return study_config_from_dict(raw)
+
+
+def study_config_from_dict(raw: dict) -> StudyConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study: expected a mapping of sections, got {_describe(raw)}")
+    search = raw.get("search", {})
+    if not isinstance(search, dict):
+        raise ConfigError(f"search: expected a mapping, got {_describe(search)}")
+    # The search entries' value types depend on the parameter, so they are built apart.
+    config = _build(StudyConfig, {k: v for k, v in raw.items() if k != "search"}, "")
+    config = dataclasses.replace(config, search={
+        str(name): _search_param(str(name), entry, config) for name, entry in search.items()})
+    _check_semantics(config)
+    return config
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set ``a.b.c=value`` in ``raw``; the value is parsed as YAML (``4``, ``true``, ``[1, 2]``)."""
+    key_path, sep, text = override.partition("=")
+    if not sep or not key_path:
+        raise ConfigError(f"--set {override!r}: expected key.path=value")
+    *parents, leaf = key_path.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML ({error})") from error
+
+
+def _build(cls: type, value: Any, path: str, base: Any = None,
+           bindings: dict | None = None) -> Any:
+    """``cls`` from a mapping; keys it omits keep ``base``'s values (else the class defaults).
+
+    ``bindings`` gives the type of each type variable in ``cls``'s fields (SearchParam's).
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path or 'study'}: expected a mapping, got {_describe(value)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(value) - names, key=str)  # YAML keys need not be strings
+    if unknown:
+        raise ConfigError(f"{_join(path, unknown[0])}: unknown key; expected one of {sorted(names)}")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in value
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing and base is None:
+        raise ConfigError(f"{_join(path, missing[0])}: required; {path or 'study'} needs "
+                          f"{sorted(f.name for f in dataclasses.fields(cls))}")
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, item in value.items():
+        if dataclasses.is_dataclass(defaults[key]):  # a nested section keeps its own defaults
+            kwargs[key] = _build(type(defaults[key]), item, _join(path, key), defaults[key])
+        else:
+            kwargs[key] = _convert(hints[key], item, _join(path, key), bindings or {})
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, path: str, bindings: dict) -> Any:
+    if isinstance(hint, typing.TypeVar):
+        hint = bindings[hint]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [arg for arg in args if arg is not type(None)]
+        return _convert(inner, value, path, bindings)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {list(args)}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {_describe(value)}")
+        return tuple(_convert(args[0], item, f"{path}[{i}]", bindings)
+                     for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(args[1], v, _join(path, str(k)), bindings)
+                for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    return _scalar(hint, value, path)
+
+
+def _scalar(hint: Any, value: Any, path: str) -> Any:
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {_describe(value)}")
+    return value
+
+
+def _check_semantics(config: StudyConfig) -> None:
+    for metric in config.objectives.metrics:
+        if metric not in OBJECTIVE_DIRECTIONS:
+            raise ConfigError(f"objectives.metrics: unknown metric {metric!r}; "
+                              f"expected some of {sorted(OBJECTIVE_DIRECTIONS)}")
+    if not config.objectives.metrics or config.objectives.metrics[0] != "dev_accuracy":
+        raise ConfigError("objectives.metrics: the first objective must be dev_accuracy")
+    for metric in config.objectives.constraints:
+        if metric not in OBJECTIVE_DIRECTIONS or metric == "dev_accuracy":
+            raise ConfigError(f"objectives.constraints.{metric}: expected a compute metric, one of "
+                              f"{sorted(set(OBJECTIVE_DIRECTIONS) - {'dev_accuracy'})}")
+    if config.teacher.source == "architecture" and config.teacher.architecture is None:
+        raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
+    for searchable in SEARCHABLE.values():
+        value = fixed_value(config, searchable.path)
+        problem = None if value is None else searchable.problem(value, config)
+        if problem:
+            raise ConfigError(f"{searchable.path}: {problem}")
+    if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
+        raise ConfigError("sampler.name: grid needs every search entry given as choices")
+
+
+def _search_param(name: str, raw: Any, study_config: StudyConfig) -> SearchParam:
+    """The ``search.<name>`` entry, typed by the parameter and checked by its table rule."""
+    path = f"search.{name}"
+    if name not in SEARCHABLE:
+        raise ConfigError(f"{path}: not a searchable parameter; expected one of "
+                          f"{sorted(SEARCHABLE)} (num_heads is derived from hidden_size / "
+                          "student.head_dim)")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping, got {_describe(raw)}")
+    searchable = SEARCHABLE[name]
+    has_choices = raw.get("choices") is not None
+    if has_choices and (raw.get("low") is not None or raw.get("high") is not None):
+        raise ConfigError(f"{path}: give either choices or low/high, not both")
+    if not has_choices and (searchable.kind is str or raw.get("low") is None
+                            or raw.get("high") is None):
+        raise ConfigError(f"{path}: expected choices" if searchable.kind is str
+                          else f"{path}: expected low and high")
+    param = _build(SearchParam, raw, path, bindings={Value: searchable.kind})
+    if has_choices:
+        if not param.choices:
+            raise ConfigError(f"{path}.choices: expected at least one choice, got an empty list")
+        values = [(f"{path}.choices[{i}]", choice) for i, choice in enumerate(param.choices)]
+    else:
+        _check_range(param, path)
+        values = [(path, param.low), (path, param.high)]
+        if searchable.kind is int:  # Optuna samples low + k * step
+            values.append((path, param.low + (param.step or 1)))
+    for where, value in values:
+        problem = searchable.problem(value, study_config)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
+    return param
+
+
+def _check_range(param: SearchParam, path: str) -> None:
+    low, high = param.low, param.high
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ConfigError(f"{path}: low and high must be finite numbers, got {low} and {high}")
+    if low > high:
+        raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
+    if param.log and low <= 0:
+        raise ConfigError(f"{path}.log: a log-scale range needs low > 0, got {low}")
+    if param.step is not None and (not param.step > 0 or param.log):  # Optuna rejects both
+        raise ConfigError(f"{path}.step: expected a step > 0 on a linear scale (no log), "
+                          f"got {param.step}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
