@@ -37,7 +37,9 @@ from analysis.frame import StudyLoadError, load_study_frame
 from analysis.front import AXES
 from analysis.plots import plot_comparison, plot_front
 from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
+from harness.config import ConfigError
 from harness.storage import DEFAULT_STORAGE, StorageError, redact_url
+from harness.study_file import check_study_name
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,19 +63,20 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = redact_url(args.storage or DEFAULT_STORAGE)
     try:
+        out = Path(args.out) if args.out else default_out(args.study_name)
         frame = load_study_frame(args.study_name, args.storage)
         report = build_report(frame, args.x, study_name=args.study_name)
         others = {name: load_study_frame(name, args.storage) for name in args.compare}
-    except (StudyLoadError, NoCompleteTrials, StorageError) as error:
+    except (ConfigError, StudyLoadError, NoCompleteTrials, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     # Everything is rendered in memory first, so a failure leaves no half-written report.
     files = {"pareto.csv": report.front.to_csv(index=False).encode(),
              "pareto.md": render_markdown(report, storage).encode(),
-             "pareto.png": _png(plot_front(frame, args.x))}
+             "pareto.png": png_bytes(plot_front(frame, args.x))}
     if others:
-        files["compare.png"] = _png(plot_comparison({args.study_name: frame, **others}, args.x))
-    out = Path(args.out) if args.out else default_out(args.study_name)
+        files["compare.png"] = png_bytes(plot_comparison({args.study_name: frame, **others},
+                                                         args.x))
     write_files(out, files)
     print(render_text(report))
     print(f"wrote {', '.join(str(out / name) for name in files)}")
@@ -81,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def default_out(study_name: str) -> Path:
-    """``runs/reports/<study-name>``, with path separators in the name made harmless."""
-    return Path("runs", "reports", study_name.replace("/", "_").replace(os.sep, "_"))
+    """``runs/reports/<study-name>``, for a name that cannot leave that folder."""
+    try:
+        return Path("runs", "reports", check_study_name(study_name, "--study-name"))
+    except ConfigError as error:
+        raise ConfigError(f"{error}; give the report folder with --out") from error
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -150,9 +150,10 @@ class PrunerConfig:
 
 @dataclass(frozen=True)
 class TrackingConfig:
+    # Unset here and on the command line: W&B's WANDB_MODE / WANDB_PROJECT / WANDB_ENTITY.
     wandb: Literal["auto", "online", "offline", "disabled"] = "auto"
-    project: str = "kd-harness"
-    entity: str | None = None
+    project: str | None = None  # None: $WANDB_PROJECT, else "kd-harness"
+    entity: str | None = None  # None: $WANDB_ENTITY
     tags: tuple[str, ...] = ()
 
 
@@ -183,16 +184,16 @@ class Searchable:
     problem: typing.Callable[[Any, StudyConfig], str | None]
 
 
-def _above_zero(what: str):
+def above_zero(what: str):
     return lambda value, _: None if value > 0 else f"{what} must be > 0, got {value}"
 
 
-def _not_negative(what: str):
+def not_negative(what: str):
     return lambda value, _: None if value >= 0 else f"{what} must be >= 0, got {value}"
 
 
-def _unit_interval(value, _) -> str | None:
-    return None if 0.0 <= value <= 1.0 else f"alpha must lie in [0, 1], got {value}"
+def in_unit_interval(what: str):
+    return lambda value, _: None if 0 <= value <= 1 else f"{what} must lie in [0, 1], got {value}"
 
 
 def _head_dim_multiple(value, study_config: StudyConfig) -> str | None:
@@ -209,16 +210,16 @@ def _student_init(value, _) -> str | None:
 # Every searchable parameter, once. Adding one: an entry here, a TrialConfig field, its use.
 # num_heads is not here: it is hidden_size / student.head_dim, so no invalid pair exists.
 SEARCHABLE: dict[str, Searchable] = {
-    "T": Searchable("pipeline.T", float, _above_zero("temperatures")),
-    "T_s": Searchable("pipeline.T_s", float, _above_zero("temperatures")),
-    "alpha": Searchable("pipeline.alpha", float, _unit_interval),
-    "lr": Searchable("pipeline.distill.lr", float, _above_zero("learning rates")),
-    "hidden_weight": Searchable("pipeline.hidden_weight", float, _not_negative("weights")),
-    "attention_weight": Searchable("pipeline.attention_weight", float, _not_negative("weights")),
-    "num_layers": Searchable("student.num_layers", int, _above_zero("layer counts")),
+    "T": Searchable("pipeline.T", float, above_zero("temperatures")),
+    "T_s": Searchable("pipeline.T_s", float, above_zero("temperatures")),
+    "alpha": Searchable("pipeline.alpha", float, in_unit_interval("alpha")),
+    "lr": Searchable("pipeline.distill.lr", float, above_zero("learning rates")),
+    "hidden_weight": Searchable("pipeline.hidden_weight", float, not_negative("weights")),
+    "attention_weight": Searchable("pipeline.attention_weight", float, not_negative("weights")),
+    "num_layers": Searchable("student.num_layers", int, above_zero("layer counts")),
     "hidden_size": Searchable("student.hidden_size", int, _head_dim_multiple),
     "intermediate_size": Searchable("student.intermediate_size", int,
-                                    _above_zero("intermediate sizes")),
+                                    above_zero("intermediate sizes")),
     "init": Searchable("student.init", str, _student_init),
 }
 

@@ -63,6 +63,7 @@ class TextData:
 
 
 SPLITS = ("train", "dev", "test")
+CARVED_SHARE = 10  # a missing dev or test split is carved as 1/10 of the training rows
 
 
 def load_text_data(config: DataConfig, cache: Path) -> TextData:
@@ -177,7 +178,11 @@ def _from_datasets(config: DataConfig) -> tuple[dict[str, TextSplit], tuple[str,
         if suffix not in LOCAL_FORMATS:
             raise DataError(f"data.source: {path} has an unsupported format; expected one of "
                             f"{sorted(LOCAL_FORMATS)}")
-        loaded = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path))
+        try:
+            loaded = datasets.load_dataset(LOCAL_FORMATS[suffix], data_files=str(path))
+        except Exception as error:  # empty, truncated or malformed files raise many types
+            raise DataError(f"data.source: cannot read {path} as {LOCAL_FORMATS[suffix]} "
+                            f"({type(error).__name__}: {str(error)[:200]})") from error
     else:
         try:
             loaded = datasets.load_dataset(config.source, config.config_name)
@@ -193,6 +198,9 @@ def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, Tex
     if config.train_split not in loaded:
         raise DataError(f"data.train_split: no split {config.train_split!r}; the source has "
                         f"{sorted(loaded)}")
+    for name, split in wanted.items():
+        if split is not None and split in loaded and len(loaded[split]) == 0:
+            raise DataError(f"data.{name}_split: split {split!r} has no rows")
     columns = loaded[config.train_split].column_names
     for key in ("text_column", "label_column"):
         if getattr(config, key) not in columns:
@@ -251,9 +259,14 @@ def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> Text
 
 
 def _carve(train: TextSplit, missing: list[str], seed: int) -> dict[str, TextSplit]:
+    """10% of the training rows for each missing split, seeded."""
     order = list(range(len(train.labels)))
+    share = len(order) // CARVED_SHARE
+    if share == 0:
+        raise DataError(f"data.source: {len(order)} training rows cannot give the "
+                        f"{' and '.join(missing)} split(s) 1/{CARVED_SHARE} of them each; need "
+                        f"at least {CARVED_SHARE} rows")
     random.Random(seed).shuffle(order)
-    share = len(order) // 10
     carved, taken = {}, 0
     for name in missing:
         chosen = order[taken:taken + share]

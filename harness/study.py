@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.frame import study_frame
+from analysis.pareto import png_bytes, write_files
 from analysis.plots import plot_front
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
@@ -48,7 +49,7 @@ from harness.search import (constraint_violations, directions, make_pruner, make
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
                              redact_url)
-from harness.study_file import load_study_config
+from harness.study_file import check_study_name, load_study_config
 from harness.train import Diverged
 from harness.workers import reap_dead_local_trials, trial_counts
 
@@ -96,11 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
         overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
         study_config = load_study_config(args.study, overrides)
-        # "auto" is decided once per invocation, so every trial logs the same way.
-        study_config = dataclasses.replace(study_config, tracking=dataclasses.replace(
-            study_config.tracking, wandb=tracking.resolve_mode(study_config.tracking.wandb)))
+        # Decided once per invocation ("auto", W&B's environment), so every trial logs alike.
+        study_config = dataclasses.replace(
+            study_config, tracking=tracking.resolve_tracking(study_config.tracking))
         device = resolve_device(args.device)
-        study_name = args.study_name or study_config.name
+        study_name = (check_study_name(args.study_name, "--study-name")
+                      if args.study_name is not None else study_config.name)
         storage_url = args.storage or DEFAULT_STORAGE
         # A database is reached before the (possibly hours-long) teacher fine-tune; a
         # journal file is only created once the data and the teacher are known to be good.
@@ -111,11 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ModelError, StorageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Diverged as error:
+        print(f"error: the teacher's fine-tune diverged ({error}); lower teacher.lr or check "
+              "the data", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted before the first trial; the cache holds only complete artifacts",
               file=sys.stderr)
         return 130
-    run_dir = Path("runs") / study_name
+    run_dir = run_folder(study, storage_url)
     interrupted = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}
@@ -135,6 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             log_front_to_wandb(frame, report, study_config, run_dir)
         _report_location(report, study.study_name, storage_url, run_dir, study_config)
     return 0
+
+
+def run_folder(study: optuna.Study, storage_url: str) -> Path:
+    """``runs/<study-name>-<key>``: saved students and W&B runs of this study alone.
+
+    The key hashes the storage and the study's id in it, so a study of the same name in
+    another storage (or recreated in this one) never deletes or overwrites these students.
+    """
+    path = journal_path(storage_url)
+    where = str(path.resolve()) if path is not None else redact_url(storage_url)
+    # study._study_id: Optuna has no public id, and the name alone is what may repeat.
+    key = hashlib.sha256(f"{where}\n{study._study_id}".encode()).hexdigest()[:8]
+    return Path("runs") / f"{study.study_name}-{key}"
 
 
 def open_study(storage, study_name: str, study_config: StudyConfig) -> optuna.Study:
@@ -185,13 +204,11 @@ def log_front_to_wandb(frame: pd.DataFrame, report: Report, study_config: StudyC
     tracking_config = study_config.tracking
     if tracking_config.wandb == "disabled":
         return
-    figure_path = run_dir / "pareto.png"
-    figure_path.parent.mkdir(parents=True, exist_ok=True)
-    plot_front(frame).savefig(figure_path, dpi=100)
+    write_files(run_dir, {"pareto.png": png_bytes(plot_front(frame))})
     front = report.front[["trial", *FRONT_COLUMNS]]
     tracking.log_study_front(tracking_config.wandb, tracking_config.project,
                              tracking_config.entity, tracking_config.tags, run_dir,
-                             report.study_name, front, figure_path)
+                             report.study_name, front, run_dir / "pareto.png")
 
 
 def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
@@ -356,7 +373,8 @@ def _report_location(report: Report | None, study_name: str, storage_url: str, r
     if report is not None:
         print(render_text(report))
     storage_arg = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact_url(storage_url)}'"
-    print(f"study {study_name!r} is stored in {redact_url(storage_url)}")
+    print(f"study {study_name!r} is stored in {redact_url(storage_url)}; its front's students "
+          f"in {run_dir / 'students'}")
     print(f"Pareto report: python -m analysis.pareto --study-name {study_name}{storage_arg}")
     sync = tracking.sync_command(run_dir, study_config.tracking.wandb)
     if sync:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,7 +19,40 @@ from typing import Any, Literal
 import yaml
 
 from harness.config import (OBJECTIVE_DIRECTIONS, SEARCHABLE, ConfigError, SearchParam,
-                            StudyConfig, Value, fixed_value)
+                            StudyConfig, Value, above_zero, fixed_value, in_unit_interval,
+                            not_negative)
+
+# A study's name names its folder under runs/: nothing that could leave it or hide in it.
+STUDY_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_PHASES = ("baseline", "intermediate", "distill", "finetune")
+# Every other number of a study file and what it must be; None (unset) is always allowed.
+# The searchable parameters' rules are in config.SEARCHABLE.
+FIELD_RULES = {
+    "data.max_length": above_zero("token lengths"),
+    "data.max_train_examples": above_zero("example counts"),
+    "data.max_eval_examples": above_zero("example counts"),
+    **{f"teacher.architecture.{name}": above_zero("sizes")
+       for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size")},
+    "teacher.epochs": above_zero("epochs"),
+    "teacher.lr": above_zero("learning rates"),
+    "teacher.batch_size": above_zero("batch sizes"),
+    "teacher.warmup_ratio": in_unit_interval("warmup_ratio"),
+    "teacher.weight_decay": not_negative("weight decay"),
+    "teacher.max_grad_norm": above_zero("gradient norms"),
+    "student.head_dim": above_zero("head widths"),
+    **{f"pipeline.{phase}.epochs": not_negative("epochs") for phase in _PHASES},
+    **{f"pipeline.{phase}.lr": above_zero("learning rates") for phase in _PHASES},
+    "pipeline.batch_size": above_zero("batch sizes"),
+    "pipeline.eval_batch_size": above_zero("batch sizes"),
+    "pipeline.warmup_ratio": in_unit_interval("warmup_ratio"),
+    "pipeline.weight_decay": not_negative("weight decay"),
+    "pipeline.max_grad_norm": above_zero("gradient norms"),
+    "pipeline.latency_repeats": above_zero("repeat counts"),
+    "sampler.n_startup_trials": not_negative("trial counts"),
+    "sampler.population_size": above_zero("population sizes"),
+    "pruner.n_startup_trials": not_negative("trial counts"),
+    "pruner.n_warmup_epochs": not_negative("epoch counts"),
+}
 
 
 def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) -> StudyConfig:
@@ -45,6 +79,7 @@ def study_config_from_dict(raw: dict) -> StudyConfig:
         raise ConfigError(f"search: expected a mapping, got {_describe(search)}")
     # The search entries' value types depend on the parameter, so they are built apart.
     config = _build(StudyConfig, {k: v for k, v in raw.items() if k != "search"}, "")
+    _check_fields(config)  # first: the search entries' rules divide by student.head_dim
     config = dataclasses.replace(config, search={
         str(name): _search_param(str(name), entry, config) for name, entry in search.items()})
     _check_semantics(config)
@@ -137,10 +172,35 @@ def _scalar(hint: Any, value: Any, path: str) -> Any:
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{path}: expected {hint.__name__}, got {_describe(value)}")
+    if hint is float and not math.isfinite(value):  # YAML's .inf and .nan: never meaningful
+        raise ConfigError(f"{path}: expected a finite number, got {value}")
     return value
 
 
+def _check_fields(config: StudyConfig) -> None:
+    for path, rule in FIELD_RULES.items():
+        parent, _, name = path.rpartition(".")
+        section = fixed_value(config, parent)
+        value = None if section is None else getattr(section, name)
+        problem = None if value is None else rule(value, config)
+        if problem:
+            raise ConfigError(f"{path}: {problem}")
+    architecture = config.teacher.architecture
+    if architecture is not None and architecture.hidden_size % architecture.num_heads:
+        raise ConfigError(f"teacher.architecture.num_heads: {architecture.num_heads} does not "
+                          f"divide teacher.architecture.hidden_size {architecture.hidden_size}")
+
+
+def check_study_name(name: str, key: str) -> str:
+    """``name``, if it is letters, digits, '.', '_' and '-' only (and not '.' or '..')."""
+    if not STUDY_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"{key}: study name {name!r} may hold only letters, digits, '.', '_' "
+                          "and '-' (it names a folder under runs/)")
+    return name
+
+
 def _check_semantics(config: StudyConfig) -> None:
+    check_study_name(config.name, "name")
     for metric in config.objectives.metrics:
         if metric not in OBJECTIVE_DIRECTIONS:
             raise ConfigError(f"objectives.metrics: unknown metric {metric!r}; "
@@ -198,8 +258,6 @@ def _search_param(name: str, raw: Any, study_config: StudyConfig) -> SearchParam
 
 def _check_range(param: SearchParam, path: str) -> None:
     low, high = param.low, param.high
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise ConfigError(f"{path}: low and high must be finite numbers, got {low} and {high}")
     if low > high:
         raise ConfigError(f"{path}: low ({low}) is greater than high ({high})")
     if param.log and low <= 0:

@@ -24,15 +24,22 @@ offline instead. Config and summary pass through ``redact_config`` (no secrets i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import re
 import shlex
 from pathlib import Path
 from typing import Any
 
+from harness.config import ConfigError, TrackingConfig
 from harness.storage import redact_url
 
 MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_PROJECT = "kd-harness"
+# W&B's own names for its modes (it also reads "dryrun" and "run").
+WANDB_MODE_ALIASES = {"online": "online", "offline": "offline", "disabled": "disabled",
+                      "dryrun": "offline", "run": "online"}
 TRIAL_STATES = ("complete", "pruned", "failed")
 # wandb.Settings of every run. Quiet, and no copy of the process's stdout/stderr in each
 # run. No system-metric sampler, metadata, git or code capture: each costs startup time,
@@ -48,16 +55,39 @@ _SECRET_KEY = re.compile(r"password|passwd|api_?key|secret|(^|[^a-z])token($|[^a
 _log = logging.getLogger(__name__)
 
 
-def resolve_mode(mode: str) -> str:
-    """``auto`` -> ``online`` if W&B credentials are configured, else ``offline``.
+def resolve_tracking(config: TrackingConfig) -> TrackingConfig:
+    """The study's tracking settings, with W&B's own environment filling what the study file
+    and the command line leave open: ``wandb: auto`` takes ``$WANDB_MODE`` (else online when
+    logged in, offline otherwise), no ``project`` takes ``$WANDB_PROJECT`` (else
+    "kd-harness"), no ``entity`` ``$WANDB_ENTITY``. An explicit value always wins."""
+    return dataclasses.replace(
+        config, wandb=resolve_mode(config.wandb),
+        project=config.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+        entity=config.entity or os.environ.get("WANDB_ENTITY") or None)
 
-    Other valid modes pass through; anything else raises ValueError. The check reads only
+
+def wandb_dir(run_dir: Path) -> Path:
+    """Where a study's W&B runs go: ``$WANDB_DIR`` if set, else the study's run folder."""
+    return Path(os.environ["WANDB_DIR"]) if os.environ.get("WANDB_DIR") else Path(run_dir)
+
+
+def resolve_mode(mode: str) -> str:
+    """``auto`` -> ``$WANDB_MODE`` if set, else ``online`` if W&B credentials are
+    configured, else ``offline``.
+
+    Other valid modes pass through; anything else raises ConfigError. The check reads only
     local configuration (no network, no prompt).
     """
     if mode not in MODES:
-        raise ValueError(f"W&B mode {mode!r}: expected one of {', '.join(MODES)}")
+        raise ConfigError(f"tracking.wandb: expected one of {', '.join(MODES)}, got {mode!r}")
     if mode != "auto":
         return mode
+    if os.environ.get("WANDB_MODE"):
+        environment = os.environ["WANDB_MODE"]
+        if environment not in WANDB_MODE_ALIASES:
+            raise ConfigError(f"WANDB_MODE: expected one of {', '.join(WANDB_MODE_ALIASES)}, "
+                              f"got {environment!r}")
+        return WANDB_MODE_ALIASES[environment]
     try:
         return "online" if _has_credentials() else "offline"
     except Exception as error:  # a malformed key or a broken install: stay local
@@ -182,7 +212,7 @@ def sync_command(run_dir: Path, mode: str) -> str | None:
 
     Always given in offline mode; in online mode only if a run fell back to offline.
     """
-    runs = Path(run_dir) / "wandb"
+    runs = wandb_dir(run_dir) / "wandb"
     if mode == "offline" or (mode == "online" and any(runs.glob("offline-run-*"))):
         return f"wandb sync {shlex.quote(str(runs))}/offline-run-*"
     return None
@@ -218,8 +248,9 @@ def _init_run(mode: str, run_dir: Path, **init_args: Any) -> Any:
         return None
     try:
         import wandb
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        return wandb.init(mode=mode, dir=str(run_dir), reinit="finish_previous",
+        folder = wandb_dir(run_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return wandb.init(mode=mode, dir=str(folder), reinit="finish_previous",
                           settings=wandb.Settings(**WANDB_SETTINGS), **init_args)
     except Exception as error:
         if mode != "online":

@@ -435,3 +435,51 @@ def test_batch_pads_to_the_longest_example(tokenizer, tmp_path):
     assert batch["index"].tolist() == [3, 0, 2]
     full = train.batch(torch.arange(len(train)), pad_id=pad)
     assert full["input_ids"].shape[1] == 16
+
+
+# --- bad local files: one DataError naming data.source or the split, never a traceback -----
+
+@pytest.mark.parametrize("suffix, content", [
+    (".csv", b""),  # 0 bytes
+    (".json", b""),
+    (".json", b"{\"review\": \"unterminated"),
+    (".jsonl", b"not json at all\n"),
+    (".parquet", b"PAR1 but not parquet"),
+], ids=["empty-csv", "empty-json", "malformed-json", "malformed-jsonl", "malformed-parquet"])
+def test_unreadable_local_file_names_data_source(tmp_path, suffix, content):
+    path = tmp_path / f"reviews{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=r"^data\.source: cannot read .*reviews"):
+        load_text_data(local_config(path), tmp_path / "cache")
+
+
+def test_header_only_csv_names_data_source(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("review,sentiment\n")
+    with pytest.raises(DataError, match=r"^data\.source: "):
+        load_text_data(local_config(path), tmp_path / "cache")
+
+
+def test_too_few_rows_to_carve_dev_and_test(tmp_path):
+    # 10% of 9 rows is 0: carved dev and test would be empty.
+    path = write_frame(review_frame(9), tmp_path / "r.csv")
+    with pytest.raises(DataError, match=r"^data\.source: .*9 training rows.*at least 10"):
+        load_text_data(local_config(path), tmp_path / "cache")
+
+
+@pytest.mark.parametrize("empty", ["train", "validation"])
+def test_an_empty_split_is_named(empty):
+    import datasets
+
+    from harness.data import _splits_from_dataset_dict
+
+    frame = review_frame(40)
+    rows = {"review": list(frame["review"]), "sentiment": list(frame["sentiment"])}
+    loaded = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({k: [] for k in rows} if empty == "train" else rows),
+        "validation": datasets.Dataset.from_dict({k: [] for k in rows} if empty != "train"
+                                                 else rows)})
+    key = "train_split" if empty == "train" else "dev_split"
+    with pytest.raises(DataError, match=rf"^data\.{key}: split '{empty}' has no rows"):
+        _splits_from_dataset_dict(loaded, DataConfig(source="hub/x", text_column="review",
+                                                     label_column="sentiment"))

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+import harness.shared
 import harness.study
 from harness.config import TrialConfig, default_trial_config
 from harness.pipeline import untrained_cost
@@ -60,8 +61,10 @@ def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp, smoke_s
                                 trial.user_attrs["flops_per_example"]]
         assert trial.user_attrs["provenance"]["libraries"]["optuna"] == optuna.__version__
     front = {t.number for t in study.best_trials}
-    saved = {int(p.name.removeprefix("trial-"))
-             for p in (in_tmp / "runs" / "smoke-test" / "students").iterdir()}
+    (students,) = {Path(t.user_attrs["student_path"]).parent for t in complete}
+    assert students.parent.parent == Path("runs")
+    assert students.parent.name.startswith("smoke-test-")
+    saved = {int(p.name.removeprefix("trial-")) for p in (in_tmp / students).iterdir()}
     assert saved == front
     for trial in study.best_trials:
         assert_saved_student_reproduces(in_tmp / trial.user_attrs["student_path"], smoke_shared,
@@ -139,15 +142,55 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
     ["--set", "teacher.source=/nonexistent/model"],
     ["--storage", "not-a-storage-url"],
     ["--device", "tpu"],
+    ["--set", "search.alpha.high=1.5"],
+    ["--set", "pipeline.T=.inf"],
+    ["--set", "student.head_dim=0"],
+    ["--set", "pipeline.batch_size=0"],
+    ["--set", "data.max_train_examples=0"],
+    ["--set", "teacher.architecture.num_heads=3"],
+    ["--study-name", "../outside"],
+    ["--study-name", "/tmp/elsewhere"],
+    ["--study-name", ".."],
+    ["--set", "name=a/b"],
 ], ids=["unknown-key", "low-above-high", "empty-choices", "missing-data", "missing-model",
-        "bad-storage", "bad-device"])
+        "bad-storage", "bad-device", "alpha-above-1", "infinite-T", "head-dim-0",
+        "batch-size-0", "no-train-examples", "heads-not-dividing", "name-parent",
+        "name-absolute", "name-dot-dot", "file-name-with-slash"])
 def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
     storage = in_tmp / "study.journal"
     code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
                  "--storage", f"journal:{storage}", *extra])
     assert code == 2
-    assert "error:" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error  # one line
     assert not storage.exists() and not (in_tmp / "runs").exists()
+    assert not (in_tmp.parent / "outside").exists()
+
+
+def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, capsys):
+    def diverging(name, *args, **kwargs):
+        raise Diverged(f"{name}: loss became nan at step 3")
+
+    monkeypatch.setattr(harness.shared, "train_phase", diverging)
+    storage = in_tmp / "study.journal"
+    code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+                 "--storage", f"journal:{storage}", "--set", "teacher.epochs=2.5"])  # not cached
+    assert code == 2
+    error = capsys.readouterr().err
+    assert error == ("error: the teacher's fine-tune diverged (teacher: loss became nan at step "
+                     "3); lower teacher.lr or check the data\n")
+    assert not storage.exists() and not (in_tmp / "runs").exists()
+
+
+def test_one_name_in_two_storages_never_shares_saved_students(in_tmp):
+    first, second = in_tmp / "first.journal", in_tmp / "second.journal"
+    for storage in (first, second):
+        assert main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+                     "--storage", f"journal:{storage}", "--study-name", "same"]) == 0
+    paths = [Path(optuna.load_study(study_name="same", storage=open_storage(f"journal:{s}"))
+                  .trials[0].user_attrs["student_path"]) for s in (first, second)]
+    assert paths[0].parent != paths[1].parent
+    assert all((in_tmp / path / "config.json").is_file() for path in paths)
 
 
 @pytest.mark.slow

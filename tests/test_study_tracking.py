@@ -36,7 +36,8 @@ def run_folder(root: Path, run_id: str) -> Path:
 
 @pytest.fixture
 def wandb_home(tmp_path, monkeypatch):
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_PROJECT", "WANDB_ENTITY",
+                 "NETRC"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "home" / ".config" / "wandb"))
@@ -75,7 +76,7 @@ def test_offline_runs_read_back_and_match_the_storage(tmp_path, monkeypatch, cac
                  "--storage", storage, "--study-name", "tracked"]) == 0
     study = optuna.load_study(study_name="tracked", storage=open_storage(storage))
     check_runs_match_storage(tmp_path, study)
-    (study_run,) = tmp_path.glob("runs/tracked/wandb/offline-run-*/files/media/table/*.json")
+    (study_run,) = tmp_path.glob("runs/tracked-*/wandb/offline-run-*/files/media/table/*.json")
     table = json.loads(study_run.read_text())
     assert {row[0] for row in table["data"]} == {t.number for t in study.best_trials}
 

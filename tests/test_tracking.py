@@ -168,6 +168,37 @@ def test_resolve_mode_passes_through_and_rejects_unknown():
         tracking.resolve_mode("on")
 
 
+def test_wandb_environment_fills_what_the_study_leaves_open(monkeypatch, no_network):
+    from harness.config import TrackingConfig
+
+    assert tracking.resolve_tracking(TrackingConfig()) == TrackingConfig(
+        wandb="offline", project="kd-harness", entity=None)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_PROJECT", "env-project")
+    monkeypatch.setenv("WANDB_ENTITY", "env-team")
+    assert tracking.resolve_tracking(TrackingConfig(tags=("a",))) == TrackingConfig(
+        wandb="disabled", project="env-project", entity="env-team", tags=("a",))
+    explicit = TrackingConfig(wandb="offline", project="mine", entity="me")
+    assert tracking.resolve_tracking(explicit) == explicit  # the study file or CLI wins
+    monkeypatch.setenv("WANDB_MODE", "dryrun")  # W&B's older name for offline
+    assert tracking.resolve_tracking(TrackingConfig()).wandb == "offline"
+    monkeypatch.setenv("WANDB_MODE", "sometimes")
+    with pytest.raises(ValueError, match="^WANDB_MODE: expected one of .*got 'sometimes'"):
+        tracking.resolve_tracking(TrackingConfig())
+
+
+def test_runs_go_to_wandb_dir_when_it_is_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "elsewhere"))
+    run_dir = tmp_path / "runs"
+    run = tracking.start_trial_run("offline", "kd", None, (), run_dir, "s1", 0, "trial",
+                                   {"T": 2.0})
+    run.finish({"dev_accuracy": 0.7}, "complete")
+    assert not (run_dir / "wandb").exists()
+    summary = inspect(tmp_path / "elsewhere", run.run_id, summary=True)
+    assert summary["summary"]["dev_accuracy"] == 0.7
+    assert str(tmp_path / "elsewhere" / "wandb") in tracking.sync_command(run_dir, "offline")
+
+
 def test_auto_is_offline_without_credentials(no_network):
     assert tracking.resolve_mode("auto") == "offline"
 
