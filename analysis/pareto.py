@@ -17,8 +17,8 @@ train_flops. ``--storage`` defaults to the journal file ``runs/optuna.journal``.
 Only complete trials are analysed; failed and pruned ones are counted.
 
 Exit status 2, with the reason on stderr and nothing written, for an unknown study (the
-message lists the studies in that storage), a study with no complete trial, or an
-unknown axis.
+message lists the studies in that storage), a study with no complete trial, an unknown
+axis, or (without ``--out``) a study name that cannot name a folder.
 """
 
 from __future__ import annotations
