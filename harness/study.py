@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, default=default_study_file(),
                         help="study file (YAML; default: the packaged studies/default.yaml)")
-    parser.add_argument("--n-trials", type=int, default=50,
+    parser.add_argument("--n-trials", type=_at_least(0), default=50,
                         help="run until the study holds this many finished trials")
     parser.add_argument("--study-name", help="default: the study file's name")
     parser.add_argument("--storage", help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
@@ -84,9 +84,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a study-file value, e.g. --set pipeline.distill.epochs=1")
-    parser.add_argument("--heartbeat-seconds", type=int, default=60,
+    parser.add_argument("--heartbeat-seconds", type=_at_least(1), default=60,
                         help="RDB storages: a worker silent for twice this is declared dead")
-    return parser.parse_args(argv)
+    return parser.parse_args(argv)  # argparse exits 2 with one line on a bad flag
+
+
+def _at_least(minimum: int):
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
+        return value
+    return whole_number
 
 
 def main(argv: list[str] | None = None) -> int:

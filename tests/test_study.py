@@ -167,6 +167,16 @@ def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
     assert not (in_tmp.parent / "outside").exists()
 
 
+@pytest.mark.parametrize("flag, value", [("--n-trials", "-1"), ("--n-trials", "many"),
+                                         ("--heartbeat-seconds", "0")])
+def test_bad_counts_on_the_command_line_exit_2(in_tmp, flag, value, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(["--study", str(SMOKE), flag, value])
+    assert stopped.value.code == 2
+    assert f"argument {flag}: expected a" in capsys.readouterr().err
+    assert not (in_tmp / "runs").exists()
+
+
 def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, capsys):
     def diverging(name, *args, **kwargs):
         raise Diverged(f"{name}: loss became nan at step 3")
