@@ -1,10 +1,13 @@
 """Content-addressed, atomic artifacts shared by trials and workers.
 
 An artifact is a folder named by the hash of the canonical JSON of exactly the fields
-that determine it (plus a format version). It is built into a temporary folder and
-renamed into place, with a manifest of its files' sha256, so a reader either sees a
-complete, verified artifact or none. One worker builds while the others wait on a file
-lock; a worker killed mid-build leaves only a temporary folder that nobody trusts.
+that determine it, plus a format version and the version of the code that builds its
+kind (``BUILD_VERSIONS``). It is built into a temporary folder and renamed into place,
+with a manifest of its files' sha256, so a reader either sees a complete, verified
+artifact or none. One worker builds while the others wait on a file lock; a worker killed
+mid-build leaves only a temporary folder that nobody trusts. Where the lock does not hold
+across machines (some shared file systems), two machines may both build: the second to
+finish uses the first one's verified artifact.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +30,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+# The version of the code that builds each kind, part of its key: bump a kind's version
+# when its build would now produce something else (tests/test_build_versions.py notices
+# a changed build and asks for it), so caches stop reusing what the old code built.
+BUILD_VERSIONS = {"data": 1, "tokens": 1, "teacher": 1, "baseline": 1}
 
 
 class ArtifactLockTimeout(TimeoutError):
@@ -47,9 +55,16 @@ def cache_root() -> Path:
 
 
 def artifact_key(kind: str, fields: dict) -> str:
-    canonical = json.dumps({"kind": kind, "format": FORMAT_VERSION, "fields": fields},
-                           sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(_identity(kind, fields), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def _identity(kind: str, fields: dict) -> dict:
+    if kind not in BUILD_VERSIONS:
+        raise KeyError(f"artifact kind {kind!r} has no build version; add it to "
+                       "harness.artifacts.BUILD_VERSIONS")
+    return {"kind": kind, "format": FORMAT_VERSION, "build": BUILD_VERSIONS[kind],
+            "fields": fields}
 
 
 def build_once(root: Path, kind: str, fields: dict, build: Callable[[Path], None],
@@ -69,15 +84,33 @@ def build_once(root: Path, kind: str, fields: dict, build: Callable[[Path], None
         if final.exists():
             log.warning("artifact %s is corrupt or incomplete; rebuilding it", final)
             shutil.rmtree(final)
-        staging = final.parent / f".{key}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir()
-        try:
+        with _staging(final) as staging:
             build(staging)
             _write_manifest(staging, kind, fields)
-            os.rename(staging, final)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                os.rename(staging, final)
+            except OSError:
+                # A machine the lock does not reach renamed its build into place first.
+                if not verify(final):
+                    raise
+                log.info("artifact %s was built by another machine meanwhile; using it", final)
+                return Artifact(final, key, reused=True)
     return Artifact(final, key, reused=False)
+
+
+def write_folder_atomically(final: Path, build: Callable[[Path], None]) -> None:
+    """``build(folder)`` writes into an empty folder beside ``final`` that then replaces
+    ``final`` whole, so a crash never leaves a half-written folder that looks complete."""
+    with _staging(final) as staging:
+        build(staging)
+        if not final.exists():
+            os.rename(staging, final)
+            return
+        # rename cannot replace a folder that has files: move the old one aside first.
+        old = _temporary_path(final, "old")
+        os.rename(final, old)
+        os.rename(staging, final)
+        shutil.rmtree(old)
 
 
 def verify(folder: Path) -> bool:
@@ -97,10 +130,27 @@ def verify(folder: Path) -> bool:
     return all(sha256_file(folder / name) == digest for name, digest in expected.items())
 
 
+@contextlib.contextmanager
+def _staging(final: Path) -> Iterator[Path]:
+    """An empty hidden folder beside ``final`` (same file system, so renaming it into place
+    is atomic), removed on the way out unless it was renamed."""
+    staging = _temporary_path(final, "building")
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _temporary_path(final: Path, purpose: str) -> Path:
+    return final.parent / f".{final.name}.{purpose}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def _write_manifest(folder: Path, kind: str, fields: dict) -> None:
     files = {p.relative_to(folder).as_posix(): sha256_file(p)
              for p in sorted(folder.rglob("*")) if p.is_file()}
-    manifest = {"kind": kind, "format": FORMAT_VERSION, "fields": fields, "files": files}
+    manifest = {**_identity(kind, fields), "files": files}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -128,11 +178,24 @@ def _exclusive(lock_path: Path, what: str, timeout_s: float) -> Iterator[None]:
                     log.info("waiting for another worker to finish building %s", what)
                     announced = True
                 if time.monotonic() > deadline:
-                    raise ArtifactLockTimeout(
-                        f"gave up after {timeout_s:.0f} s waiting for another worker to build "
-                        f"{what} (lock {lock_path}); if no worker is running, delete the lock file")
+                    raise ArtifactLockTimeout(_lock_timeout_message(lock_path, what, timeout_s))
                 time.sleep(0.5)
+        # Who builds, for the message of a worker that gives up waiting.
+        handle.truncate(0)
+        handle.write(f"worker {socket.gethostname()} pid {os.getpid()} "
+                     f"since {time.strftime('%Y-%m-%d %H:%M:%S %z')}")
+        handle.flush()
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _lock_timeout_message(lock_path: Path, what: str, timeout_s: float) -> str:
+    holder = lock_path.read_text().strip() or "another worker"
+    return (f"gave up after {timeout_s:.0f} s waiting for another worker to build {what}: "
+            f"its lock {lock_path} is held by {holder} (a worker on this machine or on another "
+            "one sharing the cache). That worker is still building it or is stuck: check its "
+            "log. Once it finishes or is stopped, the lock is free and a rerun uses or builds "
+            "the artifact; a rerun before then waits again. Do not delete the lock file: a "
+            "worker holds it, and deleting it lets a second build run beside the first.")

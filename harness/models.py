@@ -104,9 +104,29 @@ def tokenizer_id(tokenizer) -> str:
     return hashlib.sha256((definition + settings).encode()).hexdigest()[:20]
 
 
+def hub_revision(config: TeacherConfig) -> str | None:
+    """The commit a hub teacher's name points to now (asked of the hub, or read from the
+    local hub cache offline); None for a builtin, a local folder or an architecture.
+
+    Loading the teacher at this commit and keying its cache by it means a model updated
+    on the hub trains a new teacher instead of reusing the one the old weights gave.
+    """
+    if config.source == "architecture" or Path(resolve_source(config.source)).exists():
+        return None
+    from huggingface_hub import resolve_revision  # huggingface_hub >= 1.26; hub teachers only
+
+    try:
+        return resolve_revision(config.source).resolved
+    except Exception as error:  # hub and cache errors come in many types
+        raise ModelError(f"teacher.source: cannot resolve the hub revision of {config.source!r} "
+                         f"({type(error).__name__}: {str(error)[:200]}); offline, use "
+                         "builtin:minilm-l6 or a local model folder") from error
+
+
 def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
-                 seed: int) -> PreTrainedModel:
-    """The pre-trained teacher with a fresh classification head for ``label_names``."""
+                 seed: int, revision: str | None = None) -> PreTrainedModel:
+    """The pre-trained teacher with a fresh classification head for ``label_names``, at
+    hub commit ``revision`` when given (see ``hub_revision``)."""
     labels = _label_config(label_names)
     if config.source == "architecture":
         torch.manual_seed(seed)
@@ -120,7 +140,8 @@ def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
     try:
         torch.manual_seed(seed)  # the new classifier head's initialisation
         return AutoModelForSequenceClassification.from_pretrained(
-            source, use_safetensors=True, trust_remote_code=config.trust_remote_code, **labels)
+            source, revision=revision, use_safetensors=True,
+            trust_remote_code=config.trust_remote_code, **labels)
     except Exception as error:
         raise ModelError(f"cannot load teacher {config.source!r} ({type(error).__name__}: "
                          f"{str(error)[:300]}); offline, use teacher.source: builtin:minilm-l6 "

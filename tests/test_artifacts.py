@@ -1,10 +1,12 @@
-"""Tests for harness.artifacts: content-addressed keys, build once, verify, atomic builds,
-corruption rebuilt, one build when processes race."""
+"""Tests for harness.artifacts: content-addressed keys (with each kind's build version),
+build once, verify, atomic builds and folder writes, corruption rebuilt, one build when
+processes race, a rival machine's artifact used when the lock does not span machines."""
 
 from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+import harness.artifacts
 from harness.artifacts import (
     MANIFEST,
     ArtifactLockTimeout,
@@ -20,6 +23,7 @@ from harness.artifacts import (
     build_once,
     cache_root,
     verify,
+    write_folder_atomically,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +58,19 @@ def test_key_is_canonical_and_covers_every_field_and_the_kind():
     assert key != artifact_key("teacher", {**fields, "a": 2})
     assert key != artifact_key("teacher", {**fields, "d": None})
     assert key != artifact_key("data", fields)
+
+
+def test_key_covers_the_kinds_build_version(monkeypatch):
+    before = artifact_key("teacher", {"lr": 1e-4})
+    monkeypatch.setitem(harness.artifacts.BUILD_VERSIONS, "teacher",
+                        harness.artifacts.BUILD_VERSIONS["teacher"] + 1)
+    assert artifact_key("teacher", {"lr": 1e-4}) != before
+    assert artifact_key("baseline", {"lr": 1e-4}) == artifact_key("baseline", {"lr": 1e-4})
+
+
+def test_a_kind_without_a_build_version_is_refused(tmp_path):
+    with pytest.raises(KeyError, match="BUILD_VERSIONS"):
+        build_once(tmp_path, "unversioned", {}, CountingBuild())
 
 
 def test_build_once_builds_then_reuses(tmp_path):
@@ -151,10 +168,108 @@ def test_lock_timeout_when_another_worker_holds_the_lock(tmp_path):
     with (tmp_path / "teacher" / f"{key}.lock").open("a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # another open file description: a separate lock
         build = CountingBuild()
-        with pytest.raises(ArtifactLockTimeout, match="delete the lock file"):
+        with pytest.raises(ArtifactLockTimeout) as raised:
             build_once(tmp_path, "teacher", {}, build, lock_timeout_s=0.2)
         assert build.calls == 0
+    message = str(raised.value)
+    assert str(tmp_path / "teacher" / f"{key}.lock") in message
+    assert "another worker" in message and "Do not delete the lock file" in message
     assert build_once(tmp_path, "teacher", {}, build).path.name == key
+
+
+def test_lock_timeout_names_the_worker_that_holds_the_lock(tmp_path):
+    key = artifact_key("teacher", {})
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path), str(ready),
+                               str(release)], cwd=REPO)
+    try:
+        while not ready.exists():
+            assert holder.poll() is None, "the holding worker died"
+            time.sleep(0.02)
+        with pytest.raises(ArtifactLockTimeout, match=rf"held by worker \S+ pid {holder.pid} "):
+            build_once(tmp_path, "teacher", {}, CountingBuild(), lock_timeout_s=0.2)
+    finally:
+        release.touch()
+        holder.wait(timeout=60)
+    assert holder.returncode == 0 and verify(tmp_path / "teacher" / key)
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from harness.artifacts import build_once
+
+    root, ready, release = (Path(arg) for arg in sys.argv[1:])
+
+    def build(folder):
+        ready.touch()
+        while not release.exists():
+            time.sleep(0.02)
+        (folder / "out.txt").write_text("done")
+
+    build_once(root, "teacher", {}, build)
+""")
+
+
+def test_a_verified_artifact_another_machine_renamed_into_place_first_is_used(tmp_path):
+    # flock does not hold across machines on some shared file systems: two builders can
+    # both build, and the second rename meets the first one's artifact.
+    fields = {"lr": 1e-4}
+    final = tmp_path / "teacher" / artifact_key("teacher", fields)
+    rival = build_once(tmp_path / "other-machine", "teacher", fields, CountingBuild("rival"))
+
+    def losing_build(folder: Path) -> None:
+        CountingBuild("ours")(folder)
+        shutil.copytree(rival.path, final)  # the other machine finishes first
+
+    artifact = build_once(tmp_path, "teacher", fields, losing_build)
+    assert artifact.reused and artifact.path == final and verify(final)
+    assert (final / "model.bin").read_text() == "rival"
+    assert [p.name for p in (tmp_path / "teacher").iterdir() if p.is_dir()] == [final.name]
+
+
+def test_an_unverified_folder_renamed_into_place_while_building_is_an_error(tmp_path):
+    final = tmp_path / "teacher" / artifact_key("teacher", {})
+
+    def losing_build(folder: Path) -> None:
+        CountingBuild()(folder)
+        final.mkdir()
+        (final / "half.bin").write_text("half")
+
+    with pytest.raises(OSError):
+        build_once(tmp_path, "teacher", {}, losing_build)
+    assert (final / "half.bin").read_text() == "half"  # not ours to delete
+    assert [p.name for p in (tmp_path / "teacher").iterdir() if p.is_dir()] == [final.name]
+
+
+# --- folders written whole ---------------------------------------------------------------
+
+def test_write_folder_atomically_creates_and_replaces_whole(tmp_path):
+    final = tmp_path / "runs" / "student"
+    write_folder_atomically(final, CountingBuild("first"))
+    (final / "stale.txt").write_text("from the older folder")
+    write_folder_atomically(final, CountingBuild("second"))
+    assert (final / "model.bin").read_text() == "second"
+    assert sorted(p.relative_to(final).as_posix() for p in final.rglob("*")) == [
+        "model.bin", "sub", "sub/config.json"]
+    assert [p.name for p in final.parent.iterdir()] == ["student"]
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_crash_while_writing_a_folder_leaves_the_old_state(tmp_path, existing):
+    final = tmp_path / "student"
+    if existing:
+        write_folder_atomically(final, CountingBuild("old"))
+
+    def crashing(folder: Path) -> None:
+        (folder / "model.bin").write_text("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_folder_atomically(final, crashing)
+    assert [p.name for p in tmp_path.iterdir()] == (["student"] if existing else [])
+    if existing:
+        assert (final / "model.bin").read_text() == "old"
 
 
 RACER = textwrap.dedent("""

@@ -1,0 +1,65 @@
+"""An artifact's key carries the version of the code that builds it
+(``harness.artifacts.BUILD_VERSIONS``), so a changed training loop cannot silently reuse
+teachers and baselines the old loop trained. This test makes a change to that code come
+with a new version: it hashes the source of what each kind's build runs and compares it
+with the hash recorded below for the kind's current version."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import pytest
+
+from harness import data, evaluation, models, pipeline, shared, train
+from harness.artifacts import BUILD_VERSIONS
+
+# The training loop, as the teacher's fine-tune and the baselines run it.
+TRAINING = (train.train_phase, train.length_grouped_batches, train._warmup_linear_decay,
+            train.cross_entropy_loss, train.predict_logits, train.autocast, data.TokenizedSplit)
+
+# What each artifact kind's build runs, beyond the fields its key already holds.
+BUILD_CODE = {
+    "data": (data._build_rotten_tomatoes, data.split_by_group),
+    "tokens": (data.tokenize_data, data.TokenizedSplit),
+    # The pre-trained teacher (its seeded head) is loaded before the build and fine-tuned in it.
+    "teacher": (models.load_teacher, models._label_config, shared._build_teacher,
+                shared.teacher_settings, *TRAINING, evaluation.score, models.save_model),
+    "baseline": (pipeline.train_baseline, pipeline.settings_for, pipeline.split_logits,
+                 models.build_student, models.teacher_layer_choice, models.copy_teacher_layers,
+                 *TRAINING, models.save_model),
+}
+
+# (kind, build version) -> source hash of BUILD_CODE[kind] at that version. Older versions
+# stay as the record of when each kind's build changed.
+RECORDED = {
+    ("data", 1): "966d1fc4d3a3b807",
+    ("tokens", 1): "69d416767734665d",
+    ("teacher", 1): "a0a420ed25903732",
+    ("baseline", 1): "22a8da00fcaab3d2",
+}
+
+
+def source_hash(code) -> str:
+    digest = hashlib.sha256()
+    for part in code:
+        digest.update(f"{part.__module__}.{part.__qualname__}\n".encode())
+        digest.update(inspect.getsource(part).encode())
+    return digest.hexdigest()[:16]
+
+
+def test_every_versioned_kind_lists_its_build_code():
+    assert set(BUILD_CODE) == set(BUILD_VERSIONS)
+
+
+@pytest.mark.parametrize("kind", sorted(BUILD_CODE))
+def test_changed_build_code_comes_with_a_new_build_version(kind):
+    version, current = BUILD_VERSIONS[kind], source_hash(BUILD_CODE[kind])
+    names = ", ".join(f"{part.__module__}.{part.__qualname__}" for part in BUILD_CODE[kind])
+    assert RECORDED.get((kind, version)) == current, (
+        f"the code that builds {kind!r} artifacts ({names}) is not the code recorded for "
+        f"build version {version}, so caches would reuse {kind} artifacts the old code built. "
+        f"Bump BUILD_VERSIONS[{kind!r}] in harness/artifacts.py to {version + 1} and add "
+        f"({kind!r}, {version + 1}): {current!r} to RECORDED in tests/test_build_versions.py. "
+        f"Only a change that cannot alter what is built (a comment, a rename) may instead "
+        f"re-record ({kind!r}, {version}).")
