@@ -8,7 +8,9 @@ processes on one host. Any URL with a scheme (``postgresql://``, ``mysql://``,
 
 from __future__ import annotations
 
+import random
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import sqlalchemy
 DEFAULT_STORAGE = "journal:runs/optuna.journal"
 JOURNAL_PREFIX = "journal:"
 MAX_RETRIES = 2  # a trial whose worker died is re-run at most this often, on any storage
+SCHEMA_ATTEMPTS = 6  # tries to open an RDB storage whose tables other workers are creating
 
 
 class StorageError(ValueError):
@@ -52,17 +55,37 @@ def open_storage(url: str | None, heartbeat_seconds: int | None = None,
             "postgresql://user@host/db, or a journal file such as journal:runs/optuna.journal")
     try:
         if not heartbeat_seconds:
-            return optuna.storages.RDBStorage(url)
+            return _open_rdb(url)
         with warnings.catch_warnings():  # heartbeats are "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # Optuna 5.0's name; RetryFailedTrialCallback is its deprecated alias.
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_seconds, grace_period=2 * heartbeat_seconds,
-                heartbeat_stale_trial_callback=retry)
+            return _open_rdb(url, heartbeat_interval=heartbeat_seconds,
+                             grace_period=2 * heartbeat_seconds,
+                             heartbeat_stale_trial_callback=retry)
     except Exception as error:  # SQLAlchemy raises many types; all mean "cannot open"
         raise StorageError(f"cannot open storage {redact_url(url)}: "
                            f"{type(error).__name__}: {redact_text(str(error), url)}") from error
+
+
+def _open_rdb(url: str, **options) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url, **options)``, tried again while other workers create its tables.
+
+    The first opening of an empty database creates Optuna's tables, and RDBStorage does
+    not guard that against other processes: workers started together lose the race with
+    "duplicate key ... pg_type_typname_nsp_index" or "relation ... already exists". The
+    loser's transaction is rolled back, and on a new try it finds the tables made. Each
+    worker loses at most once per creation step (tables, schema version stamp).
+    """
+    for attempt in range(1, SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(url, **options)
+        except sqlalchemy.exc.SQLAlchemyError as error:
+            if not (isinstance(error, sqlalchemy.exc.IntegrityError)
+                    or "already exists" in str(error)):
+                raise
+        time.sleep(0.05 * 2 ** attempt * (1 + random.random()))  # jitter: no lockstep
+    return optuna.storages.RDBStorage(url, **options)  # the last try's error is the caller's
 
 
 def redact_url(url: str) -> str:
@@ -73,11 +96,20 @@ def redact_url(url: str) -> str:
     url = re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except Exception:  # not a database URL: nothing more to find
-        return url
+    except Exception:  # a typo such as "postgresql//": no parser can find the password
+        return _mask_unparsed(url)
     query = {key: "***" if _SECRET_PARAMETER.search(key) else value
              for key, value in parsed.query.items()}
     return parsed.set(query=query).render_as_string(hide_password=True)
+
+
+def _mask_unparsed(url: str) -> str:
+    """A URL that does not parse, with everything that could be a password as ``***``:
+    what lies before its last "@" (after "//" where there is one), and the values of
+    query parameters with secret-like names."""
+    url = re.sub(r"^(.*?//)?.*@", lambda match: f"{match.group(1) or ''}***@", url)
+    return re.sub(rf"([?&][^=&]*(?:{_SECRET_PARAMETER.pattern})[^=&]*=)[^&]*", r"\1***", url,
+                  flags=re.IGNORECASE)
 
 
 def redact_text(text: str, url: str) -> str:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sys
 import time
 import traceback
@@ -38,7 +37,7 @@ from analysis.pareto import png_bytes, write_files
 from analysis.plots import plot_front
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
-from harness.artifacts import cache_root
+from harness.artifacts import ArtifactLockTimeout, cache_root
 from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.data import DataError
 from harness.models import ModelError
@@ -51,7 +50,8 @@ from harness.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_s
                              redact_url)
 from harness.study_file import check_study_name, load_study_config
 from harness.train import Diverged
-from harness.workers import reap_dead_local_trials, trial_counts
+from harness.workers import (ORPHAN_GRACE_SECONDS, describe_running, reap_dead_local_trials,
+                             trial_counts, worker_identity)
 
 log = logging.getLogger("harness.study")
 
@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the teacher's fine-tune diverged ({error}); lower teacher.lr or check "
               "the data", file=sys.stderr)
         return 2
+    except ArtifactLockTimeout as error:  # not bad input: another worker is slow or stuck
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted before the first trial; the cache holds only complete artifacts",
               file=sys.stderr)
@@ -168,24 +171,41 @@ def run_folder(study: optuna.Study, storage_url: str) -> Path:
     return Path("runs") / f"{study.study_name}-{key}"
 
 
-def open_study(storage, study_name: str, study_config: StudyConfig) -> optuna.Study:
+def open_study(storage, study_name: str, study_config: StudyConfig,
+               fingerprint_wait_seconds: float = 30.0) -> optuna.Study:
     """Create or load the study; one made from another configuration is refused.
 
-    The sampler's seed moves on with the trials already stored, so a resumed run or a
-    second worker does not replay the first one's random start-up trials.
+    Only the worker that creates the study records its configuration, so workers started
+    together cannot overwrite each other's; the others compare theirs with it. The
+    creator's sampler is seeded with the study's seed, so a study run by one worker is
+    reproducible; any other worker (a second one, a resumed run) draws a seed of its own,
+    so that no two replay the same random start-up trials.
     """
     fingerprint = config_fingerprint(study_config)
-    study = optuna.create_study(storage=storage, study_name=study_name, load_if_exists=True,
-                                directions=directions(study_config))
-    stored = study.user_attrs.get("config_sha256")
-    if stored is not None and stored != fingerprint:
-        raise ConfigError(f"study {study_name!r} was created from another configuration "
-                          "(study file, --set or --seed differ); use another --study-name")
-    if stored is None:
-        study.set_user_attr("config_sha256", fingerprint)
+    try:
+        study = optuna.create_study(storage=storage, study_name=study_name,
+                                    directions=directions(study_config))
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        # Its creator writes the fingerprint just after creating it (we may be between).
+        deadline = time.monotonic() + fingerprint_wait_seconds
+        while (stored := study.user_attrs.get("config_sha256")) is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if stored is None:
+            raise ConfigError(f"study {study_name!r} records no configuration (it was not "
+                              "created by harness.study, or its first worker died while "
+                              "creating it); use another --study-name")
+        if stored != fingerprint:
+            raise ConfigError(f"study {study_name!r} was created from another configuration "
+                              "(study file, --set or --seed differ); use another --study-name")
+        seed = int.from_bytes(os.urandom(4), "little")
+    else:
         study.set_user_attr("objectives", list(study_config.objectives.metrics))
         study.set_user_attr("config", _jsonable(dataclasses.asdict(study_config)))
-    seed = study_config.seed + 100_003 * len(study.trials)
+        # Last: once the others see it, everything the creator records is there.
+        study.set_user_attr("config_sha256", fingerprint)
+        seed = study_config.seed
     return optuna.load_study(study_name=study_name, storage=storage,
                              sampler=make_sampler(study_config, seed),
                              pruner=make_pruner(study_config))
@@ -224,12 +244,16 @@ def log_front_to_wandb(frame: pd.DataFrame, report: Report, study_config: StudyC
 
 
 def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
-              n_trials: int, run_dir: Path, context: dict) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers)."""
-    reap_dead_local_trials(study)
+              n_trials: int, run_dir: Path, context: dict,
+              orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS) -> None:
+    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers).
+
+    A trial that recorded no worker for ``orphan_grace_seconds`` is failed and re-queued.
+    """
+    reap_dead_local_trials(study, orphan_grace_seconds)
     counts = trial_counts(study)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
-    waiting_announced, front_size = False, 0
+    announced, front_size = "", 0
     with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
               unit="trial") as bar:
         while counts.finished < n_trials:
@@ -238,11 +262,12 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
                 log.info("every grid point has run; stopping at %d trials", counts.finished)
                 break
             if counts.finished + counts.running >= n_trials and not counts.waiting:
-                if not waiting_announced:
-                    log.info("waiting for %d trial(s) running in other workers", counts.running)
-                    waiting_announced = True
+                running = describe_running(study, orphan_grace_seconds)
+                if running != announced:  # once, and again when what it waits on changes
+                    log.info("waiting for trials running in other workers: %s", running)
+                    announced = running
                 time.sleep(2)  # wait in case one of those workers dies and its trial returns
-                reap_dead_local_trials(study)
+                reap_dead_local_trials(study, orphan_grace_seconds)
             else:
                 study.optimize(lambda trial: objective(trial, study_config, shared, run_dir,
                                                        context, n_trials),
@@ -272,7 +297,7 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
     ``context`` (redacted storage URL, device) goes into the W&B config beside the trial's.
     """
     # First, so that a worker killed at any later point can be recognised as dead.
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    trial.set_user_attr("worker", worker_identity())
     _refuse_surplus(trial, n_trials)
     trial_config = suggest_trial_config(trial, study_config)
     trial.set_user_attr("provenance", provenance(shared.device))

@@ -3,8 +3,10 @@
 Optuna's RDB storages have heartbeats (``--heartbeat-seconds``): a trial whose worker
 stops beating is failed and re-queued by Optuna's retry callback. The journal file
 storage (the embedded default) has none, so a killed worker's trial would stay RUNNING
-for ever. Each trial records its worker's host and PID; any worker on the same host fails
-and re-queues the RUNNING trials whose process is gone.
+for ever. Each trial records its worker (``worker_identity``), and any worker on the same
+host fails and re-queues the RUNNING trials whose process is gone. Optuna creates a trial
+and samples it before the objective can record anything, so a trial with no worker
+record is reaped once it is older than a grace period.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -20,6 +24,10 @@ from optuna.trial import TrialState
 from harness.storage import MAX_RETRIES
 
 log = logging.getLogger(__name__)
+
+# Between creating a trial and the objective's first line, Optuna only samples it (at
+# most seconds, even for the GP sampler): a trial this old with no worker is an orphan.
+ORPHAN_GRACE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -41,46 +49,127 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
                                                     TrialState.RUNNING, TrialState.WAITING)))
 
 
-def reap_dead_local_trials(study: optuna.Study) -> list[int]:
-    """Fail and re-queue RUNNING trials of processes on this host that no longer exist."""
-    # study._storage: Optuna offers no public handle on another process's trial; its own
-    # fail_stale_trials reaches the storage the same way.
-    if getattr(study._storage, "get_heartbeat_interval", lambda: None)():
+def worker_identity() -> dict:
+    """This process as a trial's ``worker`` user attribute records it.
+
+    A PID alone is no identity: a later process may get the same number, soon after a
+    restart. On Linux the record adds the boot and the process's start time (clock ticks
+    since boot), which together tell the recorded process from any later one.
+    """
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "boot_id": _boot_id(),
+            "started": _start_ticks(pid)}
+
+
+def reap_dead_local_trials(study: optuna.Study,
+                           orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS) -> list[int]:
+    """Fail and re-queue RUNNING trials of processes on this host that no longer exist,
+    and trials that recorded no worker within ``orphan_grace_seconds``."""
+    if _has_heartbeat(study):
         # RDB storages with a heartbeat: Optuna's stale-trial check and retry callback do it.
         optuna.storages.fail_stale_trials(study)
         return []
     host, reaped = socket.gethostname(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get("worker", {})
-        if worker.get("host") != host or _alive(worker.get("pid")):
-            continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason",
-                                               f"worker {worker.get('pid')} died (no heartbeat)")
-            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker reaped it first
-        reaped.append(trial.number)
-        retries = trial.user_attrs.get("retries", 0)
-        if retries >= MAX_RETRIES:  # e.g. a configuration that the OOM killer always stops
-            log.warning("trial %d: its worker (pid %s) is gone; marked failed, not re-queued "
-                        "after %d retries", trial.number, worker.get("pid"), retries)
-            continue
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                      "retries": retries + 1},
-                            skip_if_exists=False)
-        log.warning("trial %d: its worker (pid %s) is gone; marked failed and re-queued",
-                    trial.number, worker.get("pid"))
+        reason = _why_dead(trial, host, orphan_grace_seconds)
+        if reason is not None and _fail_and_requeue(study, trial, reason):
+            reaped.append(trial.number)
     return reaped
 
 
-def _alive(pid) -> bool:
+def describe_running(study: optuna.Study,
+                     orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS) -> str:
+    """The RUNNING trials and who runs them, for a worker that waits on them."""
+    parts = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker")
+        if worker is not None:
+            parts.append(f"trial {trial.number} (host {worker.get('host')}, "
+                         f"pid {worker.get('pid')})")
+        elif _has_heartbeat(study):
+            parts.append(f"trial {trial.number} (no worker recorded yet)")
+        else:
+            due = trial.datetime_start + timedelta(seconds=orphan_grace_seconds)
+            parts.append(f"trial {trial.number} (no worker recorded; failed and re-queued "
+                         f"at {due:%H:%M:%S} unless one appears)")
+    return ", ".join(parts)
+
+
+def _has_heartbeat(study: optuna.Study) -> bool:
+    # study._storage: Optuna offers no public handle on the storage of a study, nor on
+    # another process's trial; its own fail_stale_trials reaches the storage the same way.
+    return bool(getattr(study._storage, "get_heartbeat_interval", lambda: None)())
+
+
+def _why_dead(trial: optuna.trial.FrozenTrial, host: str,
+              orphan_grace_seconds: float) -> str | None:
+    """Why the worker of a RUNNING trial is known to be gone; None while it may run."""
+    worker = trial.user_attrs.get("worker")
+    if worker is None:
+        # datetime_start: naive local time of the host that created the trial, and the
+        # journal file serves one host, so the comparison is on one clock.
+        if datetime.now() - trial.datetime_start < timedelta(seconds=orphan_grace_seconds):
+            return None
+        return f"its worker died before recording itself (none after {orphan_grace_seconds:g} s)"
+    if worker.get("host") != host or _alive(worker):
+        return None  # another host's process is not ours to judge
+    return f"worker {worker.get('pid')} died (no heartbeat)"
+
+
+def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> bool:
+    """Mark ``trial`` failed for ``reason`` and queue its parameters again (up to
+    MAX_RETRIES times); False if another worker finished or reaped it first."""
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    retries = trial.user_attrs.get("retries", 0)
+    if retries >= MAX_RETRIES:  # e.g. a configuration that the OOM killer always stops
+        log.warning("trial %d: %s; marked failed, not re-queued after %d retries",
+                    trial.number, reason, retries)
+        return True
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
+                                                  "retries": retries + 1},
+                        skip_if_exists=False)
+    log.warning("trial %d: %s; marked failed and re-queued", trial.number, reason)
+    return True
+
+
+def _alive(worker: dict) -> bool:
+    """Whether the process that a ``worker`` record of this host names still runs."""
+    pid = worker.get("pid")
     if not isinstance(pid, int):
-        return True  # not ours to judge: a trial started before the worker was recorded
+        return True  # not a record this module wrote: not ours to judge
+    if worker.get("boot_id") not in (None, _boot_id()):
+        return False  # recorded before the machine restarted
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    started = worker.get("started")
+    # A process with this PID that started at another time is a later one. None: the
+    # process just ended, or /proc hides it (hidepid); the next look decides.
+    return started is None or _start_ticks(pid) in (None, started)
+
+
+def _boot_id() -> str | None:
+    """This boot of the machine (Linux); None elsewhere."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot: field 22 of
+    /proc/PID/stat (Linux); None where that file cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 2, the command name, is in parentheses and may hold spaces or ")": the
+    # fields after its last ")" are numbered from 3.
+    return int(stat.rsplit(")", 1)[1].split()[22 - 3])

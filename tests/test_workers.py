@@ -1,4 +1,6 @@
-"""Several worker processes on one study: exact totals, crashed workers, shared artifacts.
+"""Several worker processes on one study: exact totals, crashed workers, shared artifacts,
+trials orphaned before their worker is recorded, reused PIDs, and workers that create
+the same study at once.
 
 PostgreSQL tests use the real server on loopback and skip without it; the journal-file
 (embedded default) tests always run.
@@ -6,9 +8,11 @@ PostgreSQL tests use the real server on loopback and skip without it; the journa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,11 +22,18 @@ from pathlib import Path
 import optuna
 import pytest
 
+from harness.config import ConfigError
+from harness.search import directions, make_sampler
 from harness.storage import open_storage
+from harness.study import config_fingerprint, open_study, run_study
+from harness.study_file import load_study_config
+from harness.workers import describe_running, reap_dead_local_trials, worker_identity
 
 from .conftest import REPO, SMOKE
+from .test_storage import fresh_database, run_together
 
-COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                           optuna.trial.TrialState.RUNNING)
 # Trials long enough to be killed mid-way; every worker of a study runs the same settings.
 SLOW = ("--set", "pipeline.distill.epochs=25")
 
@@ -131,3 +142,133 @@ def test_killed_worker_on_the_journal_is_reaped_and_retried(tmp_path, smoke_shar
     assert len(retry) == 1 and retry[0].state == COMPLETE
     assert retry[0].params == failed[0].params
     assert [t.state for t in study.trials].count(COMPLETE) == 1
+
+
+class _Deadline(BaseException):
+    """Not an Exception: Optuna's catch=(Exception,) must not swallow it mid-trial."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail (rather than hang) a block that should end within ``seconds``."""
+    def expire(signum, frame):
+        raise _Deadline(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# Optuna creates a trial RUNNING and samples it before the objective records its worker:
+# a worker killed in between leaves a trial like this one.
+ASK_AND_EXIT = """
+import sys, optuna
+from harness.storage import open_storage
+optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1])).ask()
+"""
+
+
+def test_a_trial_orphaned_before_its_worker_was_recorded_is_reaped_and_rerun(
+        tmp_path, smoke_config, smoke_shared):
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    study = open_study(open_storage(storage), "orphan", smoke_config)
+    subprocess.run([sys.executable, "-c", ASK_AND_EXIT, storage, "orphan"], check=True,
+                   timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    with deadline(240):  # before the fix: waited for the orphan for ever
+        run_study(study, smoke_config, smoke_shared, 1, tmp_path / "runs", {},
+                  orphan_grace_seconds=1)
+    orphan, rerun = optuna.load_study(study_name="orphan", storage=open_storage(storage)).trials
+    assert orphan.state == FAIL and "died" in orphan.user_attrs["fail_reason"]
+    assert rerun.state == COMPLETE and rerun.user_attrs["retry_of"] == orphan.number
+
+
+def test_the_wait_names_each_running_trial_its_worker_and_when_an_orphan_is_reaped(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 's.journal'}"))
+    study.ask().set_user_attr("worker", worker_identity())
+    orphan = study.ask()
+    due = orphan.datetime_start.timestamp() + 120
+    assert describe_running(study, orphan_grace_seconds=120) == (
+        f"trial 0 (host {socket.gethostname()}, pid {os.getpid()}), trial 1 (no worker "
+        f"recorded; failed and re-queued at {time.strftime('%H:%M:%S', time.localtime(due))}"
+        " unless one appears)")
+
+
+def test_a_reused_pid_or_a_record_from_another_boot_is_a_dead_worker(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"journal:{tmp_path / 's.journal'}"))
+    me = worker_identity()
+    records = [me,  # alive
+               {**me, "started": me["started"] + 1},  # this PID, but another process
+               {**me, "boot_id": "00000000-0000-0000-0000-000000000000"}]  # before a restart
+    for record in records:
+        study.ask().set_user_attr("worker", record)
+    assert reap_dead_local_trials(study) == [1, 2]
+    assert [t.state for t in study.trials[:3]] == [RUNNING, FAIL, FAIL]
+
+
+def _open_study_as_new_worker(barrier, storage_url: str, study_name: str,
+                              overrides: tuple[str, ...] = ()) -> dict:
+    """A worker starting on ``study_name``: open_study, then its first random suggestion,
+    and the fingerprints it wrote; a refusal is returned, not raised."""
+    storage = open_storage(storage_url, heartbeat_seconds=60)
+    written, write = [], storage.set_study_user_attr
+
+    def counting_write(study_id, key, value):
+        if key == "config_sha256":
+            written.append(value)
+        write(study_id, key, value)
+
+    storage.set_study_user_attr = counting_write  # this process's storage object only
+    config = load_study_config(SMOKE, list(overrides))
+    barrier.wait(timeout=60)
+    try:
+        study = open_study(storage, study_name, config)
+    except ConfigError as refused:
+        return {"refused": str(refused), "written": written}
+    return {"x": study.ask().suggest_float("x", 0.0, 1.0), "written": written}
+
+
+@pytest.fixture(params=["journal", "new-postgres-database", "postgres"])
+def storage_for_a_new_study(request, tmp_path):
+    """A journal file, a brand-new PostgreSQL database, or the shared test database."""
+    if request.param == "journal":
+        yield f"journal:{tmp_path / 'race.journal'}"
+    elif request.param == "postgres":
+        yield request.getfixturevalue("postgres_url")
+    else:
+        with fresh_database(request.getfixturevalue("postgres_url")) as url:
+            yield url
+
+
+def test_workers_creating_a_study_together_record_it_once_and_sample_apart(
+        storage_for_a_new_study, smoke_config):
+    name = f"together-{uuid.uuid4().hex[:8]}"
+    first, second = run_together(_open_study_as_new_worker, [(storage_for_a_new_study, name)] * 2)
+    assert len(first["written"] + second["written"]) == 1, (first, second)
+    stored = optuna.load_study(study_name=name, storage=open_storage(storage_for_a_new_study))
+    assert stored.user_attrs["config_sha256"] == config_fingerprint(smoke_config)
+    assert first["x"] != second["x"]
+    # The creator keeps the study's seed, so a study run by one worker is reproducible.
+    alone = optuna.create_study(sampler=make_sampler(smoke_config, smoke_config.seed))
+    assert alone.ask().suggest_float("x", 0.0, 1.0) in (first["x"], second["x"])
+
+
+def test_workers_creating_a_study_together_from_two_configurations_one_is_refused(
+        storage_for_a_new_study):
+    name = f"mixed-{uuid.uuid4().hex[:8]}"
+    results = run_together(_open_study_as_new_worker,
+                           [(storage_for_a_new_study, name, ("seed=0",)),
+                            (storage_for_a_new_study, name, ("seed=1",))])
+    refused = [result["refused"] for result in results if "refused" in result]
+    assert len(refused) == 1 and "another configuration" in refused[0], results
+    assert sum(len(result["written"]) for result in results) == 1
+
+
+def test_a_study_that_records_no_configuration_is_refused_after_a_bounded_wait(tmp_path,
+                                                                                smoke_config):
+    storage = open_storage(f"journal:{tmp_path / 's.journal'}")
+    optuna.create_study(storage=storage, study_name="foreign", directions=directions(smoke_config))
+    with pytest.raises(ConfigError, match="records no configuration"):
+        open_study(storage, "foreign", smoke_config, fingerprint_wait_seconds=0.5)
