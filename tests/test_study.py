@@ -4,6 +4,7 @@ bad input, Ctrl-C, saved Pareto-front students, and every shipped study file."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,9 +272,12 @@ def test_pareto_report_of_a_real_smoke_study(in_tmp):
 @pytest.mark.slow
 def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
     """Not editable: the installed package alone must carry studies/default.yaml."""
-    target = tmp_path / "site"
+    source, target = tmp_path / "source", tmp_path / "site"
+    # A copy, because building writes build/ and *.egg-info into the source folder.
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "runs", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(REPO)], check=True)
+                    "--no-build-isolation", "--target", str(target), str(source)], check=True)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout

