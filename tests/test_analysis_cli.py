@@ -82,6 +82,20 @@ def test_unknown_study_lists_studies_and_writes_nothing(storage, tmp_path, capsy
     assert "broken, other, smoke" in err and not out.exists()
 
 
+def test_a_study_name_unfit_for_a_folder_needs_out(tmp_path, monkeypatch, capsys):
+    # Studies made outside the harness (or before names were checked) may have any name.
+    url = f"journal:{tmp_path / 'odd.journal'}"
+    create_synthetic_study(url, "../escape", n_complete=4, seed=5)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--study-name", "../escape", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --study-name: study name '../escape' may hold only")
+    assert "give the report folder with --out" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
+    assert main(["--study-name", "../escape", "--storage", url, "--out", "report"]) == 0
+    assert (tmp_path / "report" / "pareto.csv").is_file()
+
+
 def test_study_without_complete_trial_exits_2(storage, tmp_path, capsys):
     code, err, out = run_bad(["--study-name", "broken", "--storage", storage], tmp_path, capsys)
     assert code == 2 and "no complete trial" in err and "2 failed" in err
