@@ -24,19 +24,16 @@ axis, or (without ``--out``) a study name that cannot name a folder.
 from __future__ import annotations
 
 import argparse
-import io
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import optuna
 
 from analysis.frame import StudyLoadError, load_study_frame
 from analysis.front import AXES
-from analysis.plots import plot_comparison, plot_front
+from analysis.plots import plot_comparison, plot_front, png_bytes
 from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
+from harness.artifacts import write_files
 from harness.config import ConfigError
 from harness.storage import DEFAULT_STORAGE, StorageError, redact_url
 from harness.study_file import check_study_name
@@ -89,29 +86,6 @@ def default_out(study_name: str) -> Path:
         return Path("runs", "reports", check_study_name(study_name, "--study-name"))
     except ConfigError as error:
         raise ConfigError(f"{error}; give the report folder with --out") from error
-
-
-def png_bytes(figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def write_files(out: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` into ``out``: into a temporary folder beside them first, then move.
-
-    Each file is replaced atomically (same file system, ``os.replace``), so a reader
-    never sees a truncated file, and a crash while writing leaves the old report intact.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".pareto-", dir=out))
-    try:
-        for name, data in files.items():
-            (staging / name).write_bytes(data)
-        for name in files:
-            os.replace(staging / name, out / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 - ``plot_front``: every complete trial, the Pareto front as a step line with its 95%
   intervals, the teacher and the label-only baselines marked, on a log compute axis;
 - ``plot_comparison``: the fronts of several studies on one axis;
-- ``plot_kd_gain_vs_params``: KD gain against T, T_s and alpha.
+- ``plot_kd_gain_vs_params``: KD gain against T, T_s and alpha;
+- ``png_bytes``: a figure as PNG bytes, for writing atomically.
 
 Each takes the study DataFrame of ``analysis.frame`` and returns a ``Figure``; only
 COMPLETE rows are drawn. Figures are built with ``matplotlib.figure.Figure``, not pyplot,
@@ -12,6 +13,8 @@ with Agg. In a notebook, ``display(fig)`` shows one.
 """
 
 from __future__ import annotations
+
+import io
 
 import matplotlib
 import numpy as np
@@ -135,3 +138,9 @@ def plot_kd_gain_vs_params(frame: pd.DataFrame, params=("T", "T_s", "alpha")) ->
 def _title(frame: pd.DataFrame, what: str) -> str:
     name = frame.attrs.get("study_name")
     return f"{what}: {name}" if name else what
+
+
+def png_bytes(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()

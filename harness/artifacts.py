@@ -7,7 +7,8 @@ with a manifest of its files' sha256, so a reader either sees a complete, verifi
 artifact or none. One worker builds while the others wait on a file lock; a worker killed
 mid-build leaves only a temporary folder that nobody trusts. Where the lock does not hold
 across machines (some shared file systems), two machines may both build: the second to
-finish uses the first one's verified artifact.
+finish uses the first one's verified artifact. ``write_folder_atomically`` and
+``write_files`` give saved students and report files the same never-half-written rule.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -83,7 +85,11 @@ def build_once(root: Path, kind: str, fields: dict, build: Callable[[Path], None
             return Artifact(final, key, reused=True)
         if final.exists():
             log.warning("artifact %s is corrupt or incomplete; rebuilding it", final)
-            shutil.rmtree(final)
+            # Renamed aside first: a machine the lock does not reach may rename a good
+            # build into place meanwhile, and that one must not be deleted.
+            doomed = final.with_name(f".{final.name}.corrupt-{uuid.uuid4().hex[:8]}")
+            os.rename(final, doomed)
+            shutil.rmtree(doomed)
         with _staging(final) as staging:
             build(staging)
             _write_manifest(staging, kind, fields)
@@ -199,3 +205,20 @@ def _lock_timeout_message(lock_path: Path, what: str, timeout_s: float) -> str:
             "log. Once it finishes or is stopped, the lock is free and a rerun uses or builds "
             "the artifact; a rerun before then waits again. Do not delete the lock file: a "
             "worker holds it, and deleting it lets a second build run beside the first.")
+
+
+def write_files(out: Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` into ``out``: into a temporary folder beside them first, then move.
+
+    Each file is replaced atomically (same file system, ``os.replace``), so a reader
+    never sees a truncated file, and a crash while writing leaves the old report intact.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".writing-", dir=out))
+    try:
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        for name in files:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

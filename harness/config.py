@@ -198,8 +198,9 @@ def in_unit_interval(what: str):
 
 def _head_dim_multiple(value, study_config: StudyConfig) -> str | None:
     head_dim = study_config.student.head_dim
-    return None if value % head_dim == 0 else (
-        f"every hidden size must be a multiple of student.head_dim ({head_dim}), got {value}")
+    return None if value > 0 and value % head_dim == 0 else (
+        f"every hidden size must be a positive multiple of student.head_dim ({head_dim}), "
+        f"got {value}")
 
 
 def _student_init(value, _) -> str | None:

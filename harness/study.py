@@ -30,11 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from analysis.frame import study_frame
-from analysis.pareto import png_bytes, write_files
-from analysis.plots import plot_front
+from analysis.front import pareto_front
+from analysis.plots import plot_front, png_bytes
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
-from harness.artifacts import ArtifactLockTimeout, cache_root
+from harness.artifacts import ArtifactLockTimeout, cache_root, write_files
 from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.data import DataError
 from harness.models import ModelError
@@ -246,10 +246,10 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
     size = (trial_config.num_layers, trial_config.hidden_size)
     hooks = TrialHooks(log=run.log, on_epoch=functools.partial(
         stop_if_behind, trial, study_config, size, reported_epochs(study_config)))
+    student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
         _refuse_over_budget(trial, study_config, trial_config, shared)
-        result = run_trial(study_config, trial_config, shared, hooks,
-                           save_student_to=run_dir / "students" / f"trial-{trial.number}")
+        result = run_trial(study_config, trial_config, shared, hooks, save_student_to=student_dir)
     except optuna.TrialPruned as pruned:
         trial.set_user_attr("prune_reason", str(pruned))
         run.finish({"prune_reason": str(pruned)}, "pruned", str(pruned))
@@ -263,7 +263,7 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
     stored = result.stored_fields()
     for key, value in stored.items():
         trial.set_user_attr(key, value)
-    trial.set_user_attr("student_path", str(run_dir / "students" / f"trial-{trial.number}"))
+    trial.set_user_attr("student_path", str(student_dir))
     for key, value in constraint_violations(study_config, stored).items():
         trial.set_constraint(key, value)
     run.finish(stored, "complete")
@@ -313,17 +313,19 @@ def failure_reason(error: BaseException) -> str:
 
 
 def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
-    """Delete saved students of finished trials that are not on the Pareto front; returns
-    the front's size."""
+    """Delete saved students of finished trials on neither the study's own front (its
+    objectives and constraints) nor the printed one (dev accuracy against FLOPs); returns
+    the study's front size."""
     # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    front = {t.number for t in study.best_trials}
+    best = {t.number for t in study.best_trials}
+    front = best | set(pareto_front(study_frame(study)).get("trial", []))
     folder = run_dir / "students"
     for path in folder.glob("trial-*") if folder.is_dir() else ():
         number = int(path.name.removeprefix("trial-"))
         if number in finished and number not in front:
             shutil.rmtree(path, ignore_errors=True)
-    return len(front)
+    return len(best)
 
 
 def resolve_device(name: str) -> torch.device:

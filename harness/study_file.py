@@ -63,7 +63,7 @@ def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) ->
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"study file {path} is not valid YAML: {error}") from error
+        raise ConfigError(f"study file {path} is not valid YAML: {_one_line(error)}") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"study file {path}: expected a mapping of sections at the top level")
     for override in overrides:
@@ -101,7 +101,8 @@ def apply_override(raw: dict, override: str) -> None:
     try:
         node[leaf] = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise ConfigError(f"--set {override!r}: the value is not valid YAML ({error})") from error
+        raise ConfigError(f"--set {override!r}: the value is not valid YAML "
+                          f"({_one_line(error)})") from error
 
 
 def _build(cls: type, value: Any, path: str, base: Any = None,
@@ -164,8 +165,8 @@ def _scalar(hint: Any, value: Any, path: str) -> Any:
     if hint is Any:
         return value
     if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads "1e-4" (no dot) as a string
-            return float(value)
+        try:  # YAML 1.1 reads "1e-4" (no dot) as a string; "inf" and "1e999" too
+            value = float(value)
         except ValueError:
             pass
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
@@ -265,6 +266,10 @@ def _check_range(param: SearchParam, path: str) -> None:
     if param.step is not None and (not param.step > 0 or param.log):  # Optuna rejects both
         raise ConfigError(f"{path}.step: expected a step > 0 on a linear scale (no log), "
                           f"got {param.step}")
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # PyYAML's messages span lines, with carets
 
 
 def _join(path: str, key: str) -> str:

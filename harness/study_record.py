@@ -58,7 +58,8 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
                               "creating it); use another --study-name")
         if stored != fingerprint:
             raise ConfigError(f"study {study_name!r} was created from another configuration "
-                              "(study file, --set or --seed differ); use another --study-name")
+                              "(study file, --set or --seed differ, or a kd-harness update "
+                              "changed the study-file schema); use another --study-name")
         seed = int.from_bytes(os.urandom(4), "little")
     else:
         study.set_user_attr("objectives", list(study_config.objectives.metrics))

@@ -145,6 +145,9 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
     ["--device", "tpu"],
     ["--set", "search.alpha.high=1.5"],
     ["--set", "pipeline.T=.inf"],
+    ["--set", "pipeline.T=inf"],
+    ["--set", "search.T.high=1e999"],
+    ["--set", "pipeline.T=[1"],
     ["--set", "student.head_dim=0"],
     ["--set", "pipeline.batch_size=0"],
     ["--set", "data.max_train_examples=0"],
@@ -154,7 +157,8 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
     ["--study-name", ".."],
     ["--set", "name=a/b"],
 ], ids=["unknown-key", "low-above-high", "empty-choices", "missing-data", "missing-model",
-        "bad-storage", "bad-device", "alpha-above-1", "infinite-T", "head-dim-0",
+        "bad-storage", "bad-device", "alpha-above-1", "infinite-T", "inf-text-T",
+        "huge-search-bound", "broken-yaml", "head-dim-0",
         "batch-size-0", "no-train-examples", "heads-not-dividing", "name-parent",
         "name-absolute", "name-dot-dot", "file-name-with-slash"])
 def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
@@ -291,3 +295,18 @@ def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
     help_text = subprocess.run([sys.executable, "-m", "harness.study", "--help"], cwd=elsewhere,
                                env=env, capture_output=True, text=True, check=True).stdout
     assert "--n-trials" in help_text
+
+
+def test_single_objective_study_keeps_the_students_of_the_printed_front(in_tmp, capsys):
+    code, storage = run_smoke(in_tmp, 4, "--set", "objectives.metrics=[dev_accuracy]",
+                              "--set", "pruner.name=none")
+    assert code == 0
+    from analysis.frame import study_frame
+    from analysis.front import pareto_front
+
+    study = load(storage)
+    printed = set(pareto_front(study_frame(study))["trial"])
+    assert len(printed) > len(study.best_trials) == 1  # the case that lost students before
+    for trial in study.trials:
+        saved = (in_tmp / trial.user_attrs["student_path"]).is_dir()
+        assert saved == (trial.number in printed), trial.number
