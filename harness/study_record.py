@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,8 @@ import optuna
 from harness.config import ConfigError, StudyConfig
 from harness.search import directions, make_pruner, make_sampler
 from harness.storage import journal_path, redact_url
+
+log = logging.getLogger(__name__)
 
 
 def run_folder(study: optuna.Study, storage_url: str) -> Path:
@@ -67,6 +70,8 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
         # Last: once the others see it, everything the creator records is there.
         study.set_user_attr("config_sha256", fingerprint)
         seed = study_config.seed
+    # Logged, so that a run whose sampler drew its own seed can still be replayed.
+    log.info("study %s: sampler seed %d", study_name, seed)
     return optuna.load_study(study_name=study_name, storage=storage,
                              sampler=make_sampler(study_config, seed),
                              pruner=make_pruner(study_config))
