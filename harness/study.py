@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted before the first trial; the cache holds only complete artifacts",
               file=sys.stderr)
         return 130
-    run_dir = run_folder(study, storage_url)
+    run_dir = run_folder(study)
     interrupted = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}

@@ -10,28 +10,27 @@ import json
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 import optuna
 
 from harness.config import ConfigError, StudyConfig
 from harness.search import directions, make_pruner, make_sampler
-from harness.storage import journal_path, redact_url
 
 log = logging.getLogger(__name__)
 
+RUN_FOLDER = "run_folder"  # the study user attribute that names it
 
-def run_folder(study: optuna.Study, storage_url: str) -> Path:
-    """``runs/<study-name>-<key>``: saved students and W&B runs of this study alone.
 
-    The key hashes the storage and the study's id in it, so a study of the same name in
-    another storage (or recreated in this one) never deletes or overwrites these students.
+def run_folder(study: optuna.Study) -> Path:
+    """``runs/<study-name>-<8 hex>``: saved students and W&B runs of this study alone.
+
+    Its creator draws the suffix once and records it in the study, so every worker uses
+    the same folder whatever path or URL spelling reaches the storage, and a study of the
+    same name in another storage (or recreated in this one) never shares it.
     """
-    path = journal_path(storage_url)
-    where = str(path.resolve()) if path is not None else redact_url(storage_url)
-    # study._study_id: Optuna has no public id, and the name alone is what may repeat.
-    key = hashlib.sha256(f"{where}\n{study._study_id}".encode()).hexdigest()[:8]
-    return Path("runs") / f"{study.study_name}-{key}"
+    return Path("runs") / study.user_attrs[RUN_FOLDER]
 
 
 def open_study(storage, study_name: str, study_config: StudyConfig,
@@ -50,12 +49,12 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
                                     directions=directions(study_config))
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage)
-        # Its creator writes the fingerprint just after creating it (we may be between).
+        # Its creator writes the fingerprint last, just after creating it (we may be between).
         deadline = time.monotonic() + fingerprint_wait_seconds
         while (stored := study.user_attrs.get("config_sha256")) is None \
                 and time.monotonic() < deadline:
             time.sleep(0.2)
-        if stored is None:
+        if stored is None or RUN_FOLDER not in study.user_attrs:
             raise ConfigError(f"study {study_name!r} records no configuration (it was not "
                               "created by harness.study, or its first worker died while "
                               "creating it); use another --study-name")
@@ -67,6 +66,7 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
     else:
         study.set_user_attr("objectives", list(study_config.objectives.metrics))
         study.set_user_attr("config", _jsonable(dataclasses.asdict(study_config)))
+        study.set_user_attr(RUN_FOLDER, f"{study_name}-{uuid.uuid4().hex[:8]}")
         # Last: once the others see it, everything the creator records is there.
         study.set_user_attr("config_sha256", fingerprint)
         seed = study_config.seed

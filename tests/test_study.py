@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -310,3 +311,14 @@ def test_single_objective_study_keeps_the_students_of_the_printed_front(in_tmp, 
     for trial in study.trials:
         saved = (in_tmp / trial.user_attrs["student_path"]).is_dir()
         assert saved == (trial.number in printed), trial.number
+
+
+def test_every_spelling_of_a_storage_url_finds_the_same_run_folder(in_tmp, postgres_url):
+    name = f"spelled-{uuid.uuid4().hex[:8]}"
+    spellings = [postgres_url, postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)]
+    for n_trials, url in enumerate(spellings, start=1):
+        assert main(["--study", str(SMOKE), "--n-trials", str(n_trials), "--wandb", "disabled",
+                     "--storage", url, "--study-name", name]) == 0
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    folders = {Path(t.user_attrs["student_path"]).parent for t in study.trials}
+    assert len(study.trials) == 2 and len(folders) == 1
