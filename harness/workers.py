@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -67,7 +68,9 @@ def reap_dead_local_trials(study: optuna.Study,
     and trials that recorded no worker within ``orphan_grace_seconds``."""
     if _has_heartbeat(study):
         # RDB storages with a heartbeat: Optuna's stale-trial check and retry callback do it.
-        optuna.storages.fail_stale_trials(study)
+        with warnings.catch_warnings():  # "experimental" since Optuna 2.9, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         return []
     host, reaped = socket.gethostname(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
