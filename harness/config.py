@@ -21,7 +21,8 @@ class ConfigError(ValueError):
 class DataConfig:
     source: str = "builtin:rotten-tomatoes"  # builtin name, hub dataset name or local file
     config_name: str | None = None  # hub dataset configuration
-    text_column: str = "text"
+    text_column: str = "text"  # the one-column form of text_columns
+    text_columns: tuple[str, ...] | None = None  # [first, second] for sentence pairs
     label_column: str = "label"
     train_split: str = "train"
     dev_split: str | None = "validation"  # None: carve a seeded split out of train
@@ -30,6 +31,11 @@ class DataConfig:
     max_train_examples: int | None = None  # seeded subsample, for quick studies
     max_eval_examples: int | None = None
     split_seed: int = 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The text column, or the two of a sentence pair."""
+        return self.text_columns or (self.text_column,)
 
 
 @dataclass(frozen=True)
@@ -123,9 +129,12 @@ class ObjectivesConfig:
     constraints: dict[str, float] = field(default_factory=dict)
 
 
+# The first objective is the student's quality on dev; the others (and constraints) compute.
+QUALITY_OBJECTIVES = ("dev_accuracy", "dev_f1", "dev_mcc", "dev_macro_f1")
 OBJECTIVE_DIRECTIONS = {
-    "dev_accuracy": "maximize", "flops_per_example": "minimize", "params": "minimize",
-    "latency_ms": "minimize", "train_flops": "minimize",
+    **{metric: "maximize" for metric in QUALITY_OBJECTIVES},
+    "flops_per_example": "minimize", "params": "minimize", "latency_ms": "minimize",
+    "train_flops": "minimize",
 }
 
 

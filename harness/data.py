@@ -1,5 +1,6 @@
-"""Data sources: every source gives train/dev/test splits of (text, label), label names
-and a content fingerprint; tokenization is cached on disk and padded at batch time.
+"""Data sources: every source gives train/dev/test splits of (text, label) or (first text,
+second text, label) for sentence pairs, label names and a content fingerprint;
+tokenization is cached on disk and padded at batch time.
 
 Sources:
 - ``builtin:rotten-tomatoes``: movie-review snippets labelled fresh (1) / rotten (0),
@@ -48,6 +49,13 @@ class DataError(ValueError):
 class TextSplit:
     texts: tuple[str, ...]
     labels: tuple[int, ...]
+    second_texts: tuple[str, ...] | None = None  # sentence pairs: the second text of each
+
+    def take(self, indices) -> TextSplit:
+        """The examples at ``indices``, in that order."""
+        second = None if self.second_texts is None else tuple(self.second_texts[i] for i in indices)
+        return TextSplit(tuple(self.texts[i] for i in indices),
+                         tuple(self.labels[i] for i in indices), second)
 
 
 @dataclass(frozen=True)
@@ -202,10 +210,11 @@ def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, Tex
         if split is not None and split in loaded and len(loaded[split]) == 0:
             raise DataError(f"data.{name}_split: split {split!r} has no rows")
     columns = loaded[config.train_split].column_names
-    for key in ("text_column", "label_column"):
-        if getattr(config, key) not in columns:
-            raise DataError(f"data.{key}: no column {getattr(config, key)!r}; the columns are "
-                            f"{columns}")
+    wanted_columns = [("text_columns" if config.text_columns else "text_column", name)
+                      for name in config.columns] + [("label_column", config.label_column)]
+    for key, name in wanted_columns:
+        if name not in columns:
+            raise DataError(f"data.{key}: no column {name!r}; the columns are {columns}")
     label_names = _label_names(loaded[config.train_split], config.label_column)
     splits = {}
     for name, split in wanted.items():
@@ -238,7 +247,8 @@ def _label_names(split, column: str) -> tuple[str, ...]:
 
 
 def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> TextSplit:
-    texts = [str(t) if t is not None else "" for t in split[config.text_column]]
+    texts = [tuple(str(t) if t is not None else "" for t in split[column])
+             for column in config.columns]
     raw = split[config.label_column]
     feature = split.features[config.label_column]
     if hasattr(feature, "names"):
@@ -255,7 +265,7 @@ def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> Text
         except KeyError as error:
             raise DataError(f"data.label_column: label {error.args[0]!r} appears outside the "
                             f"training split's labels {list(label_names)}") from error
-    return TextSplit(tuple(texts), tuple(labels))
+    return TextSplit(texts[0], tuple(labels), texts[1] if len(texts) == 2 else None)
 
 
 def _carve(train: TextSplit, missing: list[str], seed: int) -> dict[str, TextSplit]:
@@ -269,27 +279,26 @@ def _carve(train: TextSplit, missing: list[str], seed: int) -> dict[str, TextSpl
     random.Random(seed).shuffle(order)
     carved, taken = {}, 0
     for name in missing:
-        chosen = order[taken:taken + share]
-        carved[name] = TextSplit(tuple(train.texts[i] for i in chosen),
-                                 tuple(train.labels[i] for i in chosen))
+        carved[name] = train.take(order[taken:taken + share])
         taken += share
-    rest = sorted(order[taken:])
-    carved["train"] = TextSplit(tuple(train.texts[i] for i in rest),
-                                tuple(train.labels[i] for i in rest))
+    carved["train"] = train.take(sorted(order[taken:]))
     return carved
 
 
 def _subsample(split: TextSplit, limit: int | None, seed: int) -> TextSplit:
     if limit is None or limit >= len(split.labels):
         return split
-    chosen = sorted(random.Random(seed).sample(range(len(split.labels)), limit))
-    return TextSplit(tuple(split.texts[i] for i in chosen), tuple(split.labels[i] for i in chosen))
+    return split.take(sorted(random.Random(seed).sample(range(len(split.labels)), limit)))
 
 
 def _fingerprint(splits: dict[str, TextSplit], label_names: tuple[str, ...]) -> str:
     digest = hashlib.sha256(json.dumps(label_names).encode())
     for name in SPLITS:
-        digest.update(json.dumps([splits[name].texts, splits[name].labels]).encode())
+        split = splits[name]
+        content = [split.texts, split.labels]
+        if split.second_texts is not None:  # single-text fingerprints stay as they were
+            content.append(split.second_texts)
+        digest.update(json.dumps(content).encode())
     return digest.hexdigest()
 
 
@@ -302,6 +311,7 @@ class TokenizedSplit:
     ids: torch.Tensor  # (total_tokens,) int64
     offsets: torch.Tensor  # (n + 1,) int64
     labels: torch.Tensor  # (n,) int64
+    type_ids: torch.Tensor | None = None  # (total_tokens,) segment ids of sentence pairs
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -317,23 +327,33 @@ class TokenizedSplit:
         mask = positions < lengths[:, None]  # (batch, width)
         gather = (starts[:, None] + positions).clamp(max=len(self.ids) - 1)
         input_ids = torch.where(mask, self.ids[gather], torch.full_like(gather, pad_id))
-        return {"input_ids": input_ids, "attention_mask": mask.long(),
-                "labels": self.labels[indices], "index": indices}
+        batch = {"input_ids": input_ids, "attention_mask": mask.long(),
+                 "labels": self.labels[indices], "index": indices}
+        if self.type_ids is not None:
+            batch["token_type_ids"] = torch.where(mask, self.type_ids[gather], 0)
+        return batch
 
 
 def tokenize_data(data: TextData, tokenizer, tokenizer_id: str, max_length: int,
                   cache: Path) -> tuple[dict[str, TokenizedSplit], bool]:
-    """Token ids of every split, cached by (data fingerprint, tokenizer, max_length)."""
+    """Token ids of every split, cached by (data fingerprint, tokenizer, max_length).
+
+    Sentence pairs go through the tokenizer's own pair template, truncated pair-wise
+    (longest first) to ``max_length``, with segment ids where the tokenizer makes them.
+    """
     fields = {"data": data.fingerprint, "tokenizer": tokenizer_id, "max_length": max_length}
 
     def build(folder: Path) -> None:
         tensors = {}
         for name in SPLITS:
             split = data.split(name)
-            encoded = tokenizer(list(split.texts), truncation=True, max_length=max_length)
+            second = None if split.second_texts is None else list(split.second_texts)
+            encoded = tokenizer(list(split.texts), second, truncation=True,
+                                max_length=max_length)
             lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]], dtype=torch.int64)
-            tensors[f"{name}.ids"] = torch.tensor(
-                [token for ids in encoded["input_ids"] for token in ids], dtype=torch.int64)
+            tensors[f"{name}.ids"] = _flat(encoded["input_ids"])
+            if second is not None and "token_type_ids" in encoded:
+                tensors[f"{name}.type_ids"] = _flat(encoded["token_type_ids"])
             tensors[f"{name}.offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64),
                                                     lengths.cumsum(0)])
             tensors[f"{name}.labels"] = torch.tensor(split.labels, dtype=torch.int64)
@@ -342,5 +362,10 @@ def tokenize_data(data: TextData, tokenizer, tokenizer_id: str, max_length: int,
     artifact = build_once(cache, "tokens", fields, build)
     tensors = load_file(str(artifact.path / "tokens.safetensors"))
     splits = {name: TokenizedSplit(tensors[f"{name}.ids"], tensors[f"{name}.offsets"],
-                                   tensors[f"{name}.labels"]) for name in SPLITS}
+                                   tensors[f"{name}.labels"], tensors.get(f"{name}.type_ids"))
+              for name in SPLITS}
     return splits, artifact.reused
+
+
+def _flat(sequences: list[list[int]]) -> torch.Tensor:
+    return torch.tensor([value for sequence in sequences for value in sequence], dtype=torch.int64)

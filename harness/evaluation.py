@@ -1,4 +1,6 @@
-"""Scores from predicted logits: accuracy, macro-F1, agreement and paired counts."""
+"""Scores from predicted logits: accuracy, F1, Matthews correlation, agreement and paired
+counts. F1 and the Matthews correlation are the GLUE tasks' reported metrics (MRPC and QQP
+report F1 of the positive class, CoLA the Matthews correlation)."""
 
 from __future__ import annotations
 
@@ -11,18 +13,27 @@ import torch
 class Scores:
     accuracy: float
     macro_f1: float
+    f1: float  # of class 1 with two classes (GLUE's F1), else macro_f1
+    mcc: float  # Matthews correlation (Gorodkin's multi-class form); 0 where undefined
     examples: int
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> Scores:
+    classes = logits.shape[-1]
     predictions = logits.argmax(dim=-1)
-    f1s = []
-    for label in range(logits.shape[-1]):
-        true_positive = ((predictions == label) & (labels == label)).sum().item()
-        predicted, actual = (predictions == label).sum().item(), (labels == label).sum().item()
-        f1s.append(2 * true_positive / (predicted + actual) if predicted + actual else 0.0)
-    accuracy = (predictions == labels).double().mean().item()
-    return Scores(accuracy, sum(f1s) / len(f1s), len(labels))
+    # confusion[true, predicted], in float64 so the correlation's products cannot overflow
+    confusion = torch.zeros(classes, classes, dtype=torch.float64)
+    confusion.index_put_((labels.long(), predictions.long()),
+                         torch.ones(len(labels), dtype=torch.float64), accumulate=True)
+    correct, actual, predicted = confusion.diagonal(), confusion.sum(1), confusion.sum(0)
+    f1s = torch.where(actual + predicted > 0, 2 * correct / (actual + predicted), 0.0)
+    total, agree = confusion.sum(), correct.sum()
+    covariance = agree * total - (actual * predicted).sum()
+    spread = ((total ** 2 - (predicted ** 2).sum()) * (total ** 2 - (actual ** 2).sum())).sqrt()
+    return Scores(accuracy=(agree / total).item(), macro_f1=f1s.mean().item(),
+                  f1=(f1s[1] if classes == 2 else f1s.mean()).item(),
+                  mcc=(covariance / spread).item() if spread > 0 else 0.0,
+                  examples=len(labels))
 
 
 def agreement(logits: torch.Tensor, reference_logits: torch.Tensor) -> float:
@@ -49,6 +60,10 @@ class Evaluation:
     test_accuracy: float
     dev_macro_f1: float
     test_macro_f1: float
+    dev_f1: float
+    test_f1: float
+    dev_mcc: float
+    test_mcc: float
     baseline_dev_accuracy: float
     baseline_test_accuracy: float
     kd_gain: float  # dev accuracy, distilled minus label-only baseline
@@ -74,6 +89,7 @@ def evaluate_against_baseline(logits: dict[str, torch.Tensor],
     return Evaluation(
         dev_accuracy=dev.accuracy, test_accuracy=test.accuracy,
         dev_macro_f1=dev.macro_f1, test_macro_f1=test.macro_f1,
+        dev_f1=dev.f1, test_f1=test.f1, dev_mcc=dev.mcc, test_mcc=test.mcc,
         baseline_dev_accuracy=baseline_dev.accuracy,
         baseline_test_accuracy=score(baseline_logits["test"], labels["test"]).accuracy,
         kd_gain=dev.accuracy - baseline_dev.accuracy,

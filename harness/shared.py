@@ -68,13 +68,12 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     # Copied out of the (memory-mapped) file, so nothing done to the cache later can
     # change the numbers of a running study.
     logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}
-    metrics = json.loads((artifact.path / "metrics.json").read_text())
     seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
     return SharedArtifacts(
         data=data, tokens=tokens, tokenizer=tokenizer, pad_id=pad_id, seq_len=seq_len,
         teacher=teacher, pretrained_teacher=pretrained,
         teacher_key=artifact.key, teacher_logits=logits,
-        teacher_scores={name: Scores(**metrics[name]) for name in ("dev", "test")},
+        teacher_scores={name: score(logits[name], tokens[name].labels) for name in ("dev", "test")},
         teacher_cost=measure_compute(teacher, seq_len, device),
         device=device, cache=cache,
         reused={"tokens": tokens_reused, "teacher": artifact.reused})

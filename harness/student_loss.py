@@ -12,7 +12,7 @@ import torch
 
 from harness.losses import attention_loss, distillation_loss_terms, hidden_state_loss, layer_map
 from harness.shared import SharedArtifacts
-from harness.train import LossFn, cross_entropy_loss
+from harness.train import LossFn, cross_entropy_loss, model_inputs
 
 
 @dataclass(frozen=True)
@@ -48,10 +48,9 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts,
     logit_kd = loss.logit_kd
 
     def loss_fn(model, batch) -> dict[str, torch.Tensor]:
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-                  "output_hidden_states": loss.hidden_weight > 0,
-                  "output_attentions": loss.attention_weight > 0}
-        output = model(**inputs)
+        outputs_wanted = {"output_hidden_states": loss.hidden_weight > 0,
+                          "output_attentions": loss.attention_weight > 0}
+        output = model(**model_inputs(model, batch), **outputs_wanted)
         losses = {}
         if logit_kd is not None:
             teacher_logits = train_logits[batch["index"].cpu()].to(output.logits.device)
@@ -62,7 +61,8 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts,
                                               if v is not None}}
         if loss.runs_teacher:
             with torch.no_grad():
-                teacher_output = shared.teacher(**inputs)
+                teacher_output = shared.teacher(**model_inputs(shared.teacher, batch),
+                                                **outputs_wanted)
             chosen = layer_map(model.config.num_hidden_layers,
                                shared.teacher.config.num_hidden_layers)
             if loss.hidden_weight > 0:  # hidden_states[0] is the embeddings: match layer outputs

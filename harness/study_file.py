@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config import (OBJECTIVE_DIRECTIONS, SEARCHABLE, ConfigError, SearchParam,
-                            StudyConfig, Value, above_zero, fixed_value, in_unit_interval,
-                            not_negative)
+from harness.config import (OBJECTIVE_DIRECTIONS, QUALITY_OBJECTIVES, SEARCHABLE, ConfigError,
+                            SearchParam, StudyConfig, Value, above_zero, fixed_value,
+                            in_unit_interval, not_negative)
 
 # A study's name names its folder under runs/: nothing that could leave it or hide in it.
 STUDY_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -74,6 +74,10 @@ def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) ->
 def study_config_from_dict(raw: dict) -> StudyConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"study: expected a mapping of sections, got {_describe(raw)}")
+    data = raw.get("data")
+    if isinstance(data, dict) and "text_column" in data and "text_columns" in data:
+        raise ConfigError("data.text_columns: give data.text_column (one text) or "
+                          "data.text_columns (one or two), not both")
     search = raw.get("search", {})
     if not isinstance(search, dict):
         raise ConfigError(f"search: expected a mapping, got {_describe(search)}")
@@ -206,12 +210,23 @@ def _check_semantics(config: StudyConfig) -> None:
         if metric not in OBJECTIVE_DIRECTIONS:
             raise ConfigError(f"objectives.metrics: unknown metric {metric!r}; "
                               f"expected some of {sorted(OBJECTIVE_DIRECTIONS)}")
-    if not config.objectives.metrics or config.objectives.metrics[0] != "dev_accuracy":
-        raise ConfigError("objectives.metrics: the first objective must be dev_accuracy")
+    metrics = config.objectives.metrics
+    if not metrics or metrics[0] not in QUALITY_OBJECTIVES:
+        raise ConfigError(f"objectives.metrics: the first objective must be a dev metric, one of "
+                          f"{list(QUALITY_OBJECTIVES)}")
+    compute = sorted(set(OBJECTIVE_DIRECTIONS) - set(QUALITY_OBJECTIVES))
+    for metric in metrics[1:]:
+        if metric not in compute:
+            raise ConfigError(f"objectives.metrics: {metric!r} after the first objective; expected "
+                              f"compute metrics, some of {compute}")
     for metric in config.objectives.constraints:
-        if metric not in OBJECTIVE_DIRECTIONS or metric == "dev_accuracy":
+        if metric not in compute:
             raise ConfigError(f"objectives.constraints.{metric}: expected a compute metric, one of "
-                              f"{sorted(set(OBJECTIVE_DIRECTIONS) - {'dev_accuracy'})}")
+                              f"{compute}")
+    text_columns = config.data.text_columns
+    if text_columns is not None and not 1 <= len(text_columns) <= 2:
+        raise ConfigError(f"data.text_columns: expected one or two column names (a sentence "
+                          f"pair), got {list(text_columns)}")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():

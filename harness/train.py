@@ -127,9 +127,19 @@ def length_grouped_batches(split: TokenizedSplit, batch_size: int,
     return [batches[i] for i in order]
 
 
+def model_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What ``model`` reads of a batch: token ids, the padding mask and, for sentence pairs,
+    segment ids where its family has more than one segment embedding (BERT, ELECTRA; not
+    DistilBERT, whose forward has no such argument, nor DeBERTa-v3, which has none)."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    if "token_type_ids" in batch and getattr(model.config, "type_vocab_size", 0) > 1:
+        inputs["token_type_ids"] = batch["token_type_ids"]
+    return inputs
+
+
 def cross_entropy_loss(model, batch) -> dict[str, torch.Tensor]:
     """Labels only: the teacher's fine-tune, the student baseline and the fine-tune phase."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(model, batch)).logits
     return {"loss": torch.nn.functional.cross_entropy(logits.float(), batch["labels"])}
 
 
@@ -154,10 +164,9 @@ def predict_logits(model: torch.nn.Module, split: TokenizedSplit, batch_size: in
     order = torch.argsort(split.lengths(), stable=True)
     chunks = []
     for indices in order.split(batch_size):
-        batch = split.batch(indices, pad_id)
+        batch = {k: v.to(device) for k, v in split.batch(indices, pad_id).items()}
         with autocast(device):
-            logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits
+            logits = model(**model_inputs(model, batch)).logits
         chunks.append(logits.float().cpu())
     logits = torch.empty(len(split), chunks[0].shape[1])
     logits[order] = torch.cat(chunks)

@@ -16,7 +16,8 @@ from harness.artifacts import BUILD_VERSIONS
 
 # The training loop, as the teacher's fine-tune and the baselines run it.
 TRAINING = (train.train_phase, train.length_grouped_batches, train._warmup_linear_decay,
-            train.cross_entropy_loss, train.predict_logits, train.autocast, data.TokenizedSplit)
+            train.cross_entropy_loss, train.model_inputs, train.predict_logits, train.autocast,
+            data.TokenizedSplit)
 
 # What each artifact kind's build runs, beyond the fields its key already holds.
 BUILD_CODE = {
@@ -35,8 +36,11 @@ BUILD_CODE = {
 RECORDED = {
     ("data", 1): "966d1fc4d3a3b807",
     ("tokens", 1): "69d416767734665d",
-    ("teacher", 1): "a0a420ed25903732",
-    ("baseline", 1): "22a8da00fcaab3d2",
+    ("tokens", 2): "650e103a4e86bea5",  # sentence pairs (single texts: the same ids)
+    # Re-recorded at version 1 for sentence pairs: a single-text batch reaches the model as
+    # before (model_inputs adds segment ids only for pairs, which no earlier build saw).
+    ("teacher", 1): "7575f2361838ce89",
+    ("baseline", 1): "2a4f79dc705abf27",
 }
 
 

@@ -219,6 +219,14 @@ def test_architecture_teacher_without_architecture():
      "objectives.metrics: unknown metric 'energy'"),
     ({"objectives": {"metrics": ["flops_per_example"]}}, "objectives.metrics: the first objective"),
     ({"objectives": {"constraints": {"dev_accuracy": 0.9}}}, "objectives.constraints.dev_accuracy"),
+    ({"objectives": {"metrics": ["dev_f1", "dev_accuracy"]}},
+     "objectives.metrics: 'dev_accuracy' after the first objective"),
+    ({"objectives": {"constraints": {"dev_mcc": 0.5}}}, "objectives.constraints.dev_mcc"),
+    ({"data": {"text_columns": ["a", "b", "c"]}},
+     "data.text_columns: expected one or two column names"),
+    ({"data": {"text_columns": []}}, "data.text_columns: expected one or two column names"),
+    ({"data": {"text_column": "a", "text_columns": ["a", "b"]}},
+     "data.text_columns: give data.text_column (one text) or data.text_columns"),
     ({"student": {"hidden_size": 100, "head_dim": 32}},
      "student.hidden_size: every hidden size must be a positive multiple of student.head_dim "
      "(32), got 100"),
@@ -312,3 +320,18 @@ def test_load_study_config_bad_files(tmp_path):
         load_study_config(bad)
     bad.write_text("")
     assert load_study_config(bad) == StudyConfig()
+
+
+@pytest.mark.parametrize("metric", ["dev_f1", "dev_mcc", "dev_accuracy"])
+def test_a_task_metric_can_be_the_searched_objective(metric):
+    from harness.search import directions
+
+    config = study_config_from_dict({"objectives": {"metrics": [metric, "flops_per_example"]}})
+    assert directions(config) == ["maximize", "minimize"]
+
+
+def test_text_columns_name_a_sentence_pair():
+    assert study_config_from_dict({}).data.columns == ("text",)
+    assert study_config_from_dict({"data": {"text_column": "s"}}).data.columns == ("s",)
+    pair = study_config_from_dict({"data": {"text_columns": ["premise", "hypothesis"]}})
+    assert pair.data.columns == ("premise", "hypothesis")

