@@ -39,6 +39,8 @@ TEACHER_COLUMNS = {"flops_per_example": "teacher_flops_per_example",
 BUDGETS = (0.5, 0.25, 0.1)
 #: The sampled fields that together name a student size.
 SIZE = ["num_layers", "hidden_size"]
+#: Where a study searches pre-trained students, their source tells two students of one size apart.
+SOURCE = "student_source"
 
 
 def check_axis(x: str) -> str:
@@ -183,7 +185,8 @@ def teacher_reference(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def kd_gain_by_size(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per student size (num_layers, hidden_size): its best KD trial on dev against its baseline.
+    """Per student size (num_layers, hidden_size, and source where stored): its best KD
+    trial on dev against its baseline.
 
     ``trials`` counts the complete trials of that size and ``mean_kd_gain`` averages
     their dev gain. The best of several trials is chosen on dev, which flatters its dev
@@ -192,8 +195,9 @@ def kd_gain_by_size(frame: pd.DataFrame) -> pd.DataFrame:
     complete = stats.add_intervals(complete_trials(frame))
     if complete.empty or any(name not in complete.columns for name in SIZE):
         return pd.DataFrame()
+    keys = SIZE + ([SOURCE] if SOURCE in complete.columns else [])
     rows = []
-    for _, group in complete.groupby(SIZE, sort=True):
+    for _, group in complete.groupby(keys, sort=True, dropna=False):
         best = _best(group)
         row = best.to_dict()
         row["trials"] = len(group)

@@ -18,9 +18,10 @@ import pandas as pd
 
 from analysis import stats
 from analysis.frame import column, complete_trials, state_counts, state_summary
-from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, best_under_budgets, check_axis,
-                            default_ref_cost, front_table, hypervolume, kd_gain_by_size,
-                            teacher_reference)
+from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets,
+                            check_axis, default_ref_cost, front_table, hypervolume,
+                            kd_gain_by_size, teacher_reference)
+from harness.config import RESIZED_TEACHER
 
 
 class NoCompleteTrials(ValueError):
@@ -105,8 +106,13 @@ def _interval(row, name, fmt=percent) -> str:
 
 
 def _size(row) -> str:
+    """``"2 x 128"``; a pre-trained student's source after its size: ``"4 x 256 (bert-mini)"``."""
     layers, hidden = _get(row, "num_layers"), _get(row, "hidden_size")
-    return f"{layers:.0f} x {hidden:.0f}" if np.isfinite(layers + hidden) else "n/a"
+    size = f"{layers:.0f} x {hidden:.0f}" if np.isfinite(layers + hidden) else "n/a"
+    source = row.get(SOURCE)
+    if isinstance(source, str) and source != RESIZED_TEACHER:
+        size += f" ({source.rstrip('/').rsplit('/', 1)[-1]})"
+    return size
 
 
 # ---- tables ------------------------------------------------------------------------------

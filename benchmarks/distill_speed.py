@@ -62,7 +62,7 @@ def subset(split: TokenizedSplit, n: int) -> TokenizedSplit:
 def harness_rate(name, shared, student_factory, loss_fn, split, settings) -> float:
     student = student_factory()
     started = time.perf_counter()
-    train_phase(name, student, split, loss_fn, settings, shared.device, shared.pad_id)
+    train_phase(name, student, split, loss_fn, settings, shared.device, shared.text.pad_id)
     return len(split) * settings.epochs / (time.perf_counter() - started)
 
 
@@ -81,7 +81,7 @@ def trainer_rate(shared, student_factory, split, settings) -> float:
             dataloader_num_workers=0)
         trainer = DistillationTrainer(
             model=student_factory(), args=arguments, train_dataset=records,
-            data_collator=transformers.DataCollatorWithPadding(shared.tokenizer),
+            data_collator=transformers.DataCollatorWithPadding(shared.text.tokenizer),
             teacher=shared.teacher)
         started = time.perf_counter()
         trainer.train()
@@ -92,7 +92,7 @@ def batching_seconds(shared, split, settings) -> float:
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(settings.seed)
     for indices in length_grouped_batches(split, settings.batch_size, generator):
-        {k: v.to(shared.device) for k, v in split.batch(indices, shared.pad_id).items()}
+        {k: v.to(shared.device) for k, v in split.batch(indices, shared.text.pad_id).items()}
     return time.perf_counter() - started
 
 
@@ -107,7 +107,7 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     study = load_study_config(REPO / "studies" / "default.yaml")
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
-    split = subset(shared.tokens["train"], args.examples)
+    split = subset(shared.text.tokens["train"], args.examples)
     settings = TrainSettings(epochs=1.0, lr=1e-4, batch_size=32, warmup_ratio=0.1,
                              weight_decay=0.01, max_grad_norm=1.0, seed=0)
     shape = student_shape(shared.teacher, args.layers, args.hidden, 32, None)

@@ -102,7 +102,7 @@ def main() -> int:
         shared = prepare_shared(study, device, work / "cache")
         report["teacher_seconds"] = round(time.perf_counter() - clock, 1)
         show(report, "teacher_seconds", "data, tokens, teacher fine-tune and logits (s)")
-        report["mean_tokens"] = shared.seq_len
+        report["mean_tokens"] = shared.text.seq_len
 
         report.update(distillation_rates(study, shared, sizes))
         show(report, "distill_examples_per_s", "distillation phase (examples/s)")
@@ -185,19 +185,19 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
     rates, train_flops = {}, None
     warm_up = dataclasses.replace(settings, epochs=0.05)  # kernels chosen, caches filled
     train_phase("warm-up", build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]
-                .to(shared.device), shared.tokens["train"], kd_loss, warm_up, shared.device,
-                shared.pad_id)
+                .to(shared.device), shared.text.tokens["train"], kd_loss, warm_up, shared.device,
+                shared.text.pad_id)
     for name, loss_fn in (("distill", kd_loss), ("label_only", cross_entropy_loss)):
         student, _ = build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)
         student.to(shared.device)
         synchronize(shared.device)
         clock = time.perf_counter()
-        result = train_phase(name, student, shared.tokens["train"], loss_fn, settings,
-                             shared.device, shared.pad_id)
+        result = train_phase(name, student, shared.text.tokens["train"], loss_fn, settings,
+                             shared.device, shared.text.pad_id)
         synchronize(shared.device)
         rates[name] = result.examples_seen / (time.perf_counter() - clock)
         if train_flops is None:
-            train_flops = count_train_flops_per_example(student, shared.seq_len, shared.device)
+            train_flops = count_train_flops_per_example(student, shared.text.seq_len, shared.device)
     matmul = matmul_tflops(shared.device, sizes.matmul_n) * 1e12  # again: clocks drift
     return {"student": dataclasses.asdict(shape),
             "distill_examples_per_s": round(rates["distill"], 1),

@@ -61,6 +61,21 @@ def _mode(model: torch.nn.Module, training: bool):  # set train/eval, then resto
         model.train(was_training)
 
 
+@contextlib.contextmanager
+def _frozen(model: torch.nn.Module):
+    """No parameter requires a gradient, then each its own flag again. Used instead of
+    ``torch.no_grad``: under it FlopCounterMode's module tracker fails on a parameter passed
+    into a submodule as an input (DeBERTa's relative position embeddings)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def _example_inputs(model: torch.nn.Module, seq_len: int, device) -> dict[str, torch.Tensor]:
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -77,7 +92,7 @@ def _example_inputs(model: torch.nn.Module, seq_len: int, device) -> dict[str, t
 def count_forward_flops(model: torch.nn.Module, seq_len: int, device) -> int:
     """Forward FLOPs of one example (batch 1) of seq_len tokens, in eval mode."""
     inputs = _example_inputs(model, seq_len, device)
-    with _mode(model, training=False), torch.no_grad(), _flop_counter() as counter:
+    with _mode(model, training=False), _frozen(model), _flop_counter() as counter:
         model(**inputs)
     return counter.get_total_flops()
 

@@ -64,12 +64,18 @@ class TeacherConfig:
 
 
 StudentInit = Literal["teacher-layers", "random", "baseline"]
+RESIZED_TEACHER = "resized-teacher"  # student.source: the teacher's config at the student's size
 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    """The student's size and initialisation when the search does not choose them."""
+    """The student's source, size and initialisation when the search does not choose them.
 
+    ``source``: ``resized-teacher``, or a pre-trained smaller checkpoint (local folder or hub
+    name) trained as it is, with its own tokenizer; the size fields apply to the first only.
+    """
+
+    source: str = RESIZED_TEACHER
     num_layers: int = 2
     hidden_size: int = 384
     head_dim: int = 32  # num_heads = hidden_size / head_dim, so no invalid combination exists
@@ -191,6 +197,7 @@ class Searchable:
     path: str
     kind: type  # what Optuna samples it as: int, float or str
     problem: typing.Callable[[Any, StudyConfig], str | None]
+    resized_only: bool = False  # a size of the resized teacher: not sampled for a checkpoint
 
 
 def above_zero(what: str):
@@ -212,6 +219,10 @@ def _head_dim_multiple(value, study_config: StudyConfig) -> str | None:
         f"got {value}")
 
 
+def _named(value, _) -> str | None:
+    return None if value.strip() else "expected a folder, hub name or resized-teacher, got ''"
+
+
 def _student_init(value, _) -> str | None:
     inits = typing.get_args(StudentInit)
     return None if value in inits else f"expected one of {list(inits)}, got {value!r}"
@@ -226,10 +237,11 @@ SEARCHABLE: dict[str, Searchable] = {
     "lr": Searchable("pipeline.distill.lr", float, above_zero("learning rates")),
     "hidden_weight": Searchable("pipeline.hidden_weight", float, not_negative("weights")),
     "attention_weight": Searchable("pipeline.attention_weight", float, not_negative("weights")),
-    "num_layers": Searchable("student.num_layers", int, above_zero("layer counts")),
-    "hidden_size": Searchable("student.hidden_size", int, _head_dim_multiple),
+    "student_source": Searchable("student.source", str, _named),
+    "num_layers": Searchable("student.num_layers", int, above_zero("layer counts"), True),
+    "hidden_size": Searchable("student.hidden_size", int, _head_dim_multiple, True),
     "intermediate_size": Searchable("student.intermediate_size", int,
-                                    above_zero("intermediate sizes")),
+                                    above_zero("intermediate sizes"), True),
     "init": Searchable("student.init", str, _student_init),
 }
 
@@ -249,6 +261,7 @@ class TrialConfig:
     hidden_size: int
     intermediate_size: int | None  # None: the teacher's intermediate/hidden ratio
     init: StudentInit
+    student_source: str  # RESIZED_TEACHER, or a pre-trained checkpoint
     seed: int
 
 
@@ -260,3 +273,21 @@ def default_trial_config(study_config: StudyConfig, **sampled) -> TrialConfig:
 
 def fixed_value(study_config: StudyConfig, path: str) -> Any:
     return functools.reduce(getattr, path.split("."), study_config)
+
+
+def student_sources(study_config: StudyConfig) -> tuple[str, ...]:
+    """The pre-trained checkpoints a trial of the study may start a student from."""
+    entry = study_config.search.get("student_source")
+    sources = entry.choices if entry is not None else (study_config.student.source,)
+    return tuple(source for source in dict.fromkeys(sources) if source != RESIZED_TEACHER)
+
+
+def matching_keys(study_config: StudyConfig) -> list[str]:
+    """The keys that make some phase match hidden states or attention maps, which needs the
+    teacher's and the student's tokens to be the same."""
+    pipeline, search = study_config.pipeline, study_config.search
+    keys = [f"pipeline.{name}" for name in ("hidden_weight", "attention_weight")
+            if getattr(pipeline, name) > 0 and name not in search]
+    keys += [f"search.{name}" for name in ("hidden_weight", "attention_weight")
+             if name in search and max(search[name].choices or (search[name].high,)) > 0]
+    return keys + (["pipeline.intermediate.epochs"] if pipeline.intermediate.epochs > 0 else [])

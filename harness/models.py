@@ -1,6 +1,6 @@
 """Model sources: the teacher (builtin, hub, local folder or a random-init architecture)
 and students built from (num_layers, hidden_size, num_heads, intermediate_size) that share
-the teacher's tokenizer and vocabulary.
+the teacher's tokenizer and vocabulary, for the encoder families in ``FAMILIES``.
 
 Weights are only ever read from safetensors (``use_safetensors=True``): never pickle.
 """
@@ -23,7 +23,34 @@ from harness.config import TeacherConfig
 log = logging.getLogger(__name__)
 
 BUILTIN_TEACHERS = ("builtin:minilm-l6",)
-BERT_STYLE_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What students need of an encoder family beyond what its config's own ``attribute_map``
+    already translates (DistilBERT maps num_hidden_layers, hidden_size and
+    num_attention_heads to n_layers, dim and n_heads, but not the FFN width)."""
+
+    layers: str  # the encoder's list of layers, under the base model
+    intermediate_size: str  # the config field of the FFN width
+    attention_probabilities: str  # the module in a layer whose dropout acts on attention maps
+
+
+_BERT_LAYOUT = Family("encoder.layer", "intermediate_size", "attention.self")
+# model_type -> family. DeBERTa-v3 checkpoints are model_type "deberta-v2".
+FAMILIES = {
+    "bert": _BERT_LAYOUT, "roberta": _BERT_LAYOUT, "xlm-roberta": _BERT_LAYOUT,
+    "electra": _BERT_LAYOUT, "deberta-v2": _BERT_LAYOUT,
+    "distilbert": Family("transformer.layer", "hidden_dim", "attention"),
+}
+REFUSED_FAMILIES = {
+    "albert": "ALBERT shares one set of layer weights across all its layers "
+              "(num_hidden_groups), so a student cannot take or drop layers of it",
+}
+# Config fields that are the model's width again where the family ties them to it
+# (DeBERTa's pooler; an embedding width equal to the hidden size): a resized student
+# keeps them tied. ELECTRA-small's narrower embeddings (128 < 256) stay as they are.
+WIDTH_FOLLOWERS = ("pooler_hidden_size", "embedding_size")
 
 
 class ModelError(ValueError):
@@ -62,7 +89,7 @@ def resolve_source(source: str, key: str = "teacher.source") -> str:
 def _check_folder(folder: Path, key: str) -> None:
     if not folder.is_dir():
         raise ModelError(f"{key}: folder {folder} does not exist")
-    if key == "teacher.source":
+    if key != "teacher.tokenizer":
         if not (folder / "config.json").is_file():
             raise ModelError(f"{key}: {folder} has no config.json")
         if not list(folder.glob("*.safetensors")):
@@ -75,17 +102,23 @@ def _check_folder(folder: Path, key: str) -> None:
 
 
 def load_tokenizer(config: TeacherConfig):
-    key = "teacher.tokenizer" if config.source == "architecture" else "teacher.source"
-    source = config.tokenizer if key == "teacher.tokenizer" else config.source
+    """The teacher's tokenizer (an architecture teacher's is ``teacher.tokenizer``)."""
+    if config.source == "architecture":
+        return load_source_tokenizer(config.tokenizer, "teacher.tokenizer",
+                                     config.trust_remote_code)
+    return load_source_tokenizer(config.source, "teacher.source", config.trust_remote_code)
+
+
+def load_source_tokenizer(source: str, key: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(resolve_source(source, key),
-                                             trust_remote_code=config.trust_remote_code)
+                                             trust_remote_code=trust_remote_code)
     except ModelError:
         raise
     except Exception as error:  # hub and file errors come in many types
-        raise ModelError(f"cannot load the tokenizer of {source!r} ({type(error).__name__}: "
-                         f"{str(error)[:200]}); offline, use teacher.source: builtin:minilm-l6 "
-                         "or a local model folder") from error
+        raise ModelError(f"{key}: cannot load the tokenizer of {source!r} "
+                         f"({type(error).__name__}: {str(error)[:200]}); offline, use "
+                         "builtin:minilm-l6 or a local model folder") from error
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -104,21 +137,21 @@ def tokenizer_id(tokenizer) -> str:
     return hashlib.sha256((definition + settings).encode()).hexdigest()[:20]
 
 
-def hub_revision(config: TeacherConfig) -> str | None:
-    """The commit a hub teacher's name points to now (asked of the hub, or read from the
+def hub_revision(source: str, key: str = "teacher.source") -> str | None:
+    """The commit a hub model's name points to now (asked of the hub, or read from the
     local hub cache offline); None for a builtin, a local folder or an architecture.
 
-    Loading the teacher at this commit and keying its cache by it means a model updated
-    on the hub trains a new teacher instead of reusing the one the old weights gave.
+    Loading the model at this commit and keying its cache by it means a model updated on
+    the hub trains a new teacher (or baseline) instead of reusing what the old weights gave.
     """
-    if config.source == "architecture" or Path(resolve_source(config.source)).exists():
+    if source == "architecture" or Path(resolve_source(source, key)).exists():
         return None
-    from huggingface_hub import resolve_revision  # huggingface_hub >= 1.26; hub teachers only
+    from huggingface_hub import resolve_revision  # huggingface_hub >= 1.26; hub models only
 
     try:
-        return resolve_revision(config.source).resolved
+        return resolve_revision(source).resolved
     except Exception as error:  # hub and cache errors come in many types
-        raise ModelError(f"teacher.source: cannot resolve the hub revision of {config.source!r} "
+        raise ModelError(f"{key}: cannot resolve the hub revision of {source!r} "
                          f"({type(error).__name__}: {str(error)[:200]}); offline, use "
                          "builtin:minilm-l6 or a local model folder") from error
 
@@ -136,46 +169,89 @@ def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
                           intermediate_size=arch.intermediate_size,
                           pad_token_id=tokenizer.pad_token_id, **labels)
         return AutoModelForSequenceClassification.from_config(bert)
-    source = resolve_source(config.source)
+    return load_pretrained(config.source, "teacher.source", label_names, seed, revision,
+                           config.trust_remote_code)
+
+
+def load_pretrained(source: str, key: str, label_names: tuple[str, ...], seed: int,
+                    revision: str | None = None,
+                    trust_remote_code: bool = False) -> PreTrainedModel:
+    """A pre-trained checkpoint (teacher, or a pre-trained student) with a fresh, seeded
+    classification head for ``label_names``."""
     try:
         torch.manual_seed(seed)  # the new classifier head's initialisation
         return AutoModelForSequenceClassification.from_pretrained(
-            source, revision=revision, use_safetensors=True,
-            trust_remote_code=config.trust_remote_code, **labels)
+            resolve_source(source, key), revision=revision, use_safetensors=True,
+            trust_remote_code=trust_remote_code, **_label_config(label_names))
     except Exception as error:
-        raise ModelError(f"cannot load teacher {config.source!r} ({type(error).__name__}: "
-                         f"{str(error)[:300]}); offline, use teacher.source: builtin:minilm-l6 "
-                         "or a local model folder") from error
+        raise ModelError(f"{key}: cannot load {source!r} ({type(error).__name__}: "
+                         f"{str(error)[:300]}); offline, use builtin:minilm-l6 or a local "
+                         "model folder") from error
 
 
 def check_teacher_source(config: TeacherConfig) -> None:
     """Fail fast, before any training, on a teacher that cannot be loaded."""
-    if config.source == "architecture":
-        return
+    if config.source != "architecture":
+        source_config(config.source, "teacher.source", config.trust_remote_code)
+
+
+def source_config(source: str, key: str, trust_remote_code: bool = False):
+    """The config of a model source, of a family students can be built from or trained as."""
     try:
-        model_config = AutoConfig.from_pretrained(resolve_source(config.source),
-                                                  trust_remote_code=config.trust_remote_code)
+        model_config = AutoConfig.from_pretrained(resolve_source(source, key),
+                                                  trust_remote_code=trust_remote_code)
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"teacher.source: cannot load {config.source!r} "
-                         f"({type(error).__name__}: {str(error)[:200]}); offline, use "
-                         "builtin:minilm-l6 or a local model folder") from error
-    # Students are built by resizing the teacher's config, which needs BERT-style names.
-    missing = [name for name in BERT_STYLE_FIELDS if not hasattr(model_config, name)]
-    if missing:
-        raise ModelError(f"teacher.source: {config.source!r} is a {model_config.model_type} "
-                         f"model without {missing}; students are built from BERT-style "
-                         f"encoders ({', '.join(BERT_STYLE_FIELDS)})")
+        raise ModelError(f"{key}: cannot load {source!r} ({type(error).__name__}: "
+                         f"{str(error)[:200]}); offline, use builtin:minilm-l6 or a local "
+                         "model folder") from error
+    family(model_config, key)
+    return model_config
+
+
+def family(model_config, key: str) -> Family:
+    """The family of a model's config; ModelError (naming ``key``) for one students cannot
+    be built from."""
+    model_type = model_config.model_type
+    if model_type in REFUSED_FAMILIES:
+        raise ModelError(f"{key}: {REFUSED_FAMILIES[model_type]}; use one of "
+                         f"{sorted(FAMILIES)}")
+    if model_type not in FAMILIES:
+        raise ModelError(f"{key}: a {model_type!r} model; students are built from the encoder "
+                         f"families {sorted(FAMILIES)}")
+    return FAMILIES[model_type]
+
+
+def shape_of(model_config) -> StudentShape:
+    """The (num_layers, hidden_size, num_heads, intermediate_size) of a model's config."""
+    return StudentShape(model_config.num_hidden_layers, model_config.hidden_size,
+                        model_config.num_attention_heads,
+                        getattr(model_config, family(model_config, "model").intermediate_size))
 
 
 def student_shape(teacher: PreTrainedModel, num_layers: int, hidden_size: int, head_dim: int,
                   intermediate_size: int | None) -> StudentShape:
     """Complete a student size: heads from the head width, FFN from the teacher's ratio."""
     if intermediate_size is None:
-        ratio = teacher.config.intermediate_size / teacher.config.hidden_size
+        teacher_shape = shape_of(teacher.config)
+        ratio = teacher_shape.intermediate_size / teacher_shape.hidden_size
         intermediate_size = int(round(hidden_size * ratio))
     return StudentShape(num_layers, hidden_size, hidden_size // head_dim, intermediate_size)
+
+
+def resized_config(teacher_config, shape: StudentShape):
+    """The teacher's config at the student's shape, through the family's own field names."""
+    config = copy.deepcopy(teacher_config)
+    for name in WIDTH_FOLLOWERS:
+        if getattr(teacher_config, name, None) == teacher_config.hidden_size:
+            setattr(config, name, shape.hidden_size)
+    config.num_hidden_layers = shape.num_layers  # attribute_map: DistilBERT's n_layers
+    config.hidden_size = shape.hidden_size
+    config.num_attention_heads = shape.num_heads
+    setattr(config, family(teacher_config, "teacher.source").intermediate_size,
+            shape.intermediate_size)
+    return config
 
 
 def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
@@ -188,19 +264,14 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
     starts from random weights and the returned init says so. Trials pass the teacher as
     loaded, before fine-tuning, so a label-only baseline carries no fine-tuned knowledge.
     """
-    config = copy.deepcopy(teacher.config)
-    config.num_hidden_layers = shape.num_layers
-    config.hidden_size = shape.hidden_size
-    config.num_attention_heads = shape.num_heads
-    config.intermediate_size = shape.intermediate_size
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = AutoModelForSequenceClassification.from_config(resized_config(teacher.config, shape))
     if init != "teacher-layers":
         return student, "random"
-    same_width = (shape.hidden_size == teacher.config.hidden_size
-                  and shape.num_heads == teacher.config.num_attention_heads
-                  and shape.intermediate_size == teacher.config.intermediate_size)
-    if not same_width or shape.num_layers > teacher.config.num_hidden_layers:
+    teacher_shape = shape_of(teacher.config)
+    same_width = (shape.hidden_size, shape.num_heads, shape.intermediate_size) == (
+        teacher_shape.hidden_size, teacher_shape.num_heads, teacher_shape.intermediate_size)
+    if not same_width or shape.num_layers > teacher_shape.num_layers:
         log.debug("student %s cannot copy teacher layers (widths differ); random init", shape)
         return student, "random"
     copy_teacher_layers(teacher, student)
@@ -217,7 +288,7 @@ def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> N
                                   teacher.config.num_hidden_layers)
     teacher_state = teacher.state_dict()
     encoder_prefix = f"{teacher.base_model_prefix}."
-    layer_prefix = f"{encoder_prefix}encoder.layer."
+    layer_prefix = f"{encoder_prefix}{family(teacher.config, 'teacher.source').layers}."
     if not any(name.startswith(layer_prefix) for name in student.state_dict()):
         raise ModelError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
     new_state = {}

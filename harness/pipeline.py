@@ -24,11 +24,12 @@ from safetensors.torch import load_file, save_file
 
 from harness.artifacts import Artifact, build_once, write_folder_atomically
 from harness.compute import ComputeCost, measure_compute
-from harness.config import PhaseConfig, StudyConfig, TrialConfig
+from harness.config import RESIZED_TEACHER, PhaseConfig, StudyConfig, TrialConfig
 from harness.evaluation import Evaluation, evaluate_against_baseline, score
 from harness.losses import make_projection
-from harness.models import StudentShape, build_student, load_saved_model, save_model, student_shape
-from harness.shared import SharedArtifacts
+from harness.models import (StudentShape, build_student, load_pretrained, load_saved_model,
+                            save_model, student_shape)
+from harness.shared import SharedArtifacts, TokenizedData
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
 from harness.train import (PhaseResult, StepLogger, TrainSettings, cross_entropy_loss,
                            predict_logits, train_phase)
@@ -78,9 +79,10 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
     """Distil one student configuration and measure it against its label-only baseline."""
     started = time.perf_counter()
     shape = trial_shape(study_config, trial_config, shared)
+    text = student_text(shared, trial_config)
     baseline = train_baseline(study_config, shared, shape, trial_config)
     student, init_used = initial_student(shared, shape, trial_config, baseline)
-    context = StudentTraining(study_config, shared, student, trial_config.seed, hooks,
+    context = StudentTraining(study_config, shared, text, student, trial_config.seed, hooks,
                               projection=hidden_projection(student, shared, trial_config.seed))
 
     matched = match_intermediate_layers(context, first_epoch=0)
@@ -88,12 +90,12 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
     finetuned = fine_tune(context, first_epoch=matched.epochs + distilled.epochs)
 
     phases = (matched, distilled, finetuned)
-    logits = split_logits(student, shared, study_config.pipeline.eval_batch_size)
+    logits = split_logits(student, text, shared.device, study_config.pipeline.eval_batch_size)
     evaluation = evaluate(logits, baseline, shared)
-    cost = measure_compute(student, shared.seq_len, shared.device,
+    cost = measure_compute(student, text.seq_len, shared.device,
                            study_config.pipeline.latency_repeats)
     if save_student_to is not None:
-        save_student(student, shared.tokenizer, logits, save_student_to)
+        save_student(student, text.tokenizer, logits, save_student_to)
     return TrialResult(
         trial=trial_config, shape=shape, init=init_used, evaluation=evaluation, cost=cost,
         train_flops=sum(p.result.examples_seen * cost.train_flops_per_example
@@ -117,18 +119,29 @@ def reported_epochs(study_config: StudyConfig) -> int:
 
 def trial_shape(study_config: StudyConfig, trial_config: TrialConfig,
                 shared: SharedArtifacts) -> StudentShape:
+    """The size of the trial's student: a pre-trained checkpoint's own, or the resized
+    teacher's (heads and FFN width completed)."""
+    if trial_config.student_source != RESIZED_TEACHER:
+        return shared.pretrained_students[trial_config.student_source].shape
     return student_shape(shared.teacher, trial_config.num_layers, trial_config.hidden_size,
                          study_config.student.head_dim, trial_config.intermediate_size)
+
+
+def student_text(shared: SharedArtifacts, trial_config: TrialConfig) -> TokenizedData:
+    """The data as the trial's student reads it: its own tokenizer's, or the teacher's."""
+    if trial_config.student_source != RESIZED_TEACHER:
+        return shared.pretrained_students[trial_config.student_source].text
+    return shared.text
 
 
 def untrained_cost(study_config: StudyConfig, trial_config: TrialConfig,
                    shared: SharedArtifacts) -> ComputeCost:
     """The student's compute before any training: its architecture alone decides FLOPs,
     parameters and latency, so a study can skip a student over its budget."""
-    student, _ = build_student(shared.teacher, trial_shape(study_config, trial_config, shared),
-                               "random", trial_config.seed)
-    return measure_compute(student.to(shared.device), shared.seq_len, shared.device,
-                           study_config.pipeline.latency_repeats)
+    student = new_student(shared, trial_shape(study_config, trial_config, shared),
+                          dataclasses.replace(trial_config, init="random"))[0]
+    return measure_compute(student.to(shared.device), student_text(shared, trial_config).seq_len,
+                           shared.device, study_config.pipeline.latency_repeats)
 
 
 def settings_for(study_config: StudyConfig, phase: PhaseConfig, seed: int,
@@ -142,19 +155,25 @@ def settings_for(study_config: StudyConfig, phase: PhaseConfig, seed: int,
 
 def train_baseline(study_config: StudyConfig, shared: SharedArtifacts, shape: StudentShape,
                    trial_config: TrialConfig) -> Artifact:
-    """The same student trained on labels alone: the "without distillation" reference."""
+    """The same student trained on labels alone: the "without distillation" reference.
+
+    A pre-trained checkpoint's baseline is that checkpoint fine-tuned on labels."""
     init = "random" if trial_config.init == "random" else "teacher-layers"
     settings = settings_for(study_config, study_config.pipeline.baseline, trial_config.seed)
+    text = student_text(shared, trial_config)
     fields = {"teacher": shared.teacher_key, "shape": dataclasses.asdict(shape), "init": init,
               "init_from": "pre-trained teacher", "settings": dataclasses.asdict(settings)}
+    if trial_config.student_source != RESIZED_TEACHER:
+        source = shared.pretrained_students[trial_config.student_source]
+        fields.update(init="pretrained", init_from=source.identity, tokenizer=text.key)
 
     def build(folder: Path) -> None:
-        student, _ = build_student(shared.pretrained_teacher, shape, init, trial_config.seed)
+        student, _ = new_student(shared, shape, dataclasses.replace(trial_config, init=init))
         student.to(shared.device)
-        result = train_phase("baseline", student, shared.tokens["train"], cross_entropy_loss,
-                             settings, shared.device, shared.pad_id)
-        logits = split_logits(student, shared, study_config.pipeline.eval_batch_size)
-        save_model(student, shared.tokenizer, folder / "model")
+        result = train_phase("baseline", student, text.tokens["train"], cross_entropy_loss,
+                             settings, shared.device, text.pad_id)
+        logits = split_logits(student, text, shared.device, study_config.pipeline.eval_batch_size)
+        save_model(student, text.tokenizer, folder / "model")
         save_file(logits, str(folder / "logits.safetensors"))
         (folder / "metrics.json").write_text(json.dumps(dataclasses.asdict(result)))
 
@@ -167,9 +186,19 @@ def initial_student(shared: SharedArtifacts, shape: StudentShape, trial_config: 
     if trial_config.init == "baseline":
         student, init_used = load_saved_model(baseline.path / "model"), "baseline"
     else:
-        student, init_used = build_student(shared.pretrained_teacher, shape, trial_config.init,
-                                           trial_config.seed)
+        student, init_used = new_student(shared, shape, trial_config)
     return student.to(shared.device), init_used
+
+
+def new_student(shared: SharedArtifacts, shape: StudentShape,
+                trial_config: TrialConfig) -> tuple[torch.nn.Module, str]:
+    """The trial's pre-trained checkpoint with a fresh head (init "pretrained"), or the
+    resized teacher built as ``trial_config.init`` asks; and the init actually used."""
+    if trial_config.student_source != RESIZED_TEACHER:
+        source = shared.pretrained_students[trial_config.student_source]
+        return load_pretrained(source.source, "student.source", shared.data.label_names,
+                               trial_config.seed, source.revision), "pretrained"
+    return build_student(shared.pretrained_teacher, shape, trial_config.init, trial_config.seed)
 
 
 def hidden_projection(student, shared: SharedArtifacts, seed: int) -> torch.nn.Linear | None:
@@ -186,6 +215,7 @@ class StudentTraining:
 
     study_config: StudyConfig
     shared: SharedArtifacts
+    text: TokenizedData  # the data as the student reads it
     student: torch.nn.Module
     seed: int
     hooks: TrialHooks
@@ -232,13 +262,13 @@ def train_student(context: StudentTraining, name: str, phase: PhaseConfig, loss:
     if phase.epochs <= 0:  # a phase the study file turns off
         return StudentPhase(PhaseResult(steps=0, examples_seen=0, epoch_dev_accuracy=(),
                                         wall_seconds=0.0), teacher_examples=0)
-    shared, hooks, student = context.shared, context.hooks, context.student
+    shared, text, hooks, student = context.shared, context.text, context.hooks, context.student
     eval_batch_size = context.study_config.pipeline.eval_batch_size
 
     def epoch_end(epoch: int) -> float:
-        accuracy = score(predict_logits(student, shared.tokens["dev"], eval_batch_size,
-                                        shared.device, shared.pad_id),
-                         shared.tokens["dev"].labels).accuracy
+        accuracy = score(predict_logits(student, text.tokens["dev"], eval_batch_size,
+                                        shared.device, text.pad_id),
+                         text.tokens["dev"].labels).accuracy
         if hooks.log is not None:
             hooks.log({f"{name}/epoch": epoch, f"{name}/dev_accuracy": accuracy}, None)
         if hooks.on_epoch is not None:
@@ -248,9 +278,9 @@ def train_student(context: StudentTraining, name: str, phase: PhaseConfig, loss:
     projection = context.projection if loss.hidden_weight > 0 else None
     with attention_maps(student, shared.teacher, needed=loss.attention_weight > 0):
         result = train_phase(
-            name, student, shared.tokens["train"], loss_function(loss, shared, projection),
+            name, student, text.tokens["train"], loss_function(loss, shared, projection),
             settings_for(context.study_config, phase, context.seed, lr), shared.device,
-            shared.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
+            text.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
             on_epoch_end=epoch_end, log_step=hooks.log)
     return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0)
 
@@ -260,7 +290,7 @@ def evaluate(logits: dict[str, torch.Tensor], baseline: Artifact,
     """The distilled student's logits against its label-only baseline and the teacher."""
     return evaluate_against_baseline(
         logits, load_file(str(baseline.path / "logits.safetensors")), shared.teacher_logits,
-        {name: shared.tokens[name].labels for name in SPLITS})
+        {name: shared.text.tokens[name].labels for name in SPLITS})
 
 
 def save_student(student, tokenizer, logits: dict[str, torch.Tensor], folder: Path) -> None:
@@ -274,6 +304,7 @@ def save_student(student, tokenizer, logits: dict[str, torch.Tensor], folder: Pa
     write_folder_atomically(folder, write)
 
 
-def split_logits(model, shared: SharedArtifacts, eval_batch_size: int) -> dict[str, torch.Tensor]:
-    return {name: predict_logits(model, shared.tokens[name], eval_batch_size, shared.device,
-                                 shared.pad_id) for name in SPLITS}
+def split_logits(model, text: TokenizedData, device: torch.device,
+                 eval_batch_size: int) -> dict[str, torch.Tensor]:
+    return {name: predict_logits(model, text.tokens[name], eval_batch_size, device, text.pad_id)
+            for name in SPLITS}

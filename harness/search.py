@@ -21,14 +21,22 @@ import statistics
 import optuna
 
 from harness.compute import ComputeCost
-from harness.config import (OBJECTIVE_DIRECTIONS, SEARCHABLE, PrunerConfig, StudyConfig,
-                            TrialConfig, default_trial_config)
+from harness.config import (OBJECTIVE_DIRECTIONS, RESIZED_TEACHER, SEARCHABLE, PrunerConfig,
+                            StudyConfig, TrialConfig, default_trial_config)
 
 
 def suggest_trial_config(trial: optuna.Trial, study_config: StudyConfig) -> TrialConfig:
-    """Sample every ``search`` entry; the rest of the trial comes from the study file."""
+    """Sample every ``search`` entry; the rest of the trial comes from the study file.
+
+    The student's source is sampled first: a pre-trained checkpoint has its own size, so
+    the resized teacher's size parameters are not sampled for it.
+    """
     sampled = {}
-    for name, param in study_config.search.items():
+    search = sorted(study_config.search.items(), key=lambda item: item[0] != "student_source")
+    for name, param in search:
+        source = sampled.get("student_source", study_config.student.source)
+        if SEARCHABLE[name].resized_only and source != RESIZED_TEACHER:
+            continue
         if param.choices is not None:
             sampled[name] = trial.suggest_categorical(name, list(param.choices))
         elif SEARCHABLE[name].kind is int:

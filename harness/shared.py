@@ -1,6 +1,8 @@
 """Work shared by every trial of a study, built once and content-addressed on disk:
 tokenized splits -> fine-tuned teacher -> teacher logits on every split. The teacher as
 loaded, before fine-tuning, is kept beside it: ``teacher-layers`` students start from it.
+Pre-trained student checkpoints (``student.source``) are checked and their tokenizers' view
+of the data built here too, before any training.
 """
 
 from __future__ import annotations
@@ -19,23 +21,47 @@ from transformers import PreTrainedModel
 
 from harness.artifacts import build_once
 from harness.compute import ComputeCost, measure_compute
-from harness.config import StudyConfig
+from harness.config import StudyConfig, matching_keys, student_sources
 from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
 from harness.evaluation import Scores, score
-from harness.models import (check_teacher_source, hub_revision, load_saved_model, load_teacher,
-                            load_tokenizer, resolve_source, save_model, tokenizer_id)
+from harness.models import (ModelError, StudentShape, check_teacher_source, hub_revision,
+                            load_saved_model, load_source_tokenizer, load_teacher, load_tokenizer,
+                            resolve_source, save_model, shape_of, source_config, tokenizer_id)
 from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SharedArtifacts:
-    data: TextData
-    tokens: dict[str, TokenizedSplit]
+class TokenizedData:
+    """The data as one tokenizer sees it: what models of its vocabulary train and are
+    measured on. Examples keep the data's order, so the teacher's logits of example i
+    serve a student of any tokenizer."""
+
     tokenizer: object
+    key: str  # tokenizer_id: in the cache key of everything trained on these tokens
+    tokens: dict[str, TokenizedSplit]
     pad_id: int
     seq_len: int  # mean tokenized length of the training split: where compute is counted
+    reused: bool  # the tokens came from the cache
+
+
+@dataclass(frozen=True)
+class PretrainedStudent:
+    """A pre-trained smaller checkpoint students of a trial may be (``student.source``)."""
+
+    source: str  # as the study file names it
+    identity: str  # hub commit or content hash: in its baselines' cache key
+    revision: str | None
+    shape: StudentShape
+    text: TokenizedData  # through its own tokenizer (the teacher's, where they are the same)
+
+
+@dataclass(frozen=True)
+class SharedArtifacts:
+    data: TextData
+    text: TokenizedData  # through the teacher's tokenizer: the teacher and resized students
+    pretrained_students: dict[str, PretrainedStudent]  # by source
     teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
     pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
     teacher_key: str
@@ -51,32 +77,66 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     """Load or build the data, tokens and fine-tuned teacher; bad input fails here, first."""
     check_teacher_source(study_config.teacher)
     data = load_text_data(study_config.data, cache)
-    tokenizer = load_tokenizer(study_config.teacher)
-    tokenizer_key = tokenizer_id(tokenizer)  # hashes the whole tokenizer definition: once
-    tokens, tokens_reused = tokenize_data(data, tokenizer, tokenizer_key,
-                                          study_config.data.max_length, cache)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    revision = hub_revision(study_config.teacher)
-    pretrained = load_teacher(study_config.teacher, data.label_names, tokenizer, study_config.seed,
-                              revision)
-    fields = teacher_fields(study_config, data, tokenizer_key, revision)
+    text = tokenized_data(data, load_tokenizer(study_config.teacher),
+                          study_config.data.max_length, cache)
+    students = prepare_pretrained_students(study_config, data, text, cache)
+    revision = hub_revision(study_config.teacher.source)
+    pretrained = load_teacher(study_config.teacher, data.label_names, text.tokenizer,
+                              study_config.seed, revision)
+    fields = teacher_fields(study_config, data, text.key, revision)
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
-        study_config, copy.deepcopy(pretrained), tokens, tokenizer, pad_id, device, folder))
+        study_config, copy.deepcopy(pretrained), text.tokens, text.tokenizer, text.pad_id,
+        device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model",
                                study_config.teacher.trust_remote_code).to(device).eval()
     # Copied out of the (memory-mapped) file, so nothing done to the cache later can
     # change the numbers of a running study.
     logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}
-    seq_len = max(1, round(float(tokens["train"].lengths().double().mean())))
     return SharedArtifacts(
-        data=data, tokens=tokens, tokenizer=tokenizer, pad_id=pad_id, seq_len=seq_len,
+        data=data, text=text, pretrained_students=students,
         teacher=teacher, pretrained_teacher=pretrained,
         teacher_key=artifact.key, teacher_logits=logits,
-        teacher_scores={name: score(logits[name], tokens[name].labels) for name in ("dev", "test")},
-        teacher_cost=measure_compute(teacher, seq_len, device),
+        teacher_scores={name: score(logits[name], text.tokens[name].labels)
+                        for name in ("dev", "test")},
+        teacher_cost=measure_compute(teacher, text.seq_len, device),
         device=device, cache=cache,
-        reused={"tokens": tokens_reused, "teacher": artifact.reused})
+        reused={"tokens": text.reused, "teacher": artifact.reused})
+
+
+def tokenized_data(data: TextData, tokenizer, max_length: int, cache: Path) -> TokenizedData:
+    key = tokenizer_id(tokenizer)  # hashes the whole tokenizer definition: once
+    tokens, reused = tokenize_data(data, tokenizer, key, max_length, cache)
+    return TokenizedData(
+        tokenizer=tokenizer, key=key, tokens=tokens,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        seq_len=max(1, round(float(tokens["train"].lengths().double().mean()))), reused=reused)
+
+
+def prepare_pretrained_students(study_config: StudyConfig, data: TextData,
+                                teacher_text: TokenizedData,
+                                cache: Path) -> dict[str, PretrainedStudent]:
+    """Every pre-trained student source of the study, checked and tokenized for, before
+    any training: a bad source or a refused combination stops the study here."""
+    key = "search.student_source" if "student_source" in study_config.search else "student.source"
+    students = {}
+    for source in student_sources(study_config):
+        model_config = source_config(source, key)
+        tokenizer = load_source_tokenizer(source, key)
+        text = teacher_text
+        if tokenizer_id(tokenizer) != teacher_text.key:
+            matching = matching_keys(study_config)
+            if matching:
+                raise ModelError(
+                    f"{key}: {source!r} has its own tokenizer, different from the teacher's; "
+                    f"hidden-state and attention matching ({', '.join(matching)}) compare "
+                    "token positions and need the same tokens. Turn them off, or use a "
+                    "student with the teacher's tokenizer")
+            text = tokenized_data(data, tokenizer, study_config.data.max_length, cache)
+        revision = hub_revision(source, key)
+        students[source] = PretrainedStudent(source, _source_identity(source, revision, key),
+                                             revision, shape_of(model_config), text)
+    return students
 
 
 def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str,
@@ -96,7 +156,7 @@ def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str
     }
 
 
-def _source_identity(source: str, revision: str | None) -> str:
+def _source_identity(source: str, revision: str | None, key: str = "teacher.source") -> str:
     """A hub name at its commit, the builtin's version or a local folder's content hash
     ("architecture" as given: the architecture fields describe that teacher)."""
     if revision is not None:
@@ -111,7 +171,7 @@ def _source_identity(source: str, revision: str | None) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.glob("*.safetensors")) + [folder / "config.json"]:
         digest.update(path.read_bytes())
-    return f"{resolve_source(source)}@sha256:{digest.hexdigest()[:20]}"
+    return f"{resolve_source(source, key)}@sha256:{digest.hexdigest()[:20]}"
 
 
 def teacher_settings(study_config: StudyConfig) -> TrainSettings:

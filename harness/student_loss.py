@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.losses import attention_loss, distillation_loss_terms, hidden_state_loss, layer_map
+from harness.models import family
 from harness.shared import SharedArtifacts
 from harness.train import LossFn, cross_entropy_loss, model_inputs
 
@@ -92,9 +93,10 @@ def attention_maps(student, teacher, needed: bool):
         yield
         return
     implementations = student.config._attn_implementation, teacher.config._attn_implementation
+    attention = family(student.config, "student").attention_probabilities
     dropouts = [m.dropout for name, m in student.named_modules()
-                if name.endswith("attention.self") and isinstance(getattr(m, "dropout", None),
-                                                                   torch.nn.Dropout)]
+                if name.endswith(attention) and isinstance(getattr(m, "dropout", None),
+                                                             torch.nn.Dropout)]
     probabilities = [d.p for d in dropouts]
     student.set_attn_implementation("eager")
     teacher.set_attn_implementation("eager")

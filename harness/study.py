@@ -38,7 +38,7 @@ from harness.artifacts import ArtifactLockTimeout, cache_root, write_files
 from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.data import DataError
 from harness.models import ModelError
-from harness.pipeline import TrialHooks, reported_epochs, run_trial, untrained_cost
+from harness.pipeline import TrialHooks, reported_epochs, run_trial, trial_shape, untrained_cost
 from harness.provenance import provenance
 from harness.search import (constraint_violations, objective_values, over_budget, stop_if_behind,
                             suggest_trial_config)
@@ -243,7 +243,8 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
          **context})
     if run.run_id:
         trial.set_user_attr("wandb_run_id", run.run_id)
-    size = (trial_config.num_layers, trial_config.hidden_size)
+    shape = trial_shape(study_config, trial_config, shared)
+    size = (shape.num_layers, shape.hidden_size)  # a pre-trained student's own
     hooks = TrialHooks(log=run.log, on_epoch=functools.partial(
         stop_if_behind, trial, study_config, size, reported_epochs(study_config)))
     student_dir = run_dir / "students" / f"trial-{trial.number}"

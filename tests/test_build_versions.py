@@ -24,10 +24,13 @@ BUILD_CODE = {
     "data": (data._build_rotten_tomatoes, data.split_by_group),
     "tokens": (data.tokenize_data, data.TokenizedSplit),
     # The pre-trained teacher (its seeded head) is loaded before the build and fine-tuned in it.
-    "teacher": (models.load_teacher, models._label_config, shared._build_teacher,
+    "teacher": (models.load_teacher, models.load_pretrained, models._label_config,
+                shared._build_teacher,
                 shared.teacher_settings, *TRAINING, evaluation.score, models.save_model),
     "baseline": (pipeline.train_baseline, pipeline.settings_for, pipeline.split_logits,
-                 models.build_student, models.teacher_layer_choice, models.copy_teacher_layers,
+                 pipeline.new_student, models.load_pretrained, models.build_student,
+                 models.resized_config, models.family, models.shape_of,
+                 models.teacher_layer_choice, models.copy_teacher_layers,
                  *TRAINING, models.save_model),
 }
 
@@ -37,10 +40,12 @@ RECORDED = {
     ("data", 1): "966d1fc4d3a3b807",
     ("tokens", 1): "69d416767734665d",
     ("tokens", 2): "650e103a4e86bea5",  # sentence pairs (single texts: the same ids)
-    # Re-recorded at version 1 for sentence pairs: a single-text batch reaches the model as
-    # before (model_inputs adds segment ids only for pairs, which no earlier build saw).
-    ("teacher", 1): "7575f2361838ce89",
+    # Re-recorded at version 1 for sentence pairs and the family table: a single-text batch
+    # reaches the model as before (segment ids only for pairs, which no earlier build saw),
+    # and load_teacher's checkpoint loading moved into load_pretrained unchanged.
+    ("teacher", 1): "6d7c829bda75f32e",
     ("baseline", 1): "2a4f79dc705abf27",
+    ("baseline", 2): "70509a8a02672752",  # families: an embedding width tied to the hidden size follows it
 }
 
 

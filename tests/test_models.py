@@ -309,7 +309,7 @@ def test_a_saved_folder_is_a_teacher_source(tiny_teacher, tokenizer, tmp_path):
 def test_only_hub_teachers_have_a_revision(saved_folder):
     # Builtins carry their package version and folders their content hash instead.
     for source in ("builtin:minilm-l6", str(saved_folder), "architecture"):
-        assert hub_revision(TeacherConfig(source=source, architecture=TINY)) is None
+        assert hub_revision(TeacherConfig(source=source, architecture=TINY).source) is None
 
 
 def test_a_home_relative_folder_is_expanded(tiny_teacher, tokenizer, tmp_path, monkeypatch):
@@ -332,7 +332,7 @@ def saved_folder(tiny_teacher, tokenizer, tmp_path) -> Path:
 def every_loader(source: str):
     config = TeacherConfig(source=source)
     return [lambda: resolve_source(source), lambda: check_teacher_source(config),
-            lambda: load_tokenizer(config), lambda: hub_revision(config),
+            lambda: load_tokenizer(config), lambda: hub_revision(config.source),
             lambda: load_teacher(config, LABELS, None, seed=0)]
 
 

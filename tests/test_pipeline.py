@@ -55,21 +55,29 @@ def test_trial_produces_every_contract_field(smoke_config, smoke_shared, tmp_pat
     assert fields["hidden_size"] == smoke_config.student.hidden_size
     assert fields["num_heads"] == fields["hidden_size"] // smoke_config.student.head_dim
     assert fields["flops_per_example"] < fields["teacher_flops_per_example"]
-    assert fields["train_flops"] > 0 and fields["dev_examples"] == len(smoke_shared.tokens["dev"])
+    assert fields["train_flops"] > 0 and fields["dev_examples"] == len(smoke_shared.text.tokens["dev"])
     assert len(fields["epoch_dev_accuracy"]) == smoke_config.pipeline.distill.epochs
-    assert_saved_student_reproduces(tmp_path / "student", smoke_shared, fields["dev_accuracy"])
+    assert_saved_student_reproduces(tmp_path / "student", smoke_shared.text,
+                                    fields["dev_accuracy"])
 
 
-def assert_saved_student_reproduces(folder, shared, dev_accuracy: float) -> None:
-    """The saved student, loaded back by transformers, gives the logits the trial measured
-    on dev (within 1e-5) and so its dev accuracy; its saved tokenizer loads with it."""
+def assert_saved_student_reproduces(folder, data, dev_accuracy: float) -> None:
+    """The saved student, loaded back by transformers with its saved tokenizer, gives the
+    logits the trial measured on dev (within 1e-5) and so its dev accuracy; the tokenizer
+    tokenizes the dev texts as ``data`` (``shared.text`` or a pre-trained student's own)
+    holds them; ``transformers.pipeline`` loads the folder."""
     student = transformers.AutoModelForSequenceClassification.from_pretrained(folder)
-    logits = predict_logits(student, shared.tokens["dev"], 64, torch.device("cpu"), shared.pad_id)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    dev = data.tokens["dev"]
+    first = tokenizer(data.tokenizer.decode(dev.ids[dev.offsets[0]:dev.offsets[1]],
+                                            skip_special_tokens=True))["input_ids"]
+    assert tokenizer.vocab_size == data.tokenizer.vocab_size and first[0] == dev.ids[0]
+    logits = predict_logits(student, dev, 64, torch.device("cpu"), data.pad_id)
     measured = load_file(str(folder / "logits.safetensors"))["dev"]
     torch.testing.assert_close(logits, measured, atol=1e-5, rtol=0)
-    assert score(logits, shared.tokens["dev"].labels).accuracy == dev_accuracy
+    assert score(logits, dev.labels).accuracy == dev_accuracy
     classifier = transformers.pipeline("text-classification", model=str(folder), device="cpu")
-    assert classifier("a wonderful, moving film")[0]["label"] in ("rotten", "fresh")
+    assert classifier("a wonderful, moving film")[0]["label"] in student.config.id2label.values()
 
 
 def test_identical_trial_reuses_artifacts_and_repeats_numbers(smoke_config, smoke_shared,
@@ -123,7 +131,7 @@ def test_teacher_layers_students_start_from_the_teacher_before_fine_tuning(
                        smoke_shared)
     assert result.init == "teacher-layers"
     layer = "bert.encoder.layer.0.output.dense.weight"
-    before = load_teacher(config.teacher, smoke_shared.data.label_names, smoke_shared.tokenizer,
+    before = load_teacher(config.teacher, smoke_shared.data.label_names, smoke_shared.text.tokenizer,
                           config.seed).state_dict()[layer]
     assert torch.equal(smoke_shared.pretrained_teacher.state_dict()[layer], before)
     assert torch.equal(starts["distill"], before)

@@ -69,8 +69,8 @@ def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp, smoke_s
     saved = {int(p.name.removeprefix("trial-")) for p in (in_tmp / students).iterdir()}
     assert saved == front
     for trial in study.best_trials:
-        assert_saved_student_reproduces(in_tmp / trial.user_attrs["student_path"], smoke_shared,
-                                        trial.user_attrs["dev_accuracy"])
+        assert_saved_student_reproduces(in_tmp / trial.user_attrs["student_path"],
+                                        smoke_shared.text, trial.user_attrs["dev_accuracy"])
 
 
 def test_rerun_resumes_to_the_asked_total(in_tmp):

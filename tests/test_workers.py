@@ -101,6 +101,7 @@ def test_two_workers_on_postgres_finish_exactly_n(tmp_path, postgres_url, smoke_
     assert len(states(postgres_url, name)) == 4  # nothing run twice, nothing failed
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_killed_worker_on_postgres_is_failed_by_heartbeat_and_retried(tmp_path, postgres_url,
                                                                       smoke_shared):
     name = f"killed-{uuid.uuid4().hex[:8]}"
