@@ -546,3 +546,39 @@ def test_single_texts_carry_no_segment_ids(tokenizer, tmp_path):
     tokens, _ = tokenize_data(small_data(), tokenizer, tokenizer_id(tokenizer), 16, tmp_path)
     assert tokens["train"].type_ids is None
     assert "token_type_ids" not in tokens["train"].batch(torch.tensor([0]), 0)
+
+
+def test_glue_style_pairs_take_the_named_dev_split_and_carve_test_from_train(caplog):
+    """MNLI's layout, built in memory (the hub is not reachable here): ClassLabel labels,
+    dev = validation_matched, a test split whose labels are hidden (-1) left out and
+    carved, seeded, out of train."""
+    import datasets
+
+    names = ["entailment", "neutral", "contradiction"]
+    features = datasets.Features({"premise": datasets.Value("string"),
+                                  "hypothesis": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=names)})
+
+    def split(n, offset, hidden=False):
+        return datasets.Dataset.from_dict(
+            {"premise": [f"p{offset + i}" for i in range(n)],
+             "hypothesis": [f"h{offset + i}" for i in range(n)],
+             "label": [-1 if hidden else i % 3 for i in range(n)]}, features=features)
+
+    loaded = datasets.DatasetDict({"train": split(100, 0), "validation_matched": split(20, 1000),
+                                   "test_matched": split(20, 2000, hidden=True)})
+    config = DataConfig(source="nyu-mll/glue", config_name="mnli",
+                        text_columns=("premise", "hypothesis"), dev_split="validation_matched",
+                        test_split=None)
+    with caplog.at_level(logging.INFO, logger="harness.data"):
+        splits, label_names = data_module._splits_from_dataset_dict(loaded, config)
+    assert "carving a seeded split" in caplog.text
+    assert label_names == tuple(names)
+    assert splits["dev"].texts == tuple(f"p{1000 + i}" for i in range(20))
+    assert splits["dev"].second_texts == tuple(f"h{1000 + i}" for i in range(20))
+    assert len(splits["test"].texts) == 10 and len(splits["train"].texts) == 90
+    assert not set(splits["test"].texts) & set(splits["train"].texts)
+    assert all(t.startswith("p") and int(t[1:]) < 100 for t in splits["test"].texts)
+    with pytest.raises(DataError, match="outside 0..2"):
+        data_module._splits_from_dataset_dict(
+            loaded, dataclasses.replace(config, test_split="test_matched"))

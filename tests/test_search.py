@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.config import PrunerConfig
-from harness.search import should_stop_early
+from harness.search import should_stop_early, suggest_trial_config
 
 SIZE = (2, 128)
 OTHER = (4, 256)
@@ -116,3 +116,21 @@ def test_no_stop_during_warmup_epochs():
     assert not should_stop_early(PEERS, SIZE, 1, 0.0, warm)
     assert not should_stop_early(PEERS, SIZE, 2, 0.0, warm)
     assert should_stop_early(PEERS, SIZE, 3, 0.0, warm)
+
+
+def test_a_pretrained_student_source_samples_no_resized_size():
+    """FixedTrial raises on any parameter it was not given: a checkpoint's trial asks for
+    no size, a resized teacher's asks for them."""
+    from harness.config import RESIZED_TEACHER
+    from harness.study_file import study_config_from_dict
+
+    config = study_config_from_dict({"search": {
+        "student_source": {"choices": [RESIZED_TEACHER, "./small-bert"]},
+        "num_layers": {"low": 1, "high": 4}, "hidden_size": {"choices": [64, 128]},
+        "T": {"low": 1.0, "high": 4.0}}})
+    checkpoint = suggest_trial_config(
+        optuna.trial.FixedTrial({"student_source": "./small-bert", "T": 2.0}), config)
+    assert checkpoint.student_source == "./small-bert" and checkpoint.T == 2.0
+    resized = suggest_trial_config(optuna.trial.FixedTrial(
+        {"student_source": RESIZED_TEACHER, "T": 2.0, "num_layers": 3, "hidden_size": 64}), config)
+    assert (resized.num_layers, resized.hidden_size) == (3, 64)
