@@ -259,3 +259,17 @@ def test_a_pair_task_is_learned_from_both_texts(tmp_path, cache_dir):
     fields = run_trial(config, default_trial_config(config), shared).stored_fields()
     assert fields["dev_accuracy"] > bound + 0.25, (fields["dev_accuracy"], bound)
     assert shared.teacher_scores["dev"].accuracy > bound + 0.25
+
+
+def test_a_pretrained_student_with_the_teachers_tokenizer_may_match_hidden_states(
+        checkpoints, smoke_config, cache_dir):
+    """The tiny BERT checkpoint carries the teacher's (MiniLM) tokenizer: same tokens, so
+    matching is allowed, and no second tokenization is made."""
+    source = str(checkpoints["bert"])
+    config = load_study_config(SMOKE, [f"student.source={source}", "pipeline.hidden_weight=1.0",
+                                       "pipeline.attention_weight=1.0"])
+    shared = prepare_shared(config, torch.device("cpu"), cache_dir)
+    assert shared.pretrained_students[source].text is shared.text
+    result = run_trial(config, default_trial_config(config), shared)
+    assert result.init == "pretrained" and result.trial.student_source == source
+    assert shape_of(transformers.AutoConfig.from_pretrained(source)) == result.shape
