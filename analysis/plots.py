@@ -1,7 +1,8 @@
 """Accuracy-versus-compute plots (matplotlib; figures render with Agg, no display needed).
 
 - ``plot_front``: every complete trial, the Pareto front as a step line with its 95%
-  intervals, the teacher and the label-only baselines marked, on a log compute axis;
+  intervals, the front confirmed over seeds with intervals over seeds (if the study has
+  repeats), the teacher and the label-only baselines marked, on a log compute axis;
 - ``plot_comparison``: the fronts of several studies on one axis;
 - ``plot_kd_gain_vs_params``: KD gain against T, T_s and alpha;
 - ``png_bytes``: a figure as PNG bytes, for writing atomically.
@@ -26,6 +27,7 @@ from analysis import stats
 from analysis.frame import column, complete_trials
 from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front,
                             teacher_reference)
+from analysis.seeds import confirmed_front, search_rows
 
 Y_LABEL = "dev accuracy"
 
@@ -85,14 +87,30 @@ def _finish(ax, x: str, title: str | None) -> None:
         ax.set_title(title)
 
 
+def _draw_confirmed(ax, frame: pd.DataFrame, x: str) -> None:
+    """The front on means over seeds, with the Student-t intervals over seeds."""
+    confirmed = confirmed_front(frame, x)
+    if confirmed.empty:
+        return
+    xs, ys = column(confirmed, x), column(confirmed, "dev_accuracy_mean")
+    low, high = (column(confirmed, "dev_accuracy_mean_low"),
+                 column(confirmed, "dev_accuracy_mean_high"))
+    ax.step(xs, ys, where="post", color="tab:green", linewidth=1.8,
+            label="confirmed front: mean over seeds (95% intervals over seeds)")
+    ax.errorbar(xs, ys, yerr=_yerr(ys, low, high), fmt="s", color="tab:green",
+                markersize=5, capsize=3)
+
+
 def plot_front(frame: pd.DataFrame, x: str = "flops_per_example",
                title: str | None = None) -> Figure:
-    """Accuracy vs ``x`` for one study: trials, front, teacher and baselines."""
+    """Accuracy vs ``x`` for one study: trials, the single-run front, the front confirmed
+    over seeds (when the study has repeats), teacher and baselines."""
     check_axis(x)
     fig = Figure(figsize=(9, 6), dpi=100, layout="constrained")
     ax = fig.subplots()
     _draw_baselines(ax, frame, x)
-    _draw_front(ax, frame, x, "tab:blue", "KD student")
+    _draw_front(ax, search_rows(frame), x, "tab:blue", "KD student")
+    _draw_confirmed(ax, frame, x)
     _draw_teacher(ax, frame, x)
     _finish(ax, x, title or _title(frame, "Pareto front (chosen on dev accuracy)"))
     return fig

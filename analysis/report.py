@@ -21,6 +21,7 @@ from analysis.frame import column, complete_trials, state_counts, state_summary
 from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets,
                             check_axis, default_ref_cost, front_table, hypervolume,
                             kd_gain_by_size, teacher_reference)
+from analysis.seeds import confirmed_front, search_rows, with_seed_columns
 from harness.config import RESIZED_TEACHER
 
 
@@ -36,7 +37,9 @@ class Report:
     x: str
     counts: dict[str, int]
     summary: str              # "N complete, M pruned, K failed"
-    front: pd.DataFrame       # cheapest first, with intervals and ``indistinguishable``
+    front: pd.DataFrame       # single runs, cheapest first, with intervals and
+                              # ``indistinguishable`` (and seeds, means and ``held``)
+    confirmed: pd.DataFrame   # the front on means over seeds; empty with no repeats
     sizes: pd.DataFrame       # best trial per (num_layers, hidden_size)
     budgets: pd.DataFrame     # best trial per fraction of the teacher's FLOPs
     teacher: dict[str, float]
@@ -49,17 +52,19 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
     """The report of one study frame; NoCompleteTrials when there is nothing to rank."""
     check_axis(x)
     name = study_name or frame.attrs.get("study_name", "study")
-    front = front_table(frame, x)
+    search = search_rows(frame)  # the front's repeats are summarised, not ranked
+    front = front_table(search, x)
     if front.empty:
         raise NoCompleteTrials(f"study {name!r} has no complete trial with dev_accuracy and "
                                f"{x} ({state_summary(frame)}); nothing to report")
-    complete = complete_trials(frame)
+    complete = complete_trials(search)
     costs = column(complete, x)
     ref_cost = default_ref_cost(costs)
     area = hypervolume(column(complete, "dev_accuracy"), costs, 0.0, ref_cost)
     return Report(study_name=name, x=x, counts=state_counts(frame),
-                  summary=state_summary(frame), front=front,
-                  sizes=kd_gain_by_size(frame), budgets=best_under_budgets(frame),
+                  summary=state_summary(frame), front=with_seed_columns(front, frame, x),
+                  confirmed=confirmed_front(frame, x),
+                  sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
 
 
@@ -124,15 +129,45 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                "speed-up (FLOPs)", "dev acc % [95% CI]", "retention, dev %",
                "KD gain, dev, points [95% paired CI]", "test acc % [95% CI] (reported only)",
                "~ neighbour"]
-    rows = [_teacher_cells(report)] if report.teacher else []
+    confirmed = not report.confirmed.empty
+    if confirmed:
+        headers += ["seeds", "held on the mean"]
+    rows = [_teacher_cells(report) + ([""] * 2 if confirmed else [])] if report.teacher else []
     for _, row in report.front.iterrows():
-        rows.append([f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
-                     number(_get(row, "T_s")), number(_get(row, "alpha")),
-                     number(_get(row, report.x)), times(_get(row, "speedup")),
-                     _interval(row, "dev_accuracy"), percent(_get(row, "retention_dev")),
-                     _interval(row, "kd_gain", points), _interval(row, "test_accuracy"),
-                     "~" if row["indistinguishable"] else ""])
+        cells = [f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
+                 number(_get(row, "T_s")), number(_get(row, "alpha")),
+                 number(_get(row, report.x)), times(_get(row, "speedup")),
+                 _interval(row, "dev_accuracy"), percent(_get(row, "retention_dev")),
+                 _interval(row, "kd_gain", points), _interval(row, "test_accuracy"),
+                 "~" if row["indistinguishable"] else ""]
+        if confirmed:
+            cells += [f"{_get(row, 'seeds'):.0f}", "yes" if row["held"] else "NO"]
+        rows.append(cells)
     return headers, rows
+
+
+def confirmed_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the front on means over seeds (intervals over seeds)."""
+    headers = ["configuration (trial)", "layers x hidden", "T", "T_s", "alpha",
+               AXIS_LABELS[report.x], "seeds", "dev acc %, mean [95% CI over seeds]",
+               "KD gain, dev, points, mean [95% CI]", "KD gain, test, points, mean [95% CI]",
+               "test acc %, mean [95% CI]", "teacher agreement %, mean",
+               "on the single-run front"]
+    single = set(report.front["trial"])
+    rows = [[f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
+             number(_get(row, "T_s")), number(_get(row, "alpha")),
+             number(_get(row, report.x)), f"{_get(row, 'seeds'):.0f}",
+             _mean(row, "dev_accuracy"), _mean(row, "kd_gain", points),
+             _mean(row, "kd_gain_test", points), _mean(row, "test_accuracy"),
+             percent(_get(row, "teacher_agreement_mean")),
+             "yes" if row["trial"] in single else "no"]
+            for _, row in report.confirmed.iterrows()]
+    return headers, rows
+
+
+def _mean(row, name, fmt=percent) -> str:
+    return fmt(_get(row, f"{name}_mean"), _get(row, f"{name}_mean_low"),
+               _get(row, f"{name}_mean_high"))
 
 
 def _teacher_cells(report: Report) -> list[str]:
@@ -196,6 +231,12 @@ NOTES = """\
   front member: the {conf:.0f}% interval of their difference (Newcombe's hybrid score
   interval, treating the two as independent samples, which is conservative) contains 0.
 - Exact duplicates (same accuracy and cost) are all kept on the front.
+- Confirmed front (when the study confirms with `confirm.seeds` > 1): each configuration
+  of the single-run front was trained again on other seeds, each run against its own
+  label-only baseline on its seed; means over seeds with a Student-t {conf:.0f}% interval
+  over them. The single-run front picks the best of many noisy runs, so its members'
+  single numbers are biased upward; `held` says whether a member stays on the front
+  drawn on the means.
 - Per size, the best trial is chosen on dev, which flatters its dev gain; its test gain
   (examples no choice has seen) is the honest check.
 - Retention: student accuracy / teacher accuracy. Speed-up: teacher FLOPs per example /
@@ -236,6 +277,12 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
     if any(report.front["indistinguishable"]):
         lines += ["`~`: not distinguishable from an adjacent front member "
                   "(see How to read this).", ""]
+    if not report.confirmed.empty:
+        held = int(report.front["held"].sum())
+        lines += ["## Front confirmed over seeds (mean of each configuration's runs)", "",
+                  f"{held} of the {len(report.front)} single-run front members hold their "
+                  "place on the means; `NO` above marks those dominated there.", "",
+                  markdown_table(*confirmed_rows(report)), ""]
     if not report.sizes.empty:
         lines += ["## KD gain per student size", "", markdown_table(*size_rows(report)), ""]
     lines += ["## Best student under compute budgets", "",
@@ -246,7 +293,7 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
 def render_text(report: Report) -> str:
     """The front and the trial counts, for printing."""
     headers, rows = front_rows(report)
-    return "\n".join([
+    lines = [
         f"study {report.study_name}: {report.summary}",
         f"Pareto front, dev accuracy vs {AXIS_LABELS[report.x]} "
         f"({len(report.front)} trials; ~ = not distinguishable from a neighbour):",
@@ -254,7 +301,11 @@ def render_text(report: Report) -> str:
         f"hypervolume {number(report.hypervolume, 4)} "
         f"(normalised {_normalised(report):.4f}, reference accuracy 0, "
         f"{number(report.ref_cost)})",
-    ])
+    ]
+    if not report.confirmed.empty:
+        lines += [f"Front on the means over seeds ({len(report.confirmed)} configurations):",
+                  text_table(*confirmed_rows(report))]
+    return "\n".join(lines)
 
 
 def _normalised(report: Report) -> float:

@@ -173,6 +173,17 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class ConfirmConfig:
+    """After the search, the front's configurations are trained again on other seeds, each
+    with its own label-only baseline, until each has ``seeds`` runs (the search's own run
+    counts as one; 0 or 1: no confirmation). ``best_per_size`` adds the best k search trials
+    (on dev) of every student size to the configurations confirmed."""
+
+    seeds: int = 1
+    best_per_size: int = 0
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"
     description: str = ""
@@ -185,6 +196,7 @@ class StudyConfig:
     objectives: ObjectivesConfig = ObjectivesConfig()
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
+    confirm: ConfirmConfig = ConfirmConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -32,7 +32,7 @@ from harness.models import (StudentShape, build_student, load_pretrained, load_s
 from harness.shared import SharedArtifacts, TokenizedData
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
 from harness.train import (PhaseResult, StepLogger, TrainSettings, cross_entropy_loss,
-                           predict_logits, train_phase)
+                           precision, predict_logits, train_phase)
 
 SPLITS = ("dev", "test")
 
@@ -162,7 +162,8 @@ def train_baseline(study_config: StudyConfig, shared: SharedArtifacts, shape: St
     settings = settings_for(study_config, study_config.pipeline.baseline, trial_config.seed)
     text = student_text(shared, trial_config)
     fields = {"teacher": shared.teacher_key, "shape": dataclasses.asdict(shape), "init": init,
-              "init_from": "pre-trained teacher", "settings": dataclasses.asdict(settings)}
+              "init_from": "pre-trained teacher", "settings": dataclasses.asdict(settings),
+              "precision": precision(shared.device)}
     if trial_config.student_source != RESIZED_TEACHER:
         source = shared.pretrained_students[trial_config.student_source]
         fields.update(init="pretrained", init_from=source.identity, tokenizer=text.key)

@@ -21,6 +21,7 @@ import statistics
 import optuna
 
 from harness.compute import ComputeCost
+from harness.confirm import SearchOnly, is_repeat
 from harness.config import (OBJECTIVE_DIRECTIONS, RESIZED_TEACHER, SEARCHABLE, PrunerConfig,
                             StudyConfig, TrialConfig, default_trial_config)
 
@@ -72,7 +73,12 @@ def over_budget(study_config: StudyConfig, untrained: ComputeCost) -> dict[str, 
             and getattr(untrained, metric) > limit}
 
 
-def make_sampler(study_config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
+def make_sampler(study_config: StudyConfig, seed: int) -> SearchOnly:
+    """The study file's sampler, seeded, blind to the front's repeats (``harness.confirm``)."""
+    return SearchOnly(_sampler(study_config, seed))
+
+
+def _sampler(study_config: StudyConfig, seed: int) -> optuna.samplers.BaseSampler:
     config = study_config.sampler
     if config.name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=config.n_startup_trials,
@@ -101,7 +107,7 @@ def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int,
     if config.name == "none" or epoch <= config.n_warmup_epochs:
         return False
     peers = [t.user_attrs["epoch_dev_accuracy"][epoch - 1] for t in finished
-             if t.state == optuna.trial.TrialState.COMPLETE
+             if t.state == optuna.trial.TrialState.COMPLETE and not is_repeat(t)
              and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
              and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= epoch]
     enough = peers and len(peers) >= config.n_startup_trials  # no peers: no median to fall below

@@ -27,7 +27,8 @@ from harness.evaluation import Scores, score
 from harness.models import (ModelError, StudentShape, check_teacher_source, hub_revision,
                             load_saved_model, load_source_tokenizer, load_teacher, load_tokenizer,
                             resolve_source, save_model, shape_of, source_config, tokenizer_id)
-from harness.train import TrainSettings, cross_entropy_loss, predict_logits, train_phase
+from harness.train import (TrainSettings, cross_entropy_loss, precision, predict_logits,
+                           train_phase)
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     revision = hub_revision(study_config.teacher.source)
     pretrained = load_teacher(study_config.teacher, data.label_names, text.tokenizer,
                               study_config.seed, revision)
-    fields = teacher_fields(study_config, data, text.key, revision)
+    fields = {**teacher_fields(study_config, data, text.key, revision),
+              "precision": precision(device)}
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
         study_config, copy.deepcopy(pretrained), text.tokens, text.tokenizer, text.pad_id,
         device, folder))

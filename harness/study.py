@@ -31,11 +31,14 @@ from tqdm.auto import tqdm
 
 from analysis.frame import study_frame
 from analysis.front import pareto_front
+from analysis.seeds import search_rows
 from analysis.plots import plot_front, png_bytes
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
 from harness import tracking
 from harness.artifacts import ArtifactLockTimeout, cache_root, write_files
 from harness.config import ConfigError, StudyConfig, TrialConfig
+from harness.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, queue_repeats,
+                             refuse_duplicate, search_trials)
 from harness.data import DataError
 from harness.models import ModelError
 from harness.pipeline import TrialHooks, reported_epochs, run_trial, trial_shape, untrained_cost
@@ -180,41 +183,66 @@ def log_front_to_wandb(frame: pd.DataFrame, report: Report, study_config: StudyC
 def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
               n_trials: int, run_dir: Path, context: dict,
               orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS) -> None:
-    """Run trials until the study holds ``n_trials`` finished ones (shared by all workers).
+    """Run trials until the study holds ``n_trials`` finished search trials (shared by all
+    workers), then confirm the front: queue its repeats and run them until none is left.
 
     A trial that recorded no worker for ``orphan_grace_seconds`` is failed and re-queued.
     """
     reap_dead_local_trials(study, orphan_grace_seconds)
-    counts = trial_counts(study)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
     announced, front_size = "", 0
-    with tqdm(total=n_trials, initial=min(counts.finished, n_trials), desc="trials",
-              unit="trial") as bar:
-        while counts.finished < n_trials:
-            if isinstance(study.sampler, optuna.samplers.GridSampler) and \
-                    study.sampler.is_exhausted(study):
-                log.info("every grid point has run; stopping at %d trials", counts.finished)
+    with tqdm(total=n_trials, desc="trials", unit="trial") as bar:
+        while True:
+            counts = trial_counts(study)
+            searching = counts.finished < n_trials and not _grid_exhausted(study)
+            if not searching and queue_repeats(study, study_config):
+                counts = trial_counts(study)
+                log.info("confirming the front over %d seeds: %d repeats to run",
+                         study_config.confirm.seeds,
+                         counts.repeats_waiting + counts.repeats_running)
+            if searching:
+                runnable = counts.finished + counts.running < n_trials or counts.waiting
+            elif counts.repeats_waiting or counts.repeats_running:
+                runnable = counts.repeats_waiting > 0
+            else:
                 break
-            if counts.finished + counts.running >= n_trials and not counts.waiting:
+            if runnable:
+                study.optimize(lambda trial: objective(trial, study_config, shared, run_dir,
+                                                       context, n_trials),
+                               n_trials=1, catch=(Exception,), callbacks=[
+                                   lambda _, trial: states.append(trial.state)
+                                   if trial.user_attrs.get("fail_reason") not in REFUSED
+                                   else None])
+                front_size = keep_front_students(study, run_dir)
+                if states[-MAX_CONSECUTIVE_FAILURES:] == [FAIL] * MAX_CONSECUTIVE_FAILURES:
+                    raise StudyAborted(f"the last {MAX_CONSECUTIVE_FAILURES} trials failed; see "
+                                       "their fail_reason in the storage")
+            else:
                 running = describe_running(study, orphan_grace_seconds)
                 if running != announced:  # once, and again when what it waits on changes
                     log.info("waiting for trials running in other workers: %s", running)
                     announced = running
                 time.sleep(2)  # wait in case one of those workers dies and its trial returns
                 reap_dead_local_trials(study, orphan_grace_seconds)
-            else:
-                study.optimize(lambda trial: objective(trial, study_config, shared, run_dir,
-                                                       context, n_trials),
-                               n_trials=1, catch=(Exception,),
-                               callbacks=[lambda _, trial: states.append(trial.state)])
-                front_size = keep_front_students(study, run_dir)
-                if states[-MAX_CONSECUTIVE_FAILURES:] == [FAIL] * MAX_CONSECUTIVE_FAILURES:
-                    raise StudyAborted(f"the last {MAX_CONSECUTIVE_FAILURES} trials failed; see "
-                                       "their fail_reason in the storage")
             counts = trial_counts(study)
             bar.n = min(counts.finished, n_trials)
-            bar.set_postfix(front=front_size)
+            open_repeats = counts.repeats_waiting + counts.repeats_running
+            bar.set_postfix(front=front_size, **({"repeats_left": open_repeats}
+                                                 if open_repeats else {}))
             bar.refresh()
+
+
+def _grid_exhausted(study: optuna.Study) -> bool:
+    grid = study.sampler.inner
+    if isinstance(grid, optuna.samplers.GridSampler) and grid.is_exhausted(study):
+        log.info("every grid point has run; the search stops here")
+        return True
+    return False
+
+
+# Trials refused before training (one too many, a repeat another trial runs): not failures
+# of the study's trials, so they never count toward MAX_CONSECUTIVE_FAILURES.
+REFUSED = ("surplus", DUPLICATE)
 
 
 class StudyAborted(RuntimeError):
@@ -232,20 +260,29 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
     """
     # First, so that a worker killed at any later point can be recognised as dead.
     trial.set_user_attr("worker", worker_identity())
-    _refuse_surplus(trial, n_trials)
+    repeat = is_repeat(trial)
+    if repeat:
+        refuse_duplicate(trial)
+    else:
+        _refuse_surplus(trial, n_trials)
     trial_config = suggest_trial_config(trial, study_config)
+    if repeat:  # the configuration's parameters (queued), on the repeat's own seed
+        trial_config = dataclasses.replace(trial_config, seed=trial.user_attrs[SEED])
     trial.set_user_attr("provenance", provenance(shared.device))
     tracking_config = study_config.tracking
     run = tracking.start_trial_run(
         tracking_config.wandb, tracking_config.project, tracking_config.entity,
-        tracking_config.tags, run_dir, trial.study.study_name, trial.number, "trial",
+        tracking_config.tags, run_dir, trial.study.study_name, trial.number,
+        "repeat" if repeat else "trial",
         {"trial": dataclasses.asdict(trial_config), "study": dataclasses.asdict(study_config),
-         **context})
+         # W&B groups a configuration's runs by this key (the first run's trial number).
+         "configuration": trial.user_attrs.get(REPEAT_OF, trial.number), **context})
     if run.run_id:
         trial.set_user_attr("wandb_run_id", run.run_id)
     shape = trial_shape(study_config, trial_config, shared)
     size = (shape.num_layers, shape.hidden_size)  # a pre-trained student's own
-    hooks = TrialHooks(log=run.log, on_epoch=functools.partial(
+    # A repeat is never stopped early: its configuration already made the front.
+    hooks = TrialHooks(log=run.log, on_epoch=None if repeat else functools.partial(
         stop_if_behind, trial, study_config, size, reported_epochs(study_config)))
     student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
@@ -297,7 +334,7 @@ def _refuse_surplus(trial: optuna.Trial, n_trials: int) -> None:
     live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     ahead = sum(t.number < trial.number and t.state in live
-                for t in trial.study.get_trials(deepcopy=False))
+                for t in search_trials(trial.study))
     if ahead >= n_trials:
         trial.set_user_attr("fail_reason", "surplus")
         raise SurplusTrial(f"the study already has {n_trials} trials finished or running")
@@ -319,8 +356,8 @@ def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
     the study's front size."""
     # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    best = {t.number for t in study.best_trials}
-    front = best | set(pareto_front(study_frame(study)).get("trial", []))
+    best = {t.number for t in study.best_trials if not is_repeat(t)}
+    front = best | set(pareto_front(search_rows(study_frame(study))).get("trial", []))
     folder = run_dir / "students"
     for path in folder.glob("trial-*") if folder.is_dir() else ():
         number = int(path.name.removeprefix("trial-"))

@@ -52,6 +52,8 @@ FIELD_RULES = {
     "sampler.population_size": above_zero("population sizes"),
     "pruner.n_startup_trials": not_negative("trial counts"),
     "pruner.n_warmup_epochs": not_negative("epoch counts"),
+    "confirm.seeds": not_negative("seed counts"),
+    "confirm.best_per_size": not_negative("trial counts"),
 }
 
 

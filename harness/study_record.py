@@ -15,7 +15,7 @@ from pathlib import Path
 
 import optuna
 
-from harness.config import ConfigError, StudyConfig
+from harness.config import RESIZED_TEACHER, ConfigError, StudyConfig
 from harness.search import directions, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,21 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
 
 
 def config_fingerprint(study_config: StudyConfig) -> str:
-    """What makes trials comparable: everything but tracking and the description."""
+    """What makes trials comparable: everything but tracking, the description and how many
+    seeds confirm the front (a finished study may be confirmed, or confirmed further)."""
     fields = dataclasses.asdict(dataclasses.replace(study_config, description=""))
     fields.pop("tracking")
+    fields.pop("confirm")
+    for section, name, before in _ADDED_FIELDS:  # at the value that means "as before"
+        if fields[section][name] == before:
+            del fields[section][name]
     return hashlib.sha256(json.dumps(_jsonable(fields), sort_keys=True).encode()).hexdigest()
+
+
+# Fields added to the study-file schema since studies were first fingerprinted, with the
+# value that keeps the behaviour from before them: a study created before a field existed
+# keeps its fingerprint (and resumes) while the field stays at that value.
+_ADDED_FIELDS = (("data", "text_columns", None), ("student", "source", RESIZED_TEACHER))
 
 
 def _jsonable(value):

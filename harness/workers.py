@@ -22,6 +22,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from harness.confirm import REPEAT_OF, SEED, is_repeat
 from harness.storage import MAX_RETRIES
 
 log = logging.getLogger(__name__)
@@ -33,21 +34,31 @@ ORPHAN_GRACE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class TrialCounts:
+    """Search trials by state, and the front's repeats (``harness.confirm``) apart."""
+
     complete: int
     pruned: int
     running: int
     waiting: int
+    repeats_done: int  # finished or failed
+    repeats_running: int
+    repeats_waiting: int
 
     @property
     def finished(self) -> int:
-        """What --n-trials counts: complete or pruned, never failed."""
+        """What --n-trials counts: complete or pruned search trials, never failed."""
         return self.complete + self.pruned
 
 
 def trial_counts(study: optuna.Study) -> TrialCounts:
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    return TrialCounts(*(states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                    TrialState.RUNNING, TrialState.WAITING)))
+    trials = study.get_trials(deepcopy=False)
+    search = [t.state for t in trials if not is_repeat(t)]
+    repeats = [t.state for t in trials if is_repeat(t)]
+    return TrialCounts(*(search.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED,
+                                                    TrialState.RUNNING, TrialState.WAITING)),
+                       repeats_done=sum(s.is_finished() for s in repeats),
+                       repeats_running=repeats.count(TrialState.RUNNING),
+                       repeats_waiting=repeats.count(TrialState.WAITING))
 
 
 def worker_identity() -> dict:
@@ -132,8 +143,9 @@ def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reas
         log.warning("trial %d: %s; marked failed, not re-queued after %d retries",
                     trial.number, reason, retries)
         return True
+    repeat = {k: trial.user_attrs[k] for k in (REPEAT_OF, SEED) if k in trial.user_attrs}
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                  "retries": retries + 1},
+                                                  "retries": retries + 1, **repeat},
                         skip_if_exists=False)
     log.warning("trial %d: %s; marked failed and re-queued", trial.number, reason)
     return True

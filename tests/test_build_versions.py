@@ -17,6 +17,7 @@ from harness.artifacts import BUILD_VERSIONS
 # The training loop, as the teacher's fine-tune and the baselines run it.
 TRAINING = (train.train_phase, train.length_grouped_batches, train._warmup_linear_decay,
             train.cross_entropy_loss, train.model_inputs, train.predict_logits, train.autocast,
+            train.precision,
             data.TokenizedSplit)
 
 # What each artifact kind's build runs, beyond the fields its key already holds.
@@ -46,6 +47,9 @@ RECORDED = {
     ("teacher", 1): "6d7c829bda75f32e",
     ("baseline", 1): "2a4f79dc705abf27",
     ("baseline", 2): "70509a8a02672752",  # families: an embedding width tied to the hidden size follows it
+    # bf16 autocast on CPUs with native bf16 (train.precision, also in the keys)
+    ("teacher", 2): "3fe51b96422299a1",
+    ("baseline", 3): "c4046070c0f13b6f",
 }
 
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import harness.pipeline
 import harness.shared
-from harness.config import default_trial_config
+from harness.config import PipelineConfig, default_trial_config
 from harness.evaluation import score
 from harness.models import load_teacher
 from harness.pipeline import TrialHooks, run_trial
@@ -72,7 +72,9 @@ def assert_saved_student_reproduces(folder, data, dev_accuracy: float) -> None:
     first = tokenizer(data.tokenizer.decode(dev.ids[dev.offsets[0]:dev.offsets[1]],
                                             skip_special_tokens=True))["input_ids"]
     assert tokenizer.vocab_size == data.tokenizer.vocab_size and first[0] == dev.ids[0]
-    logits = predict_logits(student, dev, 64, torch.device("cpu"), data.pad_id)
+    # The trial's batches (bf16 autocast on CPUs that have it rounds per batch layout).
+    logits = predict_logits(student, dev, PipelineConfig().eval_batch_size, torch.device("cpu"),
+                            data.pad_id)
     measured = load_file(str(folder / "logits.safetensors"))["dev"]
     torch.testing.assert_close(logits, measured, atol=1e-5, rtol=0)
     assert score(logits, dev.labels).accuracy == dev_accuracy

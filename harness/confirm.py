@@ -1,0 +1,147 @@
+"""Confirming the front over seeds: after the search, every configuration on the Pareto
+front (and, with ``confirm.best_per_size: k``, the best k of each student size) is trained
+again on other seeds until it has ``confirm.seeds`` runs, each repeat with its own
+label-only baseline on its seed, so the report can say which members hold up.
+
+Repeats are ordinary trials of the study, queued with Optuna's ``enqueue_trial`` with the
+first run's parameters and the user attributes ``repeat_of`` (the first run's trial
+number) and ``seed``. They are not counted in ``--n-trials``, never pruned, and hidden from
+the sampler (``SearchOnly``): TPE must not be pulled toward points that were run again
+because they were good. Any worker runs them; two workers may queue the same repeat at
+once, and then the lowest-numbered live trial of a (configuration, seed) runs it and the
+other is refused before training (``fail_reason: duplicate repeat``).
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from analysis.front import pareto_mask
+from harness.config import StudyConfig
+
+REPEAT_OF = "repeat_of"
+SEED = "seed"
+DUPLICATE = "duplicate repeat"
+LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    return REPEAT_OF in trial.user_attrs
+
+
+def search_trials(study: optuna.Study, states=None) -> list[FrozenTrial]:
+    return [t for t in study.get_trials(deepcopy=False, states=states) if not is_repeat(t)]
+
+
+def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) -> list[FrozenTrial]:
+    """The complete search trials whose configurations are confirmed: the front of dev
+    accuracy against FLOPs (the report's), then the best ``best_per_size`` of each size."""
+    complete = [t for t in search_trials(study, (TrialState.COMPLETE,))
+                if "dev_accuracy" in t.user_attrs and "flops_per_example" in t.user_attrs]
+    on_front = pareto_mask([t.user_attrs["dev_accuracy"] for t in complete],
+                           [t.user_attrs["flops_per_example"] for t in complete])
+    chosen = {t.number: t for t, front in zip(complete, on_front) if front}
+    by_size: dict[tuple, list[FrozenTrial]] = {}
+    for trial in complete:
+        size = tuple(trial.user_attrs.get(k) for k in ("num_layers", "hidden_size", "student_source"))
+        by_size.setdefault(size, []).append(trial)
+    for trials in by_size.values():
+        best = sorted(trials, key=lambda t: (-t.user_attrs["dev_accuracy"], t.number))
+        chosen.update((t.number, t) for t in best[:study_config.confirm.best_per_size])
+    return sorted(chosen.values(), key=lambda t: t.number)
+
+
+def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
+    """Queue the repeats the configurations to confirm still lack; how many were queued.
+
+    A (configuration, seed) that has any trial, whatever its state, is not queued again: a
+    live one will finish, a reaped one was re-queued by the reaper, and one that failed on
+    its own (diverged) would fail again.
+    """
+    if study_config.confirm.seeds <= 1:
+        return 0
+    have = {(t.user_attrs[REPEAT_OF], t.user_attrs[SEED])
+            for t in study.get_trials(deepcopy=False) if is_repeat(t)}
+    queued = 0
+    for first in configurations_to_confirm(study, study_config):
+        first_seed = first.user_attrs.get(SEED, study_config.seed)
+        for seed in range(first_seed + 1, first_seed + study_config.confirm.seeds):
+            if (first.number, seed) not in have:
+                study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number,
+                                                              SEED: seed},
+                                    skip_if_exists=False)
+                queued += 1
+    return queued
+
+
+class DuplicateRepeat(RuntimeError):
+    """Another trial runs this (configuration, seed); this one is not run."""
+
+
+def refuse_duplicate(trial: optuna.Trial) -> None:
+    """Trial numbers are given out atomically by the storage, so "the lowest-numbered live
+    trial of a (configuration, seed) runs it" picks exactly one of its copies."""
+    key = (trial.user_attrs[REPEAT_OF], trial.user_attrs[SEED])
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=LIVE)
+               if t.number < trial.number and is_repeat(t)
+               and (t.user_attrs[REPEAT_OF], t.user_attrs[SEED]) == key]
+    if earlier:
+        trial.set_user_attr("fail_reason", DUPLICATE)
+        raise DuplicateRepeat(f"trial {earlier[0].number} runs configuration {key[0]} on "
+                              f"seed {key[1]}")
+
+
+class _SearchView:
+    """The study as a sampler sees it: its search trials only."""
+
+    def __init__(self, study: optuna.Study):
+        self._study = study
+
+    def __getattr__(self, name):
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if not is_repeat(t)]
+
+    def _get_trials(self, deepcopy: bool = True, states=None, use_cache: bool = False,
+                    **kwargs) -> list[FrozenTrial]:
+        # Optuna's samplers read trials through this private method (with its cache).
+        return [t for t in self._study._get_trials(deepcopy=deepcopy, states=states,
+                                                   use_cache=use_cache, **kwargs)
+                if not is_repeat(t)]
+
+    @property
+    def trials(self) -> list[FrozenTrial]:
+        return self.get_trials()
+
+
+class SearchOnly(optuna.samplers.BaseSampler):
+    """``inner`` sampling as if the study held its search trials only (no repeats).
+
+    Written by hand: Optuna has no way to keep some finished trials out of a sampler's
+    history; this passes every sampler hook a view of the study without them.
+    """
+
+    def __init__(self, inner: optuna.samplers.BaseSampler):
+        self.inner = inner
+
+    def infer_relative_search_space(self, study, trial):
+        return self.inner.infer_relative_search_space(_SearchView(study), trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self.inner.sample_relative(_SearchView(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self.inner.sample_independent(_SearchView(study), trial, param_name,
+                                             param_distribution)
+
+    def before_trial(self, study, trial):
+        self.inner.before_trial(_SearchView(study), trial)
+
+    def after_trial(self, study, trial, state, values):
+        self.inner.after_trial(_SearchView(study), trial, state, values)
+
+    def reseed_rng(self):
+        self.inner.reseed_rng()
