@@ -7,8 +7,10 @@ record it in an Optuna storage and (optionally) W&B.
 
 ``--n-trials N`` means "until the study holds N finished (complete or pruned) trials":
 re-running an interrupted command completes the study, and workers sharing a storage
-share one total. Bad input exits with code 2 before any training; Ctrl-C marks the
-running trial failed ("interrupted") and exits with 130.
+share one total. Then the front is confirmed over seeds (``--confirm-seeds N`` or the
+study's ``confirm.seeds``; ``harness.confirm``): those repeats are not counted in N. Bad
+input exits with code 2 before any training; Ctrl-C marks the running trial failed
+("interrupted") and exits with 130.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wandb", choices=["auto", "online", "offline", "disabled"])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--confirm-seeds", type=_at_least(0), metavar="N",
+                        help="runs per front configuration, the search's own included "
+                             "(default: the study's confirm.seeds; 0 or 1: no confirmation)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a study-file value, e.g. --set pipeline.distill.epochs=1")
     parser.add_argument("--heartbeat-seconds", type=_at_least(1), default=60,
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = list(args.set) + ([f"seed={args.seed}"] if args.seed is not None else [])
         overrides += [f"tracking.wandb={args.wandb}"] if args.wandb else []
+        if args.confirm_seeds is not None:
+            overrides.append(f"confirm.seeds={args.confirm_seeds}")
         study_config = load_study_config(args.study, overrides)
         # Decided once per invocation ("auto", W&B's environment), so every trial logs alike.
         study_config = dataclasses.replace(
@@ -190,11 +197,15 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
     """
     reap_dead_local_trials(study, orphan_grace_seconds)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
-    announced, front_size = "", 0
+    announced, front_size, grid_done = "", 0, False
     with tqdm(total=n_trials, desc="trials", unit="trial") as bar:
         while True:
             counts = trial_counts(study)
-            searching = counts.finished < n_trials and not _grid_exhausted(study)
+            if not grid_done and counts.finished < n_trials and _grid_exhausted(study):
+                log.info("every grid point has run; the search stops at %d trials",
+                         counts.finished)
+                grid_done = True
+            searching = counts.finished < n_trials and not grid_done
             if not searching and queue_repeats(study, study_config):
                 counts = trial_counts(study)
                 log.info("confirming the front over %d seeds: %d repeats to run",
@@ -233,11 +244,8 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:
-    grid = study.sampler.inner
-    if isinstance(grid, optuna.samplers.GridSampler) and grid.is_exhausted(study):
-        log.info("every grid point has run; the search stops here")
-        return True
-    return False
+    grid = getattr(study.sampler, "inner", study.sampler)  # SearchOnly wraps the study's own
+    return isinstance(grid, optuna.samplers.GridSampler) and grid.is_exhausted(study)
 
 
 # Trials refused before training (one too many, a repeat another trial runs): not failures
@@ -352,18 +360,19 @@ def failure_reason(error: BaseException) -> str:
 
 def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
     """Delete saved students of finished trials on neither the study's own front (its
-    objectives and constraints) nor the printed one (dev accuracy against FLOPs); returns
-    the study's front size."""
+    objectives and constraints) nor the printed one (dev accuracy against FLOPs, search
+    trials only); returns the printed front's size."""
     # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     best = {t.number for t in study.best_trials if not is_repeat(t)}
-    front = best | set(pareto_front(search_rows(study_frame(study))).get("trial", []))
+    printed = set(pareto_front(search_rows(study_frame(study))).get("trial", []))
+    front = best | printed
     folder = run_dir / "students"
     for path in folder.glob("trial-*") if folder.is_dir() else ():
         number = int(path.name.removeprefix("trial-"))
         if number in finished and number not in front:
             shutil.rmtree(path, ignore_errors=True)
-    return len(best)
+    return len(printed)
 
 
 def resolve_device(name: str) -> torch.device:
