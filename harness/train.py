@@ -54,8 +54,8 @@ StepLogger = Callable[[dict[str, float], int], None]
 
 def precision(device: torch.device) -> str:
     """"bf16" where matrix products run natively in bf16: GPUs, and CPUs with AVX512-BF16 or
-    AMX, where a 2 x 384 student trains 1.8x and the MiniLM teacher 1.45x faster than in
-    fp32 (benchmarks/RESULTS.md); "fp32" on other CPUs, where bf16 is emulated and slower.
+    AMX, where a 2 x 384 student trains 1.5x and the MiniLM teacher 1.6x faster than in
+    fp32 (benchmarks/cpu_bf16.py); "fp32" on other CPUs, where bf16 is emulated and slower.
     Results differ between the two, so artifact keys hold it."""
     if device.type == "cuda" or (device.type == "cpu"
                                  and torch.ops.mkldnn._is_mkldnn_bf16_supported()):

@@ -35,6 +35,13 @@ def smoke_shared(smoke_config, cache_dir):
     return prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
 
 
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch, cache_dir, smoke_shared) -> Path:
+    """A fresh working directory (runs/ is relative to it) with the smoke study's cache."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 def _postgres_url() -> str | None:
     url = os.environ.get("KD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
     try:

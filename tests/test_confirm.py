@@ -21,30 +21,12 @@ from analysis.front import pareto_front
 from analysis.pareto import main as pareto_main
 from analysis.seeds import by_configuration, confirmed_front, search_rows
 from harness.storage import open_storage
-from harness.study import main
 
-from .conftest import SMOKE
 from .synthetic import DISTRIBUTIONS, OBJECTIVES, synthetic_trial_attrs
+from .test_study import load, run_smoke
 from .test_workers import finish, start_worker
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
-
-
-def run(tmp_path: Path, n_trials: int, *extra: str) -> tuple[int, str]:
-    storage = f"journal:{tmp_path / 'study.journal'}"
-    code = main(["--study", str(SMOKE), "--n-trials", str(n_trials), "--wandb", "disabled",
-                 "--storage", storage, "--study-name", "confirm", *extra])
-    return code, storage
-
-
-def load(storage: str) -> optuna.Study:
-    return optuna.load_study(study_name="confirm", storage=open_storage(storage))
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, cache_dir, smoke_shared) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def repeats_of(study: optuna.Study) -> dict[int, list[optuna.trial.FrozenTrial]]:
@@ -66,7 +48,7 @@ def baseline_seeds(cache: Path) -> dict[str, set[int]]:
 
 
 def test_the_front_is_repeated_on_other_seeds_with_their_own_baselines(in_tmp, cache_dir):
-    code, storage = run(in_tmp, 4, "--confirm-seeds", "3")
+    code, storage = run_smoke(in_tmp, 4, "--confirm-seeds", "3")
     assert code == 0
     study = load(storage)
     search = [t for t in study.trials if "repeat_of" not in t.user_attrs]
@@ -84,19 +66,19 @@ def test_the_front_is_repeated_on_other_seeds_with_their_own_baselines(in_tmp, c
                 "num_layers", "hidden_size", "num_heads", "intermediate_size")}, sort_keys=True)
             assert trial.user_attrs["seed"] in baseline_seeds(cache_dir)[shape]  # its own
     counted = len(study.trials)
-    assert run(in_tmp, 4, "--confirm-seeds", "3")[0] == 0  # the same command again
+    assert run_smoke(in_tmp, 4, "--confirm-seeds", "3")[0] == 0  # the same command again
     assert len(load(storage).trials) == counted  # adds nothing
 
 
 def test_a_finished_study_can_be_confirmed_later_and_reports_the_confirmed_front(in_tmp):
-    code, storage = run(in_tmp, 3, "--confirm-seeds", "0")
+    code, storage = run_smoke(in_tmp, 3, "--confirm-seeds", "0")
     assert code == 0 and not repeats_of(load(storage))
-    assert run(in_tmp, 3, "--confirm-seeds", "2")[0] == 0  # confirm is not fingerprinted
+    assert run_smoke(in_tmp, 3, "--confirm-seeds", "2")[0] == 0  # confirm is not fingerprinted
     study = load(storage)
     assert len([t for t in study.trials if "repeat_of" not in t.user_attrs]) == 3
     assert all(len(runs) == 1 for runs in repeats_of(study).values()) and repeats_of(study)
     out = in_tmp / "report"
-    assert pareto_main(["--study-name", "confirm", "--storage", storage, "--out", str(out)]) == 0
+    assert pareto_main(["--study-name", "smoke-test", "--storage", storage, "--out", str(out)]) == 0
     table = pd.read_csv(out / "pareto.csv")
     assert set(table["seeds"]) == {2}
     assert {"dev_accuracy_mean", "dev_accuracy_mean_low", "kd_gain_mean", "held"} <= set(table)
@@ -106,7 +88,7 @@ def test_a_finished_study_can_be_confirmed_later_and_reports_the_confirmed_front
 
 def test_two_workers_run_each_repeat_once(tmp_path, cache_dir, smoke_shared):
     storage = f"journal:{tmp_path / 'study.journal'}"
-    workers = [start_worker(tmp_path, storage, "confirm", 3, "--confirm-seeds", "3",
+    workers = [start_worker(tmp_path, storage, "smoke-test", 3, "--confirm-seeds", "3",
                             cache=cache_dir) for _ in range(2)]
     finish(*workers)
     study = load(storage)
@@ -141,9 +123,9 @@ class RecordingTPE(optuna.samplers.TPESampler):
 def test_the_sampler_never_sees_a_repeat(in_tmp, monkeypatch):
     monkeypatch.setattr(harness.search.optuna.samplers, "TPESampler", RecordingTPE)
     RecordingTPE.seen = set()
-    assert run(in_tmp, 3, "--confirm-seeds", "2")[0] == 0
-    assert run(in_tmp, 5, "--confirm-seeds", "2")[0] == 0  # more search after the repeats
-    study = load(storage=f"journal:{in_tmp / 'study.journal'}")
+    assert run_smoke(in_tmp, 3, "--confirm-seeds", "2")[0] == 0
+    assert run_smoke(in_tmp, 5, "--confirm-seeds", "2")[0] == 0  # more search after the repeats
+    study = load(f"journal:{in_tmp / 'study.journal'}")
     repeats = {t.number for runs in repeats_of(study).values() for t in runs}
     assert repeats and RecordingTPE.seen
     assert not RecordingTPE.seen & repeats

@@ -57,12 +57,6 @@ def run_study(tmp_path: Path, study: Path, name: str, n_trials: int) -> tuple[in
     return code, storage
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, cache_dir) -> Path:
-    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
-    return tmp_path
-
-
 # --- students of every family --------------------------------------------------------------
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))

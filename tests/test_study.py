@@ -42,12 +42,6 @@ def load(storage: str) -> optuna.Study:
     return optuna.load_study(study_name="smoke-test", storage=open_storage(storage))
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch, cache_dir, smoke_shared) -> Path:
-    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
-    return tmp_path
-
-
 def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp, smoke_shared):
     code, storage = run_smoke(in_tmp, 3)
     assert code == 0
