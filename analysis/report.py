@@ -37,6 +37,7 @@ class Report:
     x: str
     counts: dict[str, int]
     summary: str              # "N complete, M pruned, K failed"
+    searched: int             # complete search trials: the single-run front's candidates
     front: pd.DataFrame       # single runs, cheapest first, with intervals and
                               # ``indistinguishable`` (and seeds, means and ``held``)
     confirmed: pd.DataFrame   # the front on means over seeds; empty with no repeats
@@ -62,7 +63,8 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
     ref_cost = default_ref_cost(costs)
     area = hypervolume(column(complete, "dev_accuracy"), costs, 0.0, ref_cost)
     return Report(study_name=name, x=x, counts=state_counts(frame),
-                  summary=state_summary(frame), front=with_seed_columns(front, frame, x),
+                  summary=state_summary(frame), searched=len(complete),
+                  front=with_seed_columns(front, frame, x),
                   confirmed=confirmed_front(frame, x),
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
@@ -268,7 +270,7 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
     lines += [
         f"- Trials: {report.summary} (failed, pruned and unfinished trials are left out)",
         f"- Front: dev accuracy against {axis}: {len(report.front)} of "
-        f"{report.counts['COMPLETE']} complete trials",
+        f"{report.searched} complete search trials (repeats over seeds are summarised apart)",
         f"- Hypervolume: {number(report.hypervolume, 4)} (accuracy x {axis}; reference point "
         f"accuracy 0, {number(report.ref_cost)} = 1.1 x the largest; normalised by the "
         f"reference box: {_normalised(report):.4f})",

@@ -84,6 +84,7 @@ def test_a_finished_study_can_be_confirmed_later_and_reports_the_confirmed_front
     assert {"dev_accuracy_mean", "dev_accuracy_mean_low", "kd_gain_mean", "held"} <= set(table)
     page = (out / "pareto.md").read_text()
     assert "## Front confirmed over seeds" in page and "held on the mean" in page
+    assert "of 3 complete search trials" in page  # repeats are not front candidates
 
 
 def test_two_workers_run_each_repeat_once(tmp_path, cache_dir, smoke_shared):
