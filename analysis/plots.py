@@ -27,7 +27,7 @@ from analysis import stats
 from analysis.frame import column, complete_trials
 from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front,
                             teacher_reference)
-from analysis.seeds import confirmed_front, search_rows
+from analysis.seeds import by_configuration, confirmed_front, search_rows
 
 Y_LABEL = "dev accuracy"
 
@@ -89,7 +89,7 @@ def _finish(ax, x: str, title: str | None) -> None:
 
 def _draw_confirmed(ax, frame: pd.DataFrame, x: str) -> None:
     """The front on means over seeds, with the Student-t intervals over seeds."""
-    confirmed = confirmed_front(frame, x)
+    confirmed = confirmed_front(by_configuration(frame), x)
     if confirmed.empty:
         return
     xs, ys = column(confirmed, x), column(confirmed, "dev_accuracy_mean")

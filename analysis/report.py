@@ -21,7 +21,7 @@ from analysis.frame import column, complete_trials, state_counts, state_summary
 from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets,
                             check_axis, default_ref_cost, front_table, hypervolume,
                             kd_gain_by_size, teacher_reference)
-from analysis.seeds import confirmed_front, search_rows, with_seed_columns
+from analysis.seeds import by_configuration, confirmed_front, search_rows, with_seed_columns
 from harness.config import RESIZED_TEACHER
 
 
@@ -62,10 +62,12 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
     costs = column(complete, x)
     ref_cost = default_ref_cost(costs)
     area = hypervolume(column(complete, "dev_accuracy"), costs, 0.0, ref_cost)
+    configurations = by_configuration(frame)
+    confirmed = confirmed_front(configurations, x)
     return Report(study_name=name, x=x, counts=state_counts(frame),
                   summary=state_summary(frame), searched=len(complete),
-                  front=with_seed_columns(front, frame, x),
-                  confirmed=confirmed_front(frame, x),
+                  front=with_seed_columns(front, configurations, confirmed),
+                  confirmed=confirmed,
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
 

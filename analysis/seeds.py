@@ -22,9 +22,9 @@ from scipy import stats as scipy_stats
 from analysis import stats
 from analysis.frame import column, complete_trials
 from analysis.front import ACCURACY, check_axis, pareto_mask
+from harness.confirm import REPEAT_OF
 
 METRICS = ("dev_accuracy", "test_accuracy", "kd_gain", "kd_gain_test", "teacher_agreement")
-REPEAT_OF = "repeat_of"
 
 
 def search_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -77,29 +77,26 @@ def by_configuration(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).drop(columns="configuration").reset_index(drop=True)
 
 
-def confirmed_front(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
-    """The front of configurations on mean dev accuracy against ``x``, cheapest first; empty
-    when no configuration was run on more than one seed."""
+def confirmed_front(summary: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
+    """The front of configurations (``by_configuration``'s rows) on mean dev accuracy
+    against ``x``, cheapest first; empty when no configuration ran on more than one seed."""
     check_axis(x)
-    summary = by_configuration(frame)
     if summary.empty or not (column(summary, "seeds") > 1).any():
         return pd.DataFrame()
     on_front = pareto_mask(column(summary, f"{ACCURACY}_mean"), column(summary, x))
     return summary[on_front].sort_values([x, "trial"], kind="stable").reset_index(drop=True)
 
 
-def with_seed_columns(front: pd.DataFrame, frame: pd.DataFrame,
-                      x: str = "flops_per_example") -> pd.DataFrame:
-    """The single-run ``front`` with its configurations' ``seeds``, means and intervals, and
-    ``held``: whether the configuration is still on the front drawn on the means (NaN
-    when nothing was repeated)."""
-    summary = by_configuration(frame)
+def with_seed_columns(front: pd.DataFrame, summary: pd.DataFrame,
+                      confirmed: pd.DataFrame) -> pd.DataFrame:
+    """The single-run ``front`` with its configurations' ``seeds``, means and intervals (from
+    ``summary``), and ``held``: whether the configuration is on the ``confirmed`` front
+    (NaN when nothing was repeated)."""
     if front.empty or summary.empty:
         return front
     added = [c for c in summary.columns if c == "seeds" or c.endswith(
         ("_mean", "_mean_low", "_mean_high"))]
     out = front.merge(summary[["trial", *added]], on="trial", how="left")
-    confirmed = confirmed_front(frame, x)
     out["held"] = (out["trial"].isin(confirmed["trial"]) if not confirmed.empty
                    else np.nan)
     return out

@@ -44,7 +44,8 @@ def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) ->
     chosen = {t.number: t for t, front in zip(complete, on_front) if front}
     by_size: dict[tuple, list[FrozenTrial]] = {}
     for trial in complete:
-        size = tuple(trial.user_attrs.get(k) for k in ("num_layers", "hidden_size", "student_source"))
+        size = tuple(trial.user_attrs.get(k)
+                     for k in ("num_layers", "hidden_size", "student_source"))
         by_size.setdefault(size, []).append(trial)
     for trials in by_size.values():
         best = sorted(trials, key=lambda t: (-t.user_attrs["dev_accuracy"], t.number))

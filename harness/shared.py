@@ -78,7 +78,8 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     """Load or build the data, tokens and fine-tuned teacher; bad input fails here, first."""
     check_teacher_source(study_config.teacher)
     data = load_text_data(study_config.data, cache)
-    text = tokenized_data(data, load_tokenizer(study_config.teacher),
+    tokenizer = load_tokenizer(study_config.teacher)
+    text = tokenized_data(data, tokenizer, tokenizer_id(tokenizer),
                           study_config.data.max_length, cache)
     students = prepare_pretrained_students(study_config, data, text, cache)
     revision = hub_revision(study_config.teacher.source)
@@ -106,8 +107,9 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
         reused={"tokens": text.reused, "teacher": artifact.reused})
 
 
-def tokenized_data(data: TextData, tokenizer, max_length: int, cache: Path) -> TokenizedData:
-    key = tokenizer_id(tokenizer)  # hashes the whole tokenizer definition: once
+def tokenized_data(data: TextData, tokenizer, key: str, max_length: int,
+                   cache: Path) -> TokenizedData:
+    """``data`` through ``tokenizer`` (``key``: its ``tokenizer_id``, hashed once by the caller)."""
     tokens, reused = tokenize_data(data, tokenizer, key, max_length, cache)
     return TokenizedData(
         tokenizer=tokenizer, key=key, tokens=tokens,
@@ -125,8 +127,9 @@ def prepare_pretrained_students(study_config: StudyConfig, data: TextData,
     for source in student_sources(study_config):
         model_config = source_config(source, key)
         tokenizer = load_source_tokenizer(source, key)
+        tokenizer_key = tokenizer_id(tokenizer)
         text = teacher_text
-        if tokenizer_id(tokenizer) != teacher_text.key:
+        if tokenizer_key != teacher_text.key:
             matching = matching_keys(study_config)
             if matching:
                 raise ModelError(
@@ -134,7 +137,8 @@ def prepare_pretrained_students(study_config: StudyConfig, data: TextData,
                     f"hidden-state and attention matching ({', '.join(matching)}) compare "
                     "token positions and need the same tokens. Turn them off, or use a "
                     "student with the teacher's tokenizer")
-            text = tokenized_data(data, tokenizer, study_config.data.max_length, cache)
+            text = tokenized_data(data, tokenizer, tokenizer_key, study_config.data.max_length,
+                                  cache)
         revision = hub_revision(source, key)
         students[source] = PretrainedStudent(source, _source_identity(source, revision, key),
                                              revision, shape_of(model_config), text)

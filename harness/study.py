@@ -33,9 +33,9 @@ from tqdm.auto import tqdm
 
 from analysis.frame import study_frame
 from analysis.front import pareto_front
-from analysis.seeds import search_rows
 from analysis.plots import plot_front, png_bytes
 from analysis.report import NoCompleteTrials, Report, build_report, render_text
+from analysis.seeds import search_rows
 from harness import tracking
 from harness.artifacts import ArtifactLockTimeout, cache_root, write_files
 from harness.config import ConfigError, StudyConfig, TrialConfig
@@ -201,6 +201,11 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
     with tqdm(total=n_trials, desc="trials", unit="trial") as bar:
         while True:
             counts = trial_counts(study)
+            bar.n = min(counts.finished, n_trials)
+            open_repeats = counts.repeats_waiting + counts.repeats_running
+            bar.set_postfix(front=front_size, **({"repeats_left": open_repeats}
+                                                 if open_repeats else {}))
+            bar.refresh()
             if not grid_done and counts.finished < n_trials and _grid_exhausted(study):
                 log.info("every grid point has run; the search stops at %d trials",
                          counts.finished)
@@ -235,12 +240,6 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
                     announced = running
                 time.sleep(2)  # wait in case one of those workers dies and its trial returns
                 reap_dead_local_trials(study, orphan_grace_seconds)
-            counts = trial_counts(study)
-            bar.n = min(counts.finished, n_trials)
-            open_repeats = counts.repeats_waiting + counts.repeats_running
-            bar.set_postfix(front=front_size, **({"repeats_left": open_repeats}
-                                                 if open_repeats else {}))
-            bar.refresh()
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:

@@ -193,4 +193,5 @@ def test_means_and_intervals_over_seeds_against_a_hand_computation(tmp_path):
     dominated = {i for i, acc, cost in rows for _, other_acc, other_cost in rows
                  if other_acc >= acc and other_cost <= cost
                  and (other_acc > acc or other_cost < cost)}
-    assert set(confirmed_front(frame)["trial"]) == {i for i, _, _ in rows} - dominated
+    expected = {i for i, _, _ in rows} - dominated
+    assert set(confirmed_front(by_configuration(frame))["trial"]) == expected
