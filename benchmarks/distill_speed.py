@@ -112,7 +112,8 @@ def main() -> int:
                              weight_decay=0.01, max_grad_norm=1.0, seed=0)
     shape = student_shape(shared.teacher, args.layers, args.hidden, 32, None)
     factory = lambda: build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]  # noqa: E731
-    kd_loss = loss_function(StudentLoss(LogitKD(ALPHA, T, T_S, None)), shared, None)
+    kd_loss = loss_function(StudentLoss(LogitKD(ALPHA, T, T_S, None)), shared, None,
+                            shared.teacher_logits["train"])
     rates = {"harness KD": [], "Trainer KD": [], "harness label-only": []}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike
         rates["harness KD"].append(harness_rate("kd", shared, factory, kd_loss, split, settings))

@@ -179,9 +179,10 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
     """One epoch of the harness's distillation phase and of its label-only phase."""
     shape = student_shape(shared.teacher, sizes.student_layers, sizes.student_width,
                           study.student.head_dim, None)
-    settings = settings_for(study, study.pipeline.distill, seed=0)
+    settings = settings_for(study, study.pipeline.distill, seed=0, lr=study.pipeline.distill.lr)
     settings = dataclasses.replace(settings, epochs=1.0)
-    kd_loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared, None)
+    kd_loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared, None,
+                            shared.teacher_logits["train"])
     rates, train_flops = {}, None
     warm_up = dataclasses.replace(settings, epochs=0.05)  # kernels chosen, caches filled
     train_phase("warm-up", build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]

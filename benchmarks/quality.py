@@ -1,19 +1,23 @@
-"""Quality bars: does distillation beat the label-only baseline on the builtin data?
+"""How strong can a small student get? Distillation variants on equal budgets, paired by seed.
 
-    python benchmarks/quality.py                      # seeds 0 1 2, 2 epochs per phase
-    python benchmarks/quality.py --seeds 0 1 2 3 --epochs 3
+    python benchmarks/quality.py                                   # seeds 0-4, both students
+    python benchmarks/quality.py --students "2x128" --seeds 0 1 2 3 4 5
 
-The builtin teacher (studies/default.yaml's settings) is fine-tuned once (cached). Two
-students, each distilled with T = T_s = 4, alpha = 0.7 (with the seed's loss, hard labels
-at T_s, and with the classic variant, hard labels at T = 1) and compared with their own
-label-only baseline on the same seed, same epochs and learning rate:
+Everything comes from studies/default.yaml (the builtin teacher, fine-tuned once and
+cached; the step-budget schedule with the best dev checkpoint; the width learning-rate
+rule; T = T_s = 4, alpha = 0.7, the seed's loss), with a transfer set of 2 copies per
+training example built once. Per student (2 x 128 and 2 x 384) and seed:
 
-- a 2-layer student of the teacher's width initialised from layers 0 and 3 of the teacher
-  as loaded, before fine-tuning (DistilBERT-style; its classification head is its own);
-- a 2-layer student of width 128 from random init.
+- label-only baseline from random weights (the reference every gain is paired against);
+- KD from random weights;
+- KD from teacher-pruned weights (at 384 wide: the teacher's layers, as teacher-layers);
+- KD from random weights on the transfer set;
+- KD from teacher-pruned weights on the transfer set.
 
-Prints the teacher's accuracy and, per student and loss, the mean paired test gain and
-the mean gain in agreement with the teacher's test predictions, with their spread.
+Every distillation has the same step budget and learning-rate rule as its baseline.
+Prints, per variant, mean dev accuracy (and its share of the teacher's), mean test gain
+over the random-init label-only baseline of the same seed with its standard deviation,
+teacher agreement and train FLOPs.
 """
 
 from __future__ import annotations
@@ -29,84 +33,90 @@ import torch
 
 from harness.artifacts import cache_root
 from harness.config import default_trial_config
-from harness.study_file import load_study_config
 from harness.pipeline import run_trial
 from harness.shared import prepare_shared
+from harness.study_file import load_study_config
 
 REPO = Path(__file__).resolve().parent.parent
-STUDENTS = {  # name -> (size and init, learning rate of baseline and distillation)
-    "2x384 teacher-layers": (dict(num_layers=2, hidden_size=384, init="teacher-layers"), 1e-4),
-    "2x128 random": (dict(num_layers=2, hidden_size=128, init="random"), 5e-4),
+STUDENTS = {"2x128": dict(num_layers=2, hidden_size=128), "2x384": dict(num_layers=2, hidden_size=384)}
+# variant -> (init, transfer copies); the first one's baseline is the random-init reference
+VARIANTS = {
+    "KD, random init": ("random", 0),
+    "KD, teacher-pruned init": ("teacher-pruned", 0),
+    "KD + transfer set, random init": ("random", 2),
+    "KD + transfer set, teacher-pruned init": ("teacher-pruned", 2),
 }
-LOSSES = {"seed (CE at T_s)": "student", "classic (CE at T=1)": "one"}
+REFERENCE = "KD, random init"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=float, default=2.0)
-    parser.add_argument("--lr", type=float, help="override every student's learning rate")
-    parser.add_argument("--teacher-epochs", type=float,
-                        help="override the teacher's fine-tune epochs (studies/default.yaml: 1)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="earlier --out files whose rows join this run's summary")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
-    study = load_study_config(REPO / "studies" / "default.yaml")
-    if args.teacher_epochs is not None:
-        study = dataclasses.replace(study, teacher=dataclasses.replace(
-            study.teacher, epochs=args.teacher_epochs))
+    study = load_study_config(REPO / "studies" / "default.yaml", [
+        "transfer.copies=2", "student.init=teacher-pruned"])
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
-    print(f"teacher: dev {shared.teacher_scores['dev'].accuracy:.4f}, "
-          f"test {shared.teacher_scores['test'].accuracy:.4f}", flush=True)
+    teacher = {k: dataclasses.asdict(v) for k, v in shared.teacher_scores.items()}
+    print(f"teacher: dev {teacher['dev']['accuracy']:.4f}, test {teacher['test']['accuracy']:.4f}",
+          flush=True)
     rows = []
     for student in args.students:
-        size, lr = STUDENTS[student]
-        lr = args.lr or lr
-        for loss, hard_labels in LOSSES.items():
-            pipeline = dataclasses.replace(
-                study.pipeline, hard_label_temperature=hard_labels,
-                baseline=dataclasses.replace(study.pipeline.baseline, epochs=args.epochs, lr=lr),
-                distill=dataclasses.replace(study.pipeline.distill, epochs=args.epochs, lr=lr))
-            config = dataclasses.replace(study, pipeline=pipeline)
-            for seed in args.seeds:
-                trial = default_trial_config(config, T=4.0, T_s=4.0, alpha=0.7, lr=lr,
-                                             seed=seed, **size)
-                result = run_trial(config, trial, shared)
-                rows.append({"student": student, "loss": loss, "seed": seed,
+        for seed in args.seeds:
+            for variant in [REFERENCE] + [v for v in args.variants if v != REFERENCE]:
+                init, copies = VARIANTS[variant]
+                trial = default_trial_config(study, T=4.0, T_s=4.0, alpha=0.7, seed=seed,
+                                             init=init, transfer_copies=copies,
+                                             **STUDENTS[student])
+                result = run_trial(study, trial, shared)
+                rows.append({"student": student, "variant": variant, "seed": seed,
                              **result.stored_fields()})
-                measured = result.evaluation
-                print(f"{student:22s} {loss:20s} seed {seed}: test {measured.test_accuracy:.4f} "
-                      f"vs baseline {measured.baseline_test_accuracy:.4f}; agreement "
-                      f"{measured.teacher_agreement:.4f} vs "
-                      f"{measured.baseline_teacher_agreement:.4f}", flush=True)
-    args.out.write_text(json.dumps({"teacher": {k: dataclasses.asdict(v) for k, v in
-                                                shared.teacher_scores.items()},
-                                    "epochs": args.epochs, "teacher_epochs": study.teacher.epochs,
-                                    "rows": rows}, indent=1))
+                got = result.evaluation
+                print(f"{student} {variant:40s} seed {seed}: dev {got.dev_accuracy:.4f} "
+                      f"test {got.test_accuracy:.4f} (baseline {got.baseline_test_accuracy:.4f}), "
+                      f"agreement {got.teacher_agreement:.4f}, steps {result.distill_steps} "
+                      f"(best {result.distill_best_step}), {result.wall_seconds:.0f} s", flush=True)
+            args.out.write_text(json.dumps({"teacher": teacher, "rows": rows}, indent=1))
     for earlier in args.merge:
         rows += json.loads(earlier.read_text())["rows"]
-    print(summary(rows))
+    print(summary(rows, teacher["dev"]["accuracy"]))
     return 0
 
 
-def summary(rows: list[dict]) -> str:
-    lines = ["| student | loss | test gain (points) | agreement gain (points) | dev gain | positive test gains |",
-             "|---|---|---|---|---|---|"]
+def summary(rows: list[dict], teacher_dev: float) -> str:
+    """Per student and variant, paired by seed with the random-init label-only baseline."""
+    lines = ["| student | variant | seeds | dev acc (share of teacher's) | test acc | test gain "
+             "over random-init baseline (points) | teacher agreement | train GFLOPs |",
+             "|---|---|---|---|---|---|---|---|"]
     for student in STUDENTS:
-        for loss in LOSSES:
-            chosen = [r for r in rows if r["student"] == student and r["loss"] == loss]
+        reference = {r["seed"]: r for r in rows
+                     if r["student"] == student and r["variant"] == REFERENCE}
+        if not reference:
+            continue
+        base = list(reference.values())
+        dev = statistics.mean(r["baseline_dev_accuracy"] for r in base)
+        lines.append(f"| {student} | label-only baseline, random init | {len(base)} | "
+                     f"{dev:.4f} ({dev / teacher_dev:.1%}) | "
+                     f"{statistics.mean(r['baseline_test_accuracy'] for r in base):.4f} | 0 | "
+                     f"{statistics.mean(r['baseline_teacher_agreement'] for r in base):.4f} | |")
+        for variant in VARIANTS:
+            chosen = [r for r in rows if r["student"] == student and r["variant"] == variant
+                      and r["seed"] in reference]
             if not chosen:
                 continue
-            test = [100 * (r["test_accuracy"] - r["baseline_test_accuracy"]) for r in chosen]
-            agree = [100 * (r["teacher_agreement"] - r["baseline_teacher_agreement"])
+            gains = [100 * (r["test_accuracy"] - reference[r["seed"]]["baseline_test_accuracy"])
                      for r in chosen]
-            dev = [100 * r["kd_gain"] for r in chosen]
-            lines.append(f"| {student} | {loss} | {_mean_sd(test)} | {_mean_sd(agree)} | "
-                         f"{_mean_sd(dev)} | {sum(g > 0 for g in test)} of {len(test)} |")
+            dev = statistics.mean(r["dev_accuracy"] for r in chosen)
+            lines.append(
+                f"| {student} | {variant} | {len(chosen)} | {dev:.4f} ({dev / teacher_dev:.1%}) | "
+                f"{statistics.mean(r['test_accuracy'] for r in chosen):.4f} | {_mean_sd(gains)} | "
+                f"{statistics.mean(r['teacher_agreement'] for r in chosen):.4f} | "
+                f"{statistics.mean(r['train_flops'] for r in chosen) / 1e9:.0f} |")
     return "\n".join(lines)
 
 

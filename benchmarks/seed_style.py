@@ -53,7 +53,7 @@ def seed_style_trial(study, trial, cache: Path, device) -> float:
                           trial.intermediate_size)
     baseline, _ = build_student(pretrained, shape, trial.init, trial.seed)
     train_phase("baseline", baseline, tokens["train"], cross_entropy_loss,
-                settings_for(study, study.pipeline.baseline, trial.seed), device, pad)
+                settings_for(study, study.pipeline.baseline, trial.seed, study.pipeline.baseline.lr), device, pad)
     student, _ = build_student(pretrained, shape, trial.init, trial.seed)
 
     def teacher_forward_loss(model, batch):

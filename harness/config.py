@@ -47,6 +47,21 @@ class ArchitectureConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleConfig:
+    """How long a section's phases train and on which weights they end: a budget of
+    optimiser steps (a phase's ``epochs``, never fewer than ``min_steps``, so a small dataset
+    gets as many steps as a large one), a dev evaluation every ``eval_every`` steps (None:
+    every epoch), a stop after ``patience`` evaluations without a better dev accuracy (None:
+    the whole budget) and, with ``keep_best``, the weights of the best evaluation.
+    The defaults are the epoch schedules of studies made before schedules existed."""
+
+    min_steps: int = 0
+    eval_every: int | None = None
+    patience: int | None = None
+    keep_best: bool = False
+
+
+@dataclass(frozen=True)
 class TeacherConfig:
     """The teacher and its one-time fine-tune, whose optimiser settings are its own: a
     change to the students' (``pipeline``) settings never retrains the teacher."""
@@ -60,10 +75,11 @@ class TeacherConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    schedule: ScheduleConfig = ScheduleConfig()
     trust_remote_code: bool = False
 
 
-StudentInit = Literal["teacher-layers", "random", "baseline"]
+StudentInit = Literal["teacher-layers", "teacher-pruned", "random", "baseline"]
 RESIZED_TEACHER = "resized-teacher"  # student.source: the teacher's config at the student's size
 
 
@@ -111,6 +127,14 @@ class PipelineConfig:
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     latency_repeats: int = 20
+    # Every student phase's (and the baseline's) budget, evaluations, stop and kept weights.
+    schedule: ScheduleConfig = ScheduleConfig()
+    # "fixed": each phase's lr as given. "width": the phase's lr is the rate at the teacher's
+    # width, scaled by teacher width / student width (Adam's per-weight step in a narrower
+    # network moves its outputs less; muP scales hidden-layer rates the same way), and twice
+    # that for a student from random weights, which has further to go. A searched ``lr`` is
+    # used as sampled.
+    lr_rule: Literal["fixed", "width"] = "fixed"
 
 
 Value = typing.TypeVar("Value", int, float, str)
@@ -184,6 +208,23 @@ class ConfirmConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """A teacher-labelled transfer set for the distillation phase (Tang et al. 2019,
+    "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks"): ``copies``
+    augmented copies of every training example, made by seeded rules on its word-pieces
+    (each replaced by the mask token with ``mask_prob``; with ``ngram_prob``, only a random
+    n-gram of 1 to ``max_ngram`` of them kept, single texts only), and the texts of a local
+    ``unlabeled`` file (CSV/JSON/JSONL/Parquet with the data's text columns). The teacher
+    labels them once; on them the student learns from the KD term alone."""
+
+    copies: int = 0
+    mask_prob: float = 0.1
+    ngram_prob: float = 0.25
+    max_ngram: int = 5
+    unlabeled: str | None = None
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"
     description: str = ""
@@ -197,6 +238,7 @@ class StudyConfig:
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
     confirm: ConfirmConfig = ConfirmConfig()
+    transfer: TransferConfig = TransferConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 
@@ -255,6 +297,7 @@ SEARCHABLE: dict[str, Searchable] = {
     "intermediate_size": Searchable("student.intermediate_size", int,
                                     above_zero("intermediate sizes"), True),
     "init": Searchable("student.init", str, _student_init),
+    "transfer_copies": Searchable("transfer.copies", int, not_negative("copy counts")),
 }
 
 
@@ -274,6 +317,7 @@ class TrialConfig:
     intermediate_size: int | None  # None: the teacher's intermediate/hidden ratio
     init: StudentInit
     student_source: str  # RESIZED_TEACHER, or a pre-trained checkpoint
+    transfer_copies: int  # augmented copies of each training example distilled on
     seed: int
 
 
@@ -292,6 +336,20 @@ def student_sources(study_config: StudyConfig) -> tuple[str, ...]:
     entry = study_config.search.get("student_source")
     sources = entry.choices if entry is not None else (study_config.student.source,)
     return tuple(source for source in dict.fromkeys(sources) if source != RESIZED_TEACHER)
+
+
+def most_transfer_copies(study_config: StudyConfig) -> int:
+    """The most augmented copies a trial of the study may distil on."""
+    entry = study_config.search.get("transfer_copies")
+    if entry is None:
+        return study_config.transfer.copies
+    return max(entry.choices) if entry.choices is not None else entry.high
+
+
+def student_inits(study_config: StudyConfig) -> tuple[str, ...]:
+    """The inits a trial of the study may ask for."""
+    entry = study_config.search.get("init")
+    return entry.choices if entry is not None else (study_config.student.init,)
 
 
 def matching_keys(study_config: StudyConfig) -> list[str]:

@@ -319,6 +319,24 @@ class TokenizedSplit:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    def slice(self, start: int, stop: int) -> TokenizedSplit:
+        """Examples ``start`` to ``stop`` (exclusive), in order."""
+        first, last = int(self.offsets[start]), int(self.offsets[stop])
+        return TokenizedSplit(self.ids[first:last], self.offsets[start:stop + 1] - first,
+                              self.labels[start:stop],
+                              None if self.type_ids is None else self.type_ids[first:last])
+
+    @staticmethod
+    def concatenate(splits: list[TokenizedSplit]) -> TokenizedSplit:
+        """The examples of ``splits``, one after the other (segment ids where all have them)."""
+        lengths = torch.cat([split.lengths() for split in splits])
+        has_types = all(split.type_ids is not None for split in splits)
+        return TokenizedSplit(
+            torch.cat([split.ids for split in splits]),
+            torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+            torch.cat([split.labels for split in splits]),
+            torch.cat([split.type_ids for split in splits]) if has_types else None)
+
     def batch(self, indices: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
         """Examples ``indices`` padded to the longest of them (dynamic padding)."""
         starts, lengths = self.offsets[indices], self.lengths()[indices]

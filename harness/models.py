@@ -19,6 +19,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertConfig, PreTrainedModel)
 
 from harness.config import TeacherConfig
+from harness.pruning import copy_pruned_teacher
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +30,34 @@ BUILTIN_TEACHERS = ("builtin:minilm-l6",)
 class Family:
     """What students need of an encoder family beyond what its config's own ``attribute_map``
     already translates (DistilBERT maps num_hidden_layers, hidden_size and
-    num_attention_heads to n_layers, dim and n_heads, but not the FFN width)."""
+    num_attention_heads to n_layers, dim and n_heads, but not the FFN width). Module names
+    are relative to one layer; ``teacher-pruned`` students slice the teacher's weights by
+    them (``harness.pruning``)."""
 
     layers: str  # the encoder's list of layers, under the base model
     intermediate_size: str  # the config field of the FFN width
     attention_probabilities: str  # the module in a layer whose dropout acts on attention maps
+    head_projections: tuple[str, ...]  # linear maps whose outputs are the heads, side by side
+    head_merge: str  # the linear map that reads the heads' outputs back into the hidden width
+    ffn_up: str  # hidden -> FFN neurons
+    ffn_down: str  # FFN neurons -> hidden
 
 
-_BERT_LAYOUT = Family("encoder.layer", "intermediate_size", "attention.self")
+_BERT_LAYOUT = Family("encoder.layer", "intermediate_size", "attention.self",
+                      ("attention.self.query", "attention.self.key", "attention.self.value"),
+                      "attention.output.dense", "intermediate.dense", "output.dense")
 # model_type -> family. DeBERTa-v3 checkpoints are model_type "deberta-v2".
 FAMILIES = {
     "bert": _BERT_LAYOUT, "roberta": _BERT_LAYOUT, "xlm-roberta": _BERT_LAYOUT,
-    "electra": _BERT_LAYOUT, "deberta-v2": _BERT_LAYOUT,
-    "distilbert": Family("transformer.layer", "hidden_dim", "attention"),
+    "electra": _BERT_LAYOUT,
+    "deberta-v2": Family("encoder.layer", "intermediate_size", "attention.self",
+                         tuple(f"attention.self.{name}" for name in (
+                             "query_proj", "key_proj", "value_proj", "pos_key_proj",
+                             "pos_query_proj")),
+                         "attention.output.dense", "intermediate.dense", "output.dense"),
+    "distilbert": Family("transformer.layer", "hidden_dim", "attention",
+                         ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+                         "attention.out_lin", "ffn.lin1", "ffn.lin2"),
 }
 REFUSED_FAMILIES = {
     "albert": "ALBERT shares one set of layer weights across all its layers "
@@ -254,28 +270,49 @@ def resized_config(teacher_config, shape: StudentShape):
     return config
 
 
-def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str,
-                  seed: int) -> tuple[PreTrainedModel, str]:
-    """A student of ``shape`` and the init actually used.
+def student_init(teacher_config, shape: StudentShape, init: str) -> str:
+    """The init a student of ``shape`` actually gets when ``init`` is asked for.
 
-    ``teacher-layers`` (DistilBERT-style: embeddings, pooler and every
-    (n_teacher / n_student)-th encoder layer of ``teacher``; the classification head is the
-    student's own, seeded) needs the teacher's width and head count; otherwise the student
-    starts from random weights and the returned init says so. Trials pass the teacher as
-    loaded, before fine-tuning, so a label-only baseline carries no fine-tuned knowledge.
+    ``teacher-layers`` needs the teacher's width and head count; ``teacher-pruned`` a width,
+    head count and FFN no larger than the teacher's, with the teacher's head width (heads
+    are kept whole), and is ``teacher-layers`` where the widths are the teacher's. Either
+    falls back to ``random`` (and the trial records it) where it cannot apply."""
+    teacher_shape = shape_of(teacher_config)
+    if init not in ("teacher-layers", "teacher-pruned") or shape.num_layers > teacher_shape.num_layers:
+        return "random"
+    same_width = (shape.hidden_size, shape.num_heads, shape.intermediate_size) == (
+        teacher_shape.hidden_size, teacher_shape.num_heads, teacher_shape.intermediate_size)
+    if same_width:
+        return "teacher-layers"
+    fits = (shape.hidden_size <= teacher_shape.hidden_size
+            and shape.intermediate_size <= teacher_shape.intermediate_size
+            and shape.hidden_size // shape.num_heads
+            == teacher_shape.hidden_size // teacher_shape.num_heads)
+    return "teacher-pruned" if init == "teacher-pruned" and fits else "random"
+
+
+def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str, seed: int,
+                  importance: dict[str, torch.Tensor] | None = None) -> tuple[PreTrainedModel, str]:
+    """A student of ``shape`` and the init actually used (``student_init``).
+
+    ``teacher-layers`` (DistilBERT-style): embeddings, pooler and every
+    (n_teacher / n_student)-th encoder layer of ``teacher``; ``teacher-pruned``: the same
+    layers, keeping the channels, heads and FFN neurons ``importance`` ranks highest
+    (``harness.pruning``). The classification head is the student's own, seeded. Trials
+    pass the teacher as loaded, before fine-tuning, so a label-only baseline carries no
+    fine-tuned knowledge.
     """
     torch.manual_seed(seed)
     student = AutoModelForSequenceClassification.from_config(resized_config(teacher.config, shape))
-    if init != "teacher-layers":
-        return student, "random"
-    teacher_shape = shape_of(teacher.config)
-    same_width = (shape.hidden_size, shape.num_heads, shape.intermediate_size) == (
-        teacher_shape.hidden_size, teacher_shape.num_heads, teacher_shape.intermediate_size)
-    if not same_width or shape.num_layers > teacher_shape.num_layers:
-        log.debug("student %s cannot copy teacher layers (widths differ); random init", shape)
-        return student, "random"
-    copy_teacher_layers(teacher, student)
-    return student, "teacher-layers"
+    used = student_init(teacher.config, shape, init)
+    if used == "teacher-layers":
+        copy_teacher_layers(teacher, student)
+    elif used == "teacher-pruned":
+        if importance is None:
+            raise ValueError("a teacher-pruned student needs the teacher's importance scores")
+        copy_pruned_teacher(teacher, student, importance, family(teacher.config, "teacher.source"),
+                            teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers))
+    return student, used
 
 
 def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> list[int]:

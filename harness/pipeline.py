@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,14 +24,15 @@ from safetensors.torch import load_file, save_file
 from harness.artifacts import Artifact, build_once, write_folder_atomically
 from harness.compute import ComputeCost, measure_compute
 from harness.config import RESIZED_TEACHER, PhaseConfig, StudyConfig, TrialConfig
+from harness.data import TokenizedSplit
 from harness.evaluation import Evaluation, evaluate_against_baseline, score
 from harness.losses import make_projection
 from harness.models import (StudentShape, build_student, load_pretrained, load_saved_model,
-                            save_model, student_shape)
+                            save_model, student_init, student_shape)
 from harness.shared import SharedArtifacts, TokenizedData
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
 from harness.train import (PhaseResult, StepLogger, TrainSettings, cross_entropy_loss,
-                           precision, predict_logits, train_phase)
+                           dev_evaluation, precision, predict_logits, train_phase)
 
 SPLITS = ("dev", "test")
 
@@ -58,7 +58,17 @@ class TrialResult:
     cost: ComputeCost
     train_flops: int  # student training in this trial (+ teacher forwards it needed)
     wall_seconds: float
-    epoch_dev_accuracy: tuple[float, ...]  # after each epoch of every student phase
+    epoch_dev_accuracy: tuple[float, ...]  # after each dev evaluation of every student phase
+    # The distillation's and its baseline's budgets as trained: learning rate, optimiser
+    # steps run and the step whose weights each ended on (equal rules, so kd_gain measures
+    # distillation alone).
+    distill_lr: float
+    distill_steps: int
+    distill_best_step: int
+    baseline_lr: float
+    baseline_steps: int
+    baseline_best_step: int
+    transfer_examples: int  # teacher-labelled transfer examples distilled on
     teacher_dev_accuracy: float
     teacher_test_accuracy: float
     teacher_flops_per_example: int
@@ -83,7 +93,9 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
     baseline = train_baseline(study_config, shared, shape, trial_config)
     student, init_used = initial_student(shared, shape, trial_config, baseline)
     context = StudentTraining(study_config, shared, text, student, trial_config.seed, hooks,
-                              projection=hidden_projection(student, shared, trial_config.seed))
+                              projection=hidden_projection(student, shared, trial_config.seed),
+                              init=baseline_init(shared, shape, trial_config)
+                              if init_used == "baseline" else init_used)
 
     matched = match_intermediate_layers(context, first_epoch=0)
     distilled = distill(context, trial_config, first_epoch=matched.epochs)
@@ -96,13 +108,18 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
                            study_config.pipeline.latency_repeats)
     if save_student_to is not None:
         save_student(student, text.tokenizer, logits, save_student_to)
+    baseline_budget = json.loads((baseline.path / "metrics.json").read_text())
     return TrialResult(
         trial=trial_config, shape=shape, init=init_used, evaluation=evaluation, cost=cost,
         train_flops=sum(p.result.examples_seen * cost.train_flops_per_example
-                        + p.teacher_examples * shared.teacher_cost.flops_per_example
-                        for p in phases),
+                        + (p.teacher_examples + p.transfer_examples)
+                        * shared.teacher_cost.flops_per_example for p in phases),
         wall_seconds=time.perf_counter() - started,
         epoch_dev_accuracy=tuple(a for p in phases for a in p.result.epoch_dev_accuracy),
+        distill_lr=distilled.lr, distill_steps=distilled.result.steps,
+        distill_best_step=distilled.result.best_step, baseline_lr=baseline_budget["lr"],
+        baseline_steps=baseline_budget["steps"], baseline_best_step=baseline_budget["best_step"],
+        transfer_examples=distilled.transfer_examples,
         teacher_dev_accuracy=shared.teacher_scores["dev"].accuracy,
         teacher_test_accuracy=shared.teacher_scores["test"].accuracy,
         teacher_flops_per_example=shared.teacher_cost.flops_per_example,
@@ -110,11 +127,13 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
         teacher_latency_ms=shared.teacher_cost.latency_ms)
 
 
-def reported_epochs(study_config: StudyConfig) -> int:
-    """How many ``on_epoch`` calls a complete trial makes (a fractional epoch counts)."""
+def reported_epochs(study_config: StudyConfig, train_examples: int) -> int:
+    """How many ``on_epoch`` calls (dev evaluations) a complete trial makes on a training
+    split of ``train_examples``."""
     pipeline = study_config.pipeline
-    return sum(math.ceil(phase.epochs) for phase in
-               (pipeline.intermediate, pipeline.distill, pipeline.finetune) if phase.epochs > 0)
+    return sum(settings_for(study_config, phase, seed=0, lr=phase.lr).evaluations(train_examples)
+               for phase in (pipeline.intermediate, pipeline.distill, pipeline.finetune)
+               if phase.epochs > 0)
 
 
 def trial_shape(study_config: StudyConfig, trial_config: TrialConfig,
@@ -145,38 +164,65 @@ def untrained_cost(study_config: StudyConfig, trial_config: TrialConfig,
 
 
 def settings_for(study_config: StudyConfig, phase: PhaseConfig, seed: int,
-                 lr: float | None = None) -> TrainSettings:
+                 lr: float) -> TrainSettings:
     pipeline = study_config.pipeline
-    return TrainSettings(epochs=phase.epochs, lr=phase.lr if lr is None else lr,
-                         batch_size=pipeline.batch_size, warmup_ratio=pipeline.warmup_ratio,
-                         weight_decay=pipeline.weight_decay, max_grad_norm=pipeline.max_grad_norm,
-                         seed=seed)
+    return TrainSettings(epochs=phase.epochs, lr=lr, batch_size=pipeline.batch_size,
+                         warmup_ratio=pipeline.warmup_ratio, weight_decay=pipeline.weight_decay,
+                         max_grad_norm=pipeline.max_grad_norm, seed=seed,
+                         **dataclasses.asdict(pipeline.schedule))
+
+
+def student_lr(study_config: StudyConfig, lr: float, init: str, hidden_size: int,
+               teacher_width: int) -> float:
+    """A student phase's learning rate under ``pipeline.lr_rule`` (see its comment): ``lr``
+    as given, or scaled by the student's width and init."""
+    if study_config.pipeline.lr_rule == "fixed":
+        return lr
+    return lr * teacher_width / hidden_size * (2.0 if init == "random" else 1.0)
+
+
+def baseline_init(shared: SharedArtifacts, shape: StudentShape, trial_config: TrialConfig) -> str:
+    """The init of the trial's label-only baseline: the student's own, where the student
+    does not start from the baseline itself (then the teacher's layers, where they fit)."""
+    if trial_config.student_source != RESIZED_TEACHER:
+        return "pretrained"
+    asked = "teacher-layers" if trial_config.init == "baseline" else trial_config.init
+    return student_init(shared.pretrained_teacher.config, shape, asked)
 
 
 def train_baseline(study_config: StudyConfig, shared: SharedArtifacts, shape: StudentShape,
                    trial_config: TrialConfig) -> Artifact:
-    """The same student trained on labels alone: the "without distillation" reference.
+    """The same student trained on labels alone, on the same schedule rule and budget as
+    its distillation: the "without distillation" reference.
 
     A pre-trained checkpoint's baseline is that checkpoint fine-tuned on labels."""
-    init = "random" if trial_config.init == "random" else "teacher-layers"
-    settings = settings_for(study_config, study_config.pipeline.baseline, trial_config.seed)
+    init = baseline_init(shared, shape, trial_config)
+    phase = study_config.pipeline.baseline
+    settings = settings_for(study_config, phase, trial_config.seed, student_lr(
+        study_config, phase.lr, init, shape.hidden_size, shared.teacher.config.hidden_size))
     text = student_text(shared, trial_config)
     fields = {"teacher": shared.teacher_key, "shape": dataclasses.asdict(shape), "init": init,
               "init_from": "pre-trained teacher", "settings": dataclasses.asdict(settings),
               "precision": precision(shared.device)}
+    if init == "teacher-pruned":
+        fields["importance"] = shared.importance_key
     if trial_config.student_source != RESIZED_TEACHER:
         source = shared.pretrained_students[trial_config.student_source]
-        fields.update(init="pretrained", init_from=source.identity, tokenizer=text.key)
+        fields.update(init_from=source.identity, tokenizer=text.key)
 
     def build(folder: Path) -> None:
         student, _ = new_student(shared, shape, dataclasses.replace(trial_config, init=init))
         student.to(shared.device)
         result = train_phase("baseline", student, text.tokens["train"], cross_entropy_loss,
-                             settings, shared.device, text.pad_id)
+                             settings, shared.device, text.pad_id, on_epoch_end=dev_evaluation(
+                                 student, text.tokens["dev"], settings,
+                                 study_config.pipeline.eval_batch_size, shared.device,
+                                 text.pad_id))
         logits = split_logits(student, text, shared.device, study_config.pipeline.eval_batch_size)
         save_model(student, text.tokenizer, folder / "model")
         save_file(logits, str(folder / "logits.safetensors"))
-        (folder / "metrics.json").write_text(json.dumps(dataclasses.asdict(result)))
+        (folder / "metrics.json").write_text(json.dumps(
+            {**dataclasses.asdict(result), "lr": settings.lr}))
 
     return build_once(shared.cache, "baseline", fields, build)
 
@@ -199,7 +245,8 @@ def new_student(shared: SharedArtifacts, shape: StudentShape,
         source = shared.pretrained_students[trial_config.student_source]
         return load_pretrained(source.source, "student.source", shared.data.label_names,
                                trial_config.seed, source.revision), "pretrained"
-    return build_student(shared.pretrained_teacher, shape, trial_config.init, trial_config.seed)
+    return build_student(shared.pretrained_teacher, shape, trial_config.init, trial_config.seed,
+                         shared.importance)
 
 
 def hidden_projection(student, shared: SharedArtifacts, seed: int) -> torch.nn.Linear | None:
@@ -221,12 +268,15 @@ class StudentTraining:
     seed: int
     hooks: TrialHooks
     projection: torch.nn.Linear | None
+    init: str  # where the student's weights came from, for pipeline.lr_rule
 
 
 @dataclass(frozen=True)
 class StudentPhase:
     result: PhaseResult
     teacher_examples: int  # examples the teacher also ran forward on (matching)
+    lr: float
+    transfer_examples: int = 0  # transfer-set examples the teacher labelled for the phase
 
     @property
     def epochs(self) -> int:
@@ -247,8 +297,10 @@ def distill(context: StudentTraining, trial_config: TrialConfig, first_epoch: in
     loss = StudentLoss(LogitKD(trial_config.alpha, trial_config.T, trial_config.T_s,
                                hard_label_temperature),
                        trial_config.hidden_weight, trial_config.attention_weight)
+    searched = "lr" in context.study_config.search  # a searched rate is used as sampled
     return train_student(context, "distill", pipeline.distill, loss, first_epoch,
-                         lr=trial_config.lr)
+                         lr=trial_config.lr, scale_lr=not searched,
+                         transfer_copies=trial_config.transfer_copies)
 
 
 def fine_tune(context: StudentTraining, first_epoch: int) -> StudentPhase:
@@ -258,12 +310,20 @@ def fine_tune(context: StudentTraining, first_epoch: int) -> StudentPhase:
 
 
 def train_student(context: StudentTraining, name: str, phase: PhaseConfig, loss: StudentLoss,
-                  first_epoch: int, lr: float | None = None) -> StudentPhase:
-    """One phase of the student's training; dev accuracy after each epoch goes to the hooks."""
+                  first_epoch: int, lr: float | None = None, scale_lr: bool = True,
+                  transfer_copies: int | None = None) -> StudentPhase:
+    """One phase of the student's training (at ``lr``, else the phase's, scaled by
+    ``pipeline.lr_rule`` unless ``scale_lr`` is off), on the training split and, given
+    ``transfer_copies``, the study's transfer set; dev accuracy after each evaluation goes
+    to the hooks."""
+    shared, text, hooks, student = context.shared, context.text, context.hooks, context.student
+    lr = phase.lr if lr is None else lr
+    if scale_lr:
+        lr = student_lr(context.study_config, lr, context.init, student.config.hidden_size,
+                        shared.teacher.config.hidden_size)
     if phase.epochs <= 0:  # a phase the study file turns off
         return StudentPhase(PhaseResult(steps=0, examples_seen=0, epoch_dev_accuracy=(),
-                                        wall_seconds=0.0), teacher_examples=0)
-    shared, text, hooks, student = context.shared, context.text, context.hooks, context.student
+                                        wall_seconds=0.0), teacher_examples=0, lr=lr)
     eval_batch_size = context.study_config.pipeline.eval_batch_size
 
     def epoch_end(epoch: int) -> float:
@@ -277,13 +337,29 @@ def train_student(context: StudentTraining, name: str, phase: PhaseConfig, loss:
         return accuracy
 
     projection = context.projection if loss.hidden_weight > 0 else None
+    train, teacher_logits, transfer_examples = training_examples(shared, text, transfer_copies)
     with attention_maps(student, shared.teacher, needed=loss.attention_weight > 0):
         result = train_phase(
-            name, student, text.tokens["train"], loss_function(loss, shared, projection),
+            name, student, train, loss_function(loss, shared, projection, teacher_logits),
             settings_for(context.study_config, phase, context.seed, lr), shared.device,
             text.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
-            on_epoch_end=epoch_end, log_step=hooks.log)
-    return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0)
+            on_epoch_end=epoch_end, log_step=hooks.log,
+            budget_examples=len(text.tokens["train"]))
+    return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0, lr,
+                        transfer_examples)
+
+
+def training_examples(shared: SharedArtifacts, text: TokenizedData,
+                      transfer_copies: int | None) -> tuple[TokenizedSplit, torch.Tensor, int]:
+    """The labelled training split and the teacher's logits on it, followed (given
+    ``transfer_copies`` and a study transfer set) by the trial's transfer examples; and
+    how many of those there are."""
+    train, logits = text.tokens["train"], shared.teacher_logits["train"]
+    if transfer_copies is None or shared.transfer is None:
+        return train, logits, 0
+    transfer, transfer_logits = shared.transfer.for_trial(transfer_copies)
+    return (TokenizedSplit.concatenate([train, transfer]), torch.cat([logits, transfer_logits]),
+            len(transfer))
 
 
 def evaluate(logits: dict[str, torch.Tensor], baseline: Artifact,

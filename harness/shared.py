@@ -21,14 +21,17 @@ from transformers import PreTrainedModel
 
 from harness.artifacts import build_once
 from harness.compute import ComputeCost, measure_compute
-from harness.config import StudyConfig, matching_keys, student_sources
+from harness.config import (StudyConfig, matching_keys, most_transfer_copies, student_inits,
+                            student_sources)
 from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
 from harness.evaluation import Scores, score
-from harness.models import (ModelError, StudentShape, check_teacher_source, hub_revision,
+from harness.models import (ModelError, StudentShape, check_teacher_source, family, hub_revision,
                             load_saved_model, load_source_tokenizer, load_teacher, load_tokenizer,
                             resolve_source, save_model, shape_of, source_config, tokenizer_id)
-from harness.train import (TrainSettings, cross_entropy_loss, precision, predict_logits,
-                           train_phase)
+from harness.pruning import CALIBRATION_EXAMPLES, activation_importance
+from harness.transfer import TransferSet, augmented_copy, unlabeled_texts
+from harness.train import (TrainSettings, cross_entropy_loss, dev_evaluation, precision,
+                           predict_logits, train_phase)
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,15 @@ class SharedArtifacts:
     pretrained_students: dict[str, PretrainedStudent]  # by source
     teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
     pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
+    # The pre-trained teacher's channel, head and neuron scores (harness.pruning), and their
+    # artifact key; None unless a trial may ask for a teacher-pruned student.
+    importance: dict[str, torch.Tensor] | None
+    importance_key: str | None
     teacher_key: str
     teacher_logits: dict[str, torch.Tensor]  # split -> (n, classes) float32
     teacher_scores: dict[str, Scores]  # "dev", "test"
     teacher_cost: ComputeCost
+    transfer: TransferSet | None  # the teacher-labelled transfer set, where the study has one
     device: torch.device
     cache: Path
     reused: dict[str, bool]  # artifact kind -> reused from the cache
@@ -85,6 +93,8 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     revision = hub_revision(study_config.teacher.source)
     pretrained = load_teacher(study_config.teacher, data.label_names, text.tokenizer,
                               study_config.seed, revision)
+    unlabeled = check_transfer(study_config, text, students)
+    importance, importance_key = prepare_importance(study_config, data, text, pretrained, revision, cache)
     fields = {**teacher_fields(study_config, data, text.key, revision),
               "precision": precision(device)}
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
@@ -96,15 +106,98 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     # Copied out of the (memory-mapped) file, so nothing done to the cache later can
     # change the numbers of a running study.
     logits = {k: v.clone() for k, v in load_file(str(artifact.path / "logits.safetensors")).items()}
+    transfer = prepare_transfer(study_config, text, unlabeled, teacher, artifact.key, device, cache)
     return SharedArtifacts(
         data=data, text=text, pretrained_students=students,
         teacher=teacher, pretrained_teacher=pretrained,
+        importance=importance, importance_key=importance_key,
         teacher_key=artifact.key, teacher_logits=logits,
         teacher_scores={name: score(logits[name], text.tokens[name].labels)
                         for name in ("dev", "test")},
-        teacher_cost=measure_compute(teacher, text.seq_len, device),
+        teacher_cost=measure_compute(teacher, text.seq_len, device), transfer=transfer,
         device=device, cache=cache,
-        reused={"tokens": text.reused, "teacher": artifact.reused})
+        reused={"tokens": text.reused, "teacher": artifact.reused,
+                **({"transfer": transfer.reused} if transfer else {})})
+
+
+def check_transfer(study_config: StudyConfig, text: TokenizedData,
+                   students: dict[str, PretrainedStudent]) -> TokenizedSplit | None:
+    """Refuse, before any training, a transfer set the study cannot use; the tokenized texts
+    of ``transfer.unlabeled`` (None without that file)."""
+    config = study_config.transfer
+    if most_transfer_copies(study_config) == 0 and config.unlabeled is None:
+        return None
+    if most_transfer_copies(study_config) > 0 and config.mask_prob > 0 and (
+            text.tokenizer.mask_token_id is None):
+        raise ModelError("transfer.mask_prob: the teacher's tokenizer has no mask token; set "
+                         "transfer.mask_prob: 0")
+    for source, student in students.items():
+        if student.text.key != text.key:
+            raise ModelError(f"transfer: the transfer set is made of the teacher's word-pieces, "
+                             f"and the student {source!r} has its own tokenizer; drop the "
+                             "transfer section or that student")
+    if config.unlabeled is None:
+        return None
+    return unlabeled_texts(config.unlabeled, study_config.data, text.tokenizer)
+
+
+def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
+                     unlabeled: TokenizedSplit | None, teacher: PreTrainedModel,
+                     teacher_key: str, device: torch.device, cache: Path) -> TransferSet | None:
+    """The transfer set and the fine-tuned teacher's logits on it, built once."""
+    copies = most_transfer_copies(study_config)
+    if copies == 0 and unlabeled is None:
+        return None
+    config, train = study_config.transfer, text.tokens["train"]
+    fields = {"teacher": teacher_key, "rules": dataclasses.asdict(config), "copies": copies,
+              "unlabeled": None if unlabeled is None else hashlib.sha256(
+                  unlabeled.ids.numpy().tobytes() + unlabeled.offsets.numpy().tobytes()
+              ).hexdigest()[:20], "seed": study_config.seed}
+
+    def build(folder: Path) -> None:
+        log.info("labelling the transfer set with the teacher once (%d copies%s)", copies,
+                 f", {len(unlabeled)} unlabelled texts" if unlabeled is not None else "")
+        parts = [augmented_copy(train, k, config, text.tokenizer.mask_token_id,
+                                text.tokenizer.all_special_ids, study_config.seed)
+                 for k in range(copies)]
+        tokens = TokenizedSplit.concatenate(parts + ([unlabeled] if unlabeled is not None else []))
+        tensors = {"ids": tokens.ids, "offsets": tokens.offsets, "labels": tokens.labels,
+                   "logits": predict_logits(teacher, tokens, study_config.pipeline.eval_batch_size,
+                                            device, text.pad_id)}
+        if tokens.type_ids is not None:
+            tensors["type_ids"] = tokens.type_ids
+        save_file(tensors, str(folder / "transfer.safetensors"))
+
+    artifact = build_once(cache, "transfer", fields, build)
+    tensors = load_file(str(artifact.path / "transfer.safetensors"))
+    return TransferSet(TokenizedSplit(tensors["ids"], tensors["offsets"], tensors["labels"],
+                                      tensors.get("type_ids")),
+                       tensors["logits"].clone(), copy_size=len(train), copies=copies,
+                       key=artifact.key, reused=artifact.reused)
+
+
+def prepare_importance(study_config: StudyConfig, data: TextData, text: TokenizedData,
+                       pretrained: PreTrainedModel, revision: str | None,
+                       cache: Path) -> tuple[dict[str, torch.Tensor] | None, str | None]:
+    """The pre-trained teacher's importance scores and their key, computed once, where a
+    trial may start a teacher-pruned student."""
+    if "teacher-pruned" not in student_inits(study_config):
+        return None, None
+    teacher = study_config.teacher
+    fields = {"source": _source_identity(teacher.source, revision),
+              "architecture": dataclasses.asdict(teacher.architecture) if teacher.architecture else None,
+              "tokenizer": text.key, "data": data.fingerprint,
+              "max_length": study_config.data.max_length, "examples": CALIBRATION_EXAMPLES,
+              "seed": study_config.seed}
+    scores_family = family(pretrained.config, "teacher.source")
+
+    def build(folder: Path) -> None:
+        scores = activation_importance(pretrained, scores_family, text.tokens["train"],
+                                       text.pad_id, study_config.seed)
+        save_file(scores, str(folder / "importance.safetensors"))
+
+    artifact = build_once(cache, "importance", fields, build)
+    return load_file(str(artifact.path / "importance.safetensors")), artifact.key
 
 
 def tokenized_data(data: TextData, tokenizer, key: str, max_length: int,
@@ -158,7 +251,7 @@ def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str
         "max_length": study_config.data.max_length, "epochs": teacher.epochs, "lr": teacher.lr,
         "batch_size": teacher.batch_size, "warmup_ratio": teacher.warmup_ratio,
         "weight_decay": teacher.weight_decay, "max_grad_norm": teacher.max_grad_norm,
-        "seed": study_config.seed,
+        "schedule": dataclasses.asdict(teacher.schedule), "seed": study_config.seed,
     }
 
 
@@ -185,7 +278,8 @@ def teacher_settings(study_config: StudyConfig) -> TrainSettings:
     teacher = study_config.teacher
     return TrainSettings(epochs=teacher.epochs, lr=teacher.lr, batch_size=teacher.batch_size,
                          warmup_ratio=teacher.warmup_ratio, weight_decay=teacher.weight_decay,
-                         max_grad_norm=teacher.max_grad_norm, seed=study_config.seed)
+                         max_grad_norm=teacher.max_grad_norm, seed=study_config.seed,
+                         **dataclasses.asdict(teacher.schedule))
 
 
 def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel,
@@ -194,12 +288,18 @@ def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel,
     log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
              study_config.teacher.source, study_config.teacher.epochs)
     teacher.to(device)
-    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss,
-                teacher_settings(study_config), device, pad_id)
+    settings = teacher_settings(study_config)
+    result = train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, settings,
+                         device, pad_id, on_epoch_end=dev_evaluation(
+                             teacher, tokens["dev"], settings, study_config.pipeline.eval_batch_size,
+                             device, pad_id))
+    log.info("teacher: %d steps, ended on the weights of step %d", result.steps,
+             result.best_step)
     logits = {name: predict_logits(teacher, tokens[name], study_config.pipeline.eval_batch_size,
                                    device, pad_id) for name in ("train", "dev", "test")}
     metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))
                for name in ("dev", "test")}
+    metrics.update(steps=result.steps, best_step=result.best_step)
     log.info("teacher dev accuracy %.4f, test accuracy %.4f",
              metrics["dev"]["accuracy"], metrics["test"]["accuracy"])
     save_model(teacher, tokenizer, folder / "model")

@@ -39,13 +39,14 @@ class LogitKD:
     hard_label_temperature: float | None  # None: CE on softmax(z_s / T_s), as the seed
 
 
-def loss_function(loss: StudentLoss, shared: SharedArtifacts,
-                  projection: torch.nn.Linear | None) -> LossFn:
-    """``loss`` as the training loop's ``loss_fn``. Logit KD reads the teacher's logits from
-    the cache (no teacher forward pass); matching runs the teacher on the batch."""
+def loss_function(loss: StudentLoss, shared: SharedArtifacts, projection: torch.nn.Linear | None,
+                  teacher_logits: torch.Tensor) -> LossFn:
+    """``loss`` as the training loop's ``loss_fn``. Logit KD reads the teacher's logits of
+    the training examples (``teacher_logits``, cached: no teacher forward pass); matching
+    runs the teacher on the batch. Transfer-set examples (label -1) have no label: on them
+    logit KD is the KD term alone, T^2 KL(q || p)."""
     if loss.logit_kd is None and not loss.runs_teacher:
         return cross_entropy_loss
-    train_logits = shared.teacher_logits["train"]
     logit_kd = loss.logit_kd
 
     def loss_fn(model, batch) -> dict[str, torch.Tensor]:
@@ -54,12 +55,9 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts,
         output = model(**model_inputs(model, batch), **outputs_wanted)
         losses = {}
         if logit_kd is not None:
-            teacher_logits = train_logits[batch["index"].cpu()].to(output.logits.device)
-            terms = distillation_loss_terms(output.logits, teacher_logits, batch["labels"],
-                                            logit_kd.alpha, logit_kd.T, logit_kd.T_s,
-                                            logit_kd.hard_label_temperature)
-            losses = {"loss": terms.total, **{k: v for k, v in (("kd", terms.kd), ("ce", terms.ce))
-                                              if v is not None}}
+            losses = logit_losses(logit_kd, output.logits,
+                                  teacher_logits[batch["index"].cpu()].to(output.logits.device),
+                                  batch["labels"])
         if loss.runs_teacher:
             with torch.no_grad():
                 teacher_output = shared.teacher(**model_inputs(shared.teacher, batch),
@@ -80,6 +78,31 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts,
         return losses
 
     return loss_fn
+
+
+def logit_losses(logit_kd: LogitKD, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                 labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The seed's loss on labelled examples and the KD term alone on transfer examples
+    (label -1), averaged over the batch."""
+    labelled = labels >= 0
+    if labelled.all():
+        return _named(distillation_loss_terms(student_logits, teacher_logits, labels,
+                                              logit_kd.alpha, logit_kd.T, logit_kd.T_s,
+                                              logit_kd.hard_label_temperature))
+    losses, total = {}, 0.0
+    for prefix, chosen, alpha in (("", labelled, logit_kd.alpha), ("transfer_", ~labelled, 1.0)):
+        if chosen.any():
+            part = _named(distillation_loss_terms(
+                student_logits[chosen], teacher_logits[chosen], labels[chosen].clamp(min=0),
+                alpha, logit_kd.T, logit_kd.T_s, logit_kd.hard_label_temperature))
+            total = total + part.pop("loss") * chosen.sum() / len(labels)
+            losses.update({prefix + name: value for name, value in part.items()})
+    return {"loss": total, **losses}
+
+
+def _named(terms) -> dict[str, torch.Tensor]:
+    return {"loss": terms.total, **{k: v for k, v in (("kd", terms.kd), ("ce", terms.ce))
+                                    if v is not None}}
 
 
 @contextlib.contextmanager

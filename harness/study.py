@@ -289,8 +289,9 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
     shape = trial_shape(study_config, trial_config, shared)
     size = (shape.num_layers, shape.hidden_size)  # a pre-trained student's own
     # A repeat is never stopped early: its configuration already made the front.
+    evaluations = reported_epochs(study_config, len(shared.text.tokens["train"]))
     hooks = TrialHooks(log=run.log, on_epoch=None if repeat else functools.partial(
-        stop_if_behind, trial, study_config, size, reported_epochs(study_config)))
+        stop_if_behind, trial, study_config, size, evaluations))
     student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
         _refuse_over_budget(trial, study_config, trial_config, shared)

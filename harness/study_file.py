@@ -39,6 +39,10 @@ FIELD_RULES = {
     "teacher.warmup_ratio": in_unit_interval("warmup_ratio"),
     "teacher.weight_decay": not_negative("weight decay"),
     "teacher.max_grad_norm": above_zero("gradient norms"),
+    **{f"{section}.schedule.{name}": rule for section in ("teacher", "pipeline")
+       for name, rule in (("min_steps", not_negative("step counts")),
+                          ("eval_every", above_zero("step counts")),
+                          ("patience", above_zero("evaluation counts")))},
     "student.head_dim": above_zero("head widths"),
     **{f"pipeline.{phase}.epochs": not_negative("epochs") for phase in _PHASES},
     **{f"pipeline.{phase}.lr": above_zero("learning rates") for phase in _PHASES},
@@ -53,6 +57,9 @@ FIELD_RULES = {
     "pruner.n_startup_trials": not_negative("trial counts"),
     "pruner.n_warmup_epochs": not_negative("epoch counts"),
     "confirm.seeds": not_negative("seed counts"),
+    "transfer.mask_prob": in_unit_interval("transfer.mask_prob"),
+    "transfer.ngram_prob": in_unit_interval("transfer.ngram_prob"),
+    "transfer.max_ngram": above_zero("n-gram lengths"),
     "confirm.best_per_size": not_negative("trial counts"),
 }
 

@@ -5,6 +5,7 @@ from; opened by every later worker against that configuration; and the folder of
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from harness.config import RESIZED_TEACHER, ConfigError, StudyConfig
+from harness.config import (RESIZED_TEACHER, ConfigError, ScheduleConfig, StudyConfig,
+                            TransferConfig)
 from harness.search import directions, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
@@ -83,16 +85,23 @@ def config_fingerprint(study_config: StudyConfig) -> str:
     fields = dataclasses.asdict(dataclasses.replace(study_config, description=""))
     fields.pop("tracking")
     fields.pop("confirm")
-    for section, name, before in _ADDED_FIELDS:  # at the value that means "as before"
-        if fields[section][name] == before:
-            del fields[section][name]
+    for path, before in _ADDED_FIELDS:  # at the value that means "as before"
+        *parents, name = path.split(".")
+        holder = functools.reduce(dict.__getitem__, parents, fields)
+        if holder[name] == before:
+            del holder[name]
     return hashlib.sha256(json.dumps(_jsonable(fields), sort_keys=True).encode()).hexdigest()
 
 
 # Fields added to the study-file schema since studies were first fingerprinted, with the
 # value that keeps the behaviour from before them: a study created before a field existed
 # keeps its fingerprint (and resumes) while the field stays at that value.
-_ADDED_FIELDS = (("data", "text_columns", None), ("student", "source", RESIZED_TEACHER))
+_ADDED_FIELDS = (
+    ("data.text_columns", None), ("student.source", RESIZED_TEACHER),
+    ("teacher.schedule", dataclasses.asdict(ScheduleConfig())),
+    ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
+    ("transfer", dataclasses.asdict(TransferConfig())),
+)
 
 
 def _jsonable(value):

@@ -1,7 +1,10 @@
 """One training loop for every phase (teacher, baseline, intermediate, distill, fine-tune).
 
-AdamW, linear warm-up then linear decay, gradient clipping, dynamic padding, a progress
-bar per phase, bf16 autocast where the hardware computes in bf16 natively (GPUs, CPUs with
+AdamW, linear warm-up then linear decay over a budget of optimiser steps (``epochs`` passes
+over the data, never fewer than ``min_steps``: a small dataset still gets enough steps to
+learn), dev evaluations every ``eval_every`` steps (or every epoch), a stop after
+``patience`` evaluations without a better dev accuracy and the best dev checkpoint kept,
+gradient clipping, dynamic padding, a progress bar per phase, bf16 autocast where the hardware computes in bf16 natively (GPUs, CPUs with
 AVX512-BF16 or AMX), seeded and reproducible on a given machine. What a phase
 optimises is the ``loss_fn`` it is given; the loop knows nothing about distillation.
 """
@@ -18,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.data import TokenizedSplit
+from harness.evaluation import score
 
 LOG_EVERY_STEPS = 10
 
@@ -35,19 +39,35 @@ class TrainSettings:
     weight_decay: float
     max_grad_norm: float
     seed: int
+    min_steps: int = 0  # the budget is never fewer optimiser steps than this
+    eval_every: int | None = None  # steps between dev evaluations; None: after every epoch
+    patience: int | None = None  # evaluations without a better dev accuracy before stopping
+    keep_best: bool = False  # end on the weights of the best dev evaluation
+
+    def total_steps(self, examples: int) -> int:
+        """The budget in optimiser steps for a training split of ``examples``."""
+        per_epoch = math.ceil(examples / self.batch_size)
+        return max(1, self.min_steps, math.ceil(self.epochs * per_epoch))
+
+    def evaluations(self, examples: int) -> int:
+        """How many dev evaluations a phase that runs its whole budget makes."""
+        total = self.total_steps(examples)
+        every = self.eval_every or math.ceil(examples / self.batch_size)
+        return math.ceil(total / every)
 
 
 @dataclass(frozen=True)
 class PhaseResult:
     steps: int
     examples_seen: int
-    epoch_dev_accuracy: tuple[float, ...]
+    epoch_dev_accuracy: tuple[float, ...]  # after each evaluation (each epoch, or eval_every)
     wall_seconds: float
+    best_step: int = 0  # the step whose weights the phase ended on
 
 
 # loss_fn(model, batch) -> {"loss": total, other named components...}
 LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
-# on_epoch_end(epoch_number) -> dev accuracy; may raise to stop the trial (pruning)
+# on_evaluation(evaluation_number) -> dev accuracy; may raise to stop the trial (pruning)
 EpochHook = Callable[[int], float]
 StepLogger = Callable[[dict[str, float], int], None]
 
@@ -74,13 +94,21 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 settings: TrainSettings, device: torch.device, pad_id: int,
                 extra_parameters: Sequence[torch.nn.Parameter] = (),
                 on_epoch_end: EpochHook | None = None,
-                log_step: StepLogger | None = None) -> PhaseResult:
-    """Train ``model`` for ``settings.epochs`` (fractions allowed) over ``split``."""
+                log_step: StepLogger | None = None,
+                budget_examples: int | None = None) -> PhaseResult:
+    """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``.
+
+    The budget (and an epoch, for evaluations) counts ``budget_examples`` (default: the
+    split's), so a split grown by a transfer set trains for as many steps as its baseline.
+    ``on_epoch_end`` (the dev evaluation) runs every ``eval_every`` steps, or after every
+    epoch, and after the last step; without it there is nothing to stop on or keep."""
     started = time.perf_counter()
     if settings.epochs <= 0:
         return PhaseResult(0, 0, (), 0.0)
-    steps_per_epoch = math.ceil(len(split) / settings.batch_size)
-    total_steps = max(1, math.ceil(settings.epochs * steps_per_epoch))
+    budget_examples = budget_examples or len(split)
+    steps_per_epoch = math.ceil(budget_examples / settings.batch_size)
+    total_steps = settings.total_steps(budget_examples)
+    eval_every = settings.eval_every or steps_per_epoch
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
                                   fused=True)
@@ -89,9 +117,10 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     torch.manual_seed(settings.seed)  # dropout masks
     order = torch.Generator().manual_seed(settings.seed)
     model.train()
-    step, epoch, examples, dev_accuracy = 0, 0, 0, []
+    step, examples, dev_accuracy = 0, 0, []
+    best = _Best()
     with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
-        while step < total_steps:
+        while step < total_steps and not best.stale(settings.patience):
             for indices in length_grouped_batches(split, settings.batch_size, order):
                 batch = {k: v.to(device) for k, v in split.batch(indices, pad_id).items()}
                 with autocast(device):
@@ -110,15 +139,51 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                     values = {f"{name}/{k}": float(v.detach()) for k, v in losses.items()}
                     values[f"{name}/lr"] = scheduler.get_last_lr()[0]
                     log_step(values, step)
-                if step == total_steps:
+                if on_epoch_end is not None and (step % eval_every == 0 or step == total_steps):
+                    dev_accuracy.append(on_epoch_end(len(dev_accuracy) + 1))
+                    best.update(dev_accuracy[-1], step, model if settings.keep_best else None)
+                    bar.set_postfix(dev_accuracy=f"{dev_accuracy[-1]:.4f}")
+                    model.train()
+                if step == total_steps or best.stale(settings.patience):
                     break
-            epoch += 1
-            if on_epoch_end is not None:
-                dev_accuracy.append(on_epoch_end(epoch))
-                bar.set_postfix(dev_accuracy=f"{dev_accuracy[-1]:.4f}")
-                model.train()
+    if settings.keep_best and best.weights is not None:
+        model.load_state_dict(best.weights)
     model.eval()
-    return PhaseResult(step, examples, tuple(dev_accuracy), time.perf_counter() - started)
+    return PhaseResult(step, examples, tuple(dev_accuracy), time.perf_counter() - started,
+                       best_step=best.step if settings.keep_best and best.weights else step)
+
+
+class _Best:
+    """The best dev evaluation so far, its step, its weights (when kept) and how many
+    evaluations have passed without beating it."""
+
+    def __init__(self) -> None:
+        self.accuracy, self.step, self.weights, self.since = -math.inf, 0, None, 0
+
+    def update(self, accuracy: float, step: int, model: torch.nn.Module | None) -> None:
+        if accuracy > self.accuracy:
+            self.accuracy, self.step, self.since = accuracy, step, 0
+            if model is not None:
+                self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.since += 1
+
+    def stale(self, patience: int | None) -> bool:
+        return patience is not None and self.since >= patience
+
+
+def dev_evaluation(model, dev: TokenizedSplit, settings: TrainSettings, eval_batch_size: int,
+                   device: torch.device, pad_id: int) -> EpochHook | None:
+    """The dev-accuracy evaluation a phase with ``settings`` needs to stop early or keep its
+    best weights (None where it needs none: a phase without them trains blind, as before)."""
+    if settings.patience is None and not settings.keep_best:
+        return None
+
+    def evaluate(_evaluation: int) -> float:
+        return score(predict_logits(model, dev, eval_batch_size, device, pad_id),
+                     dev.labels).accuracy
+
+    return evaluate
 
 
 def length_grouped_batches(split: TokenizedSplit, batch_size: int,

@@ -11,11 +11,12 @@ import inspect
 
 import pytest
 
-from harness import data, evaluation, models, pipeline, shared, train
+from harness import data, evaluation, models, pipeline, pruning, shared, train, transfer
 from harness.artifacts import BUILD_VERSIONS
 
 # The training loop, as the teacher's fine-tune and the baselines run it.
-TRAINING = (train.train_phase, train.length_grouped_batches, train._warmup_linear_decay,
+TRAINING = (train.train_phase, train.TrainSettings, train._Best, train.dev_evaluation,
+            train.length_grouped_batches, train._warmup_linear_decay,
             train.cross_entropy_loss, train.model_inputs, train.predict_logits, train.autocast,
             train.precision,
             data.TokenizedSplit)
@@ -28,11 +29,18 @@ BUILD_CODE = {
     "teacher": (models.load_teacher, models.load_pretrained, models._label_config,
                 shared._build_teacher,
                 shared.teacher_settings, *TRAINING, evaluation.score, models.save_model),
-    "baseline": (pipeline.train_baseline, pipeline.settings_for, pipeline.split_logits,
-                 pipeline.new_student, models.load_pretrained, models.build_student,
+    "baseline": (pipeline.train_baseline, pipeline.settings_for, pipeline.student_lr,
+                 pipeline.baseline_init, pipeline.split_logits, pipeline.new_student,
+                 models.load_pretrained, models.build_student, models.student_init,
+                 pruning.copy_pruned_teacher, pruning.kept,
                  models.resized_config, models.family, models.shape_of,
                  models.teacher_layer_choice, models.copy_teacher_layers,
                  *TRAINING, models.save_model),
+    "importance": (shared.prepare_importance, pruning.activation_importance, train.model_inputs,
+                   data.TokenizedSplit),
+    "transfer": (shared.prepare_transfer, transfer.augmented_copy, transfer.unlabeled_texts,
+                 data.TokenizedSplit, train.predict_logits, train.model_inputs, train.autocast,
+                 train.precision),
 }
 
 # (kind, build version) -> source hash of BUILD_CODE[kind] at that version. Older versions
@@ -40,7 +48,9 @@ BUILD_CODE = {
 RECORDED = {
     ("data", 1): "966d1fc4d3a3b807",
     ("tokens", 1): "69d416767734665d",
-    ("tokens", 2): "650e103a4e86bea5",  # sentence pairs (single texts: the same ids)
+    # sentence pairs (single texts: the same ids); re-recorded for TokenizedSplit.slice and
+    # .concatenate, which the tokens build does not call
+    ("tokens", 2): "afc5101a074b713f",
     # Re-recorded at version 1 for sentence pairs and the family table: a single-text batch
     # reaches the model as before (segment ids only for pairs, which no earlier build saw),
     # and load_teacher's checkpoint loading moved into load_pretrained unchanged.
@@ -51,6 +61,13 @@ RECORDED = {
     # for a docstring)
     ("teacher", 2): "423e683f0748b8f7",
     ("baseline", 3): "b362570e082b8d0c",
+    # Step budgets, dev evaluations, early stops and the best checkpoint (train.TrainSettings;
+    # the defaults train as before), schedules in the teacher's key; baselines: the lr rule,
+    # teacher-pruned inits and the init actually used in the key.
+    ("teacher", 3): "f99b413b7249207a",
+    ("baseline", 4): "b64d8a304d4d2a90",
+    ("importance", 1): "71d6bdda10c4b8a7",
+    ("transfer", 1): "ed85b3ff2c40e1e0",
 }
 
 

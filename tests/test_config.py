@@ -82,7 +82,8 @@ def test_the_searchable_table_gives_every_trial_field_its_study_file_value():
     # A distinct, valid fixed value per parameter, written where the table says it lives.
     fixed = {"T": 2.5, "T_s": 3.5, "alpha": 0.25, "lr": 3e-4, "hidden_weight": 0.5,
              "attention_weight": 1.5, "num_layers": 5, "hidden_size": 96,
-             "intermediate_size": 200, "init": "random", "student_source": "./small-bert"}
+             "intermediate_size": 200, "init": "random", "student_source": "./small-bert",
+             "transfer_copies": 3}
     assert set(fixed) == set(SEARCHABLE)
     raw: dict = {"seed": 7}
     for name, value in fixed.items():

@@ -168,7 +168,7 @@ def test_tinybert_style_intermediate_phase_then_logit_kd(smoke_config, smoke_sha
 
 
 def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkeypatch):
-    def exploding(loss, shared, projection):
+    def exploding(loss, shared, projection, teacher_logits):
         return lambda model, batch: {"loss": model(**{k: batch[k] for k in (
             "input_ids", "attention_mask")}).logits.sum() * float("nan")}
 

@@ -151,11 +151,16 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
     ["--study-name", "/tmp/elsewhere"],
     ["--study-name", ".."],
     ["--set", "name=a/b"],
+    ["--set", "transfer.unlabeled=/nonexistent/texts.csv"],
+    ["--set", "transfer.mask_prob=1.5"],
+    ["--set", "pipeline.schedule.patience=0"],
+    ["--set", "teacher.schedule.min_steps=-1"],
 ], ids=["unknown-key", "low-above-high", "empty-choices", "missing-data", "missing-model",
         "bad-storage", "bad-device", "alpha-above-1", "infinite-T", "inf-text-T",
         "huge-search-bound", "broken-yaml", "head-dim-0",
         "batch-size-0", "no-train-examples", "heads-not-dividing", "name-parent",
-        "name-absolute", "name-dot-dot", "file-name-with-slash"])
+        "name-absolute", "name-dot-dot", "file-name-with-slash", "missing-unlabeled",
+        "mask-prob-above-1", "patience-0", "negative-min-steps"])
 def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
     storage = in_tmp / "study.journal"
     code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",

@@ -185,3 +185,57 @@ def test_zero_epochs_trains_nothing():
                          on_epoch_end=lambda e: calls.append(e))
     assert (result.steps, result.examples_seen, result.epoch_dev_accuracy) == (0, 0, ())
     assert calls == []
+
+
+# ---- step budgets, early stops and the best checkpoint ----
+
+def _settings(**schedule) -> TrainSettings:
+    return TrainSettings(epochs=1.0, lr=1e-2, batch_size=4, warmup_ratio=0.0, weight_decay=0.0,
+                         max_grad_norm=1.0, seed=0, **schedule)
+
+
+def _scripted(model, accuracies):
+    """An evaluation hook that returns ``accuracies`` in turn and keeps the weights it saw."""
+    seen = []
+
+    def evaluate(evaluation):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return accuracies[evaluation - 1]
+
+    return evaluate, seen
+
+
+def test_min_steps_sets_the_budget_of_a_small_split():
+    # 10 examples at batch 4: 3 steps an epoch; one epoch asked, at least 13 steps given.
+    settings = _settings(min_steps=13, eval_every=5)
+    model = _tiny_bert()
+    evaluate, seen = _scripted(model, [0.1, 0.2, 0.3])
+    result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
+                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
+    assert result.steps == 13 == settings.total_steps(10)
+    assert len(seen) == settings.evaluations(10) == 3  # steps 5, 10 and the last, 13
+    assert result.best_step == 13  # keep_best off: the last weights
+
+
+def test_keep_best_ends_on_the_weights_of_the_best_evaluation():
+    settings = _settings(min_steps=12, eval_every=3, keep_best=True)
+    model = _tiny_bert()
+    evaluate, seen = _scripted(model, [0.5, 0.9, 0.6, 0.7])
+    result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
+                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
+    assert result.steps == 12 and result.best_step == 6
+    assert not torch.equal(seen[1]["classifier.weight"], seen[3]["classifier.weight"])
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, seen[1][name]), name
+
+
+def test_patience_stops_after_evaluations_without_a_better_dev_accuracy():
+    settings = _settings(min_steps=30, eval_every=2, patience=2, keep_best=True)
+    model = _tiny_bert()
+    # Ties do not count as better: the stop comes after the 2nd evaluation past the best.
+    evaluate, seen = _scripted(model, [0.5, 0.8, 0.8, 0.7, 0.9, 0.9])
+    result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
+                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
+    assert result.epoch_dev_accuracy == (0.5, 0.8, 0.8, 0.7)
+    assert (result.steps, result.best_step) == (8, 4)
+    assert torch.equal(model.state_dict()["classifier.weight"], seen[1]["classifier.weight"])

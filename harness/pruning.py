@@ -1,0 +1,138 @@
+"""``student.init: teacher-pruned``: a student narrower (or shallower) than the teacher starts
+from the teacher's most important weights, as in structured width pruning followed by
+distillation (Minitron, Muralidharan et al. 2024), which beats training the small model from
+scratch.
+
+The student takes the layers ``teacher-layers`` would take; within them it keeps the
+embedding channels, attention heads and FFN neurons with the largest mean activation
+magnitude of the pre-trained teacher (as loaded, before fine-tuning: a label-only baseline
+must carry no fine-tuned knowledge) on a calibration sample of the training split:
+
+- a channel: mean |hidden state| over real tokens, summed over the embedding output and
+  every layer's output (the LayerNorm outputs every layer reads);
+- a head: mean over real tokens of the L2 norm of its output (what the head-merge
+  projection reads);
+- an FFN neuron: mean |activation| over real tokens (what the down projection reads).
+
+Transformers prunes whole heads (``prune_heads``) but not channels or neurons, and ranks
+nothing, hence this module. The scores are a cached artifact (``harness.shared``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness.data import TokenizedSplit
+from harness.train import model_inputs
+
+CALIBRATION_EXAMPLES = 512
+
+
+@torch.no_grad()
+def activation_importance(teacher, family, split: TokenizedSplit, pad_id: int, seed: int,
+                          examples: int = CALIBRATION_EXAMPLES,
+                          batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """``{"channels": (hidden,), "heads": (layers, heads), "neurons": (layers, ffn)}``
+    float64 scores of ``teacher`` (any family in ``harness.models.FAMILIES``) on a seeded
+    sample of ``split``."""
+    chosen = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:examples]
+    layers = _layers(teacher, family)
+    num_heads = teacher.config.num_attention_heads
+    sums = {"heads": [0.0] * len(layers), "neurons": [0.0] * len(layers)}
+    mask = {}  # the current batch's real-token mask, read by the hooks
+
+    def head_scores(index):
+        def hook(_module, args):
+            x = args[0].double()
+            per_head = x.unflatten(-1, (num_heads, -1)).norm(dim=-1)  # (batch, tokens, heads)
+            sums["heads"][index] = sums["heads"][index] + per_head[mask["real"]].sum(0)
+        return hook
+
+    def neuron_scores(index):
+        def hook(_module, args):
+            x = args[0].double().abs()
+            sums["neurons"][index] = sums["neurons"][index] + x[mask["real"]].sum(0)
+        return hook
+
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.get_submodule(family.head_merge)
+                       .register_forward_pre_hook(head_scores(index)))
+        handles.append(layer.get_submodule(family.ffn_down)
+                       .register_forward_pre_hook(neuron_scores(index)))
+    was_training = teacher.training
+    teacher.eval()
+    channels, tokens = 0.0, 0
+    try:
+        for indices in chosen.split(batch_size):
+            batch = split.batch(indices, pad_id)
+            mask["real"] = batch["attention_mask"].bool()
+            hidden = teacher(**model_inputs(teacher, batch), output_hidden_states=True).hidden_states
+            channels = channels + sum(h.double().abs()[mask["real"]].sum(0) for h in hidden)
+            tokens += int(mask["real"].sum())
+    finally:
+        for handle in handles:
+            handle.remove()
+        teacher.train(was_training)
+    return {"channels": channels / tokens,
+            "heads": torch.stack(sums["heads"]) / tokens,
+            "neurons": torch.stack(sums["neurons"]) / tokens}
+
+
+def kept(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` highest-scoring indices, in their original order."""
+    return torch.sort(torch.topk(scores, count).indices).values
+
+
+def copy_pruned_teacher(teacher, student, importance: dict[str, torch.Tensor], family,
+                        chosen_layers: list[int]) -> None:
+    """Fill ``student`` (built at its shape from the teacher's config) with slices of the
+    teacher's weights: layer j of the student is layer ``chosen_layers[j]`` of the teacher,
+    with the kept heads and neurons of that layer and the kept channels everywhere. The task
+    head (outside the base model) stays the student's own."""
+    hidden = teacher.config.hidden_size
+    head_width = hidden // teacher.config.num_attention_heads
+    student_config = student.config
+    channels = kept(importance["channels"], student_config.hidden_size)
+    prefix = f"{teacher.base_model_prefix}."
+    layer_prefix = f"{prefix}{family.layers}."
+    teacher_state = teacher.state_dict()
+    new_state = {}
+    for name, own in student.state_dict().items():
+        if not name.startswith(prefix):
+            new_state[name] = own  # the task head
+            continue
+        module = name.rsplit(".", 1)[0]
+        roles = {}  # dimension -> the indices it keeps
+        if name.startswith(layer_prefix):
+            index, module = module[len(layer_prefix):].split(".", 1)
+            layer = chosen_layers[int(index)]
+            source = f"{layer_prefix}{layer}.{name[len(layer_prefix):].split('.', 1)[1]}"
+            if module in family.head_projections or module == family.head_merge:
+                heads = kept(importance["heads"][layer], student_config.num_attention_heads)
+                head_dims = (heads[:, None] * head_width + torch.arange(head_width)).flatten()
+                roles[0 if module in family.head_projections else 1] = head_dims
+            elif module in (family.ffn_up, family.ffn_down):
+                neurons = kept(importance["neurons"][layer],
+                               getattr(student_config, family.intermediate_size))
+                roles[0 if module == family.ffn_up else 1] = neurons
+        else:
+            source = name
+        weight = teacher_state[source]
+        for dim in range(weight.dim()):
+            if weight.shape[dim] == own.shape[dim]:
+                continue
+            indices = roles.get(dim)
+            if indices is None:
+                if weight.shape[dim] != hidden:
+                    raise ValueError(f"cannot prune {source}: dimension {dim} is "
+                                     f"{weight.shape[dim]}, neither the hidden width nor one "
+                                     "the family table names")
+                indices = channels
+            weight = weight.index_select(dim, indices)
+        new_state[name] = weight.clone()
+    student.load_state_dict(new_state)
+
+
+def _layers(model, family) -> torch.nn.ModuleList:
+    return model.get_submodule(f"{model.base_model_prefix}.{family.layers}")
