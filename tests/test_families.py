@@ -206,6 +206,18 @@ def test_matching_with_another_tokenizer_is_refused_before_training(
     assert not (in_tmp / "runs").exists() and not (in_tmp / "study.journal").exists()
 
 
+def test_a_transfer_set_with_another_tokenizer_is_refused_before_training(
+        in_tmp, pretrained_students, capsys):
+    raw = yaml.safe_load(over_students(in_tmp, pretrained_students).read_text())
+    raw["transfer"] = {"copies": 1}
+    study = in_tmp / "transfer.yaml"
+    study.write_text(yaml.safe_dump(raw))
+    assert run_study(in_tmp, study, "refused", 1)[0] == 2
+    err = capsys.readouterr().err
+    assert "transfer:" in err and "own tokenizer" in err and "small-roberta" in err, err
+    assert not (in_tmp / "runs").exists() and not (in_tmp / "study.journal").exists()
+
+
 # --- sentence pairs ----------------------------------------------------------------------------
 
 COLORS = ("red", "blue", "green", "yellow")
