@@ -91,19 +91,27 @@ def main() -> int:
 def summary(rows: list[dict], teacher_dev: float) -> str:
     """Per student and variant, paired by seed with the random-init label-only baseline."""
     lines = ["| student | variant | seeds | dev acc (share of teacher's) | test acc | test gain "
-             "over random-init baseline (points) | teacher agreement | train GFLOPs |",
+             "over the random-init baseline, paired (points, mean ± sd) | teacher agreement "
+             "| train GFLOPs |",
              "|---|---|---|---|---|---|---|---|"]
     for student in STUDENTS:
         reference = {r["seed"]: r for r in rows
                      if r["student"] == student and r["variant"] == REFERENCE}
         if not reference:
             continue
-        base = list(reference.values())
-        dev = statistics.mean(r["baseline_dev_accuracy"] for r in base)
-        lines.append(f"| {student} | label-only baseline, random init | {len(base)} | "
-                     f"{dev:.4f} ({dev / teacher_dev:.1%}) | "
-                     f"{statistics.mean(r['baseline_test_accuracy'] for r in base):.4f} | 0 | "
-                     f"{statistics.mean(r['baseline_teacher_agreement'] for r in base):.4f} | |")
+        for init, variant in (("random", REFERENCE), ("teacher-pruned", "KD, teacher-pruned init")):
+            base = [r for r in rows if r["student"] == student and r["variant"] == variant
+                    and r["seed"] in reference]
+            if not base:
+                continue
+            gains = [100 * (r["baseline_test_accuracy"]
+                            - reference[r["seed"]]["baseline_test_accuracy"]) for r in base]
+            dev = statistics.mean(r["baseline_dev_accuracy"] for r in base)
+            lines.append(f"| {student} | label-only baseline, {init} init | {len(base)} | "
+                         f"{dev:.4f} ({dev / teacher_dev:.1%}) | "
+                         f"{statistics.mean(r['baseline_test_accuracy'] for r in base):.4f} | "
+                         f"{_mean_sd(gains)} | "
+                         f"{statistics.mean(r['baseline_teacher_agreement'] for r in base):.4f} | |")
         for variant in VARIANTS:
             chosen = [r for r in rows if r["student"] == student and r["variant"] == variant
                       and r["seed"] in reference]
