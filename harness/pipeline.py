@@ -25,14 +25,15 @@ from harness.artifacts import Artifact, build_once, write_folder_atomically
 from harness.compute import ComputeCost, measure_compute
 from harness.config import RESIZED_TEACHER, PhaseConfig, StudyConfig, TrialConfig
 from harness.data import TokenizedSplit
-from harness.evaluation import Evaluation, evaluate_against_baseline, score
+from harness.evaluation import Evaluation, evaluate_against_baseline
 from harness.losses import make_projection
 from harness.models import (StudentShape, build_student, load_pretrained, load_saved_model,
                             save_model, student_init, student_shape)
 from harness.shared import SharedArtifacts, TokenizedData
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
 from harness.train import (PhaseResult, StepLogger, TrainSettings, cross_entropy_loss,
-                           dev_evaluation, precision, predict_logits, train_phase)
+                           dev_accuracy, dev_evaluation, precision, predict_logits,
+                           train_phase)
 
 SPLITS = ("dev", "test")
 
@@ -327,9 +328,8 @@ def train_student(context: StudentTraining, name: str, phase: PhaseConfig, loss:
     eval_batch_size = context.study_config.pipeline.eval_batch_size
 
     def epoch_end(epoch: int) -> float:
-        accuracy = score(predict_logits(student, text.tokens["dev"], eval_batch_size,
-                                        shared.device, text.pad_id),
-                         text.tokens["dev"].labels).accuracy
+        accuracy = dev_accuracy(student, text.tokens["dev"], eval_batch_size, shared.device,
+                                text.pad_id)
         if hooks.log is not None:
             hooks.log({f"{name}/epoch": epoch, f"{name}/dev_accuracy": accuracy}, None)
         if hooks.on_epoch is not None:

@@ -94,7 +94,8 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     pretrained = load_teacher(study_config.teacher, data.label_names, text.tokenizer,
                               study_config.seed, revision)
     unlabeled = check_transfer(study_config, text, students)
-    importance, importance_key = prepare_importance(study_config, data, text, pretrained, revision, cache)
+    importance, importance_key = prepare_importance(study_config, data, text, pretrained,
+                                                    revision, cache)
     fields = {**teacher_fields(study_config, data, text.key, revision),
               "precision": precision(device)}
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
@@ -124,10 +125,10 @@ def check_transfer(study_config: StudyConfig, text: TokenizedData,
                    students: dict[str, PretrainedStudent]) -> TokenizedSplit | None:
     """Refuse, before any training, a transfer set the study cannot use; the tokenized texts
     of ``transfer.unlabeled`` (None without that file)."""
-    config = study_config.transfer
-    if most_transfer_copies(study_config) == 0 and config.unlabeled is None:
+    config, copies = study_config.transfer, most_transfer_copies(study_config)
+    if copies == 0 and config.unlabeled is None:
         return None
-    if most_transfer_copies(study_config) > 0 and config.mask_prob > 0 and (
+    if copies > 0 and config.mask_prob > 0 and (
             text.tokenizer.mask_token_id is None):
         raise ModelError("transfer.mask_prob: the teacher's tokenizer has no mask token; set "
                          "transfer.mask_prob: 0")

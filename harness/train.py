@@ -4,8 +4,8 @@ AdamW, linear warm-up then linear decay over a budget of optimiser steps (``epoc
 over the data, never fewer than ``min_steps``: a small dataset still gets enough steps to
 learn), dev evaluations every ``eval_every`` steps (or every epoch), a stop after
 ``patience`` evaluations without a better dev accuracy and the best dev checkpoint kept,
-gradient clipping, dynamic padding, a progress bar per phase, bf16 autocast where the hardware computes in bf16 natively (GPUs, CPUs with
-AVX512-BF16 or AMX), seeded and reproducible on a given machine. What a phase
+gradient clipping, dynamic padding, a progress bar per phase, bf16 autocast where the
+hardware computes in bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX), seeded and reproducible on a given machine. What a phase
 optimises is the ``loss_fn`` it is given; the loop knows nothing about distillation.
 """
 
@@ -46,14 +46,17 @@ class TrainSettings:
 
     def total_steps(self, examples: int) -> int:
         """The budget in optimiser steps for a training split of ``examples``."""
-        per_epoch = math.ceil(examples / self.batch_size)
-        return max(1, self.min_steps, math.ceil(self.epochs * per_epoch))
+        return max(1, self.min_steps, math.ceil(self.epochs * self._steps_per_epoch(examples)))
+
+    def steps_between_evaluations(self, examples: int) -> int:
+        return self.eval_every or self._steps_per_epoch(examples)
 
     def evaluations(self, examples: int) -> int:
         """How many dev evaluations a phase that runs its whole budget makes."""
-        total = self.total_steps(examples)
-        every = self.eval_every or math.ceil(examples / self.batch_size)
-        return math.ceil(total / every)
+        return math.ceil(self.total_steps(examples) / self.steps_between_evaluations(examples))
+
+    def _steps_per_epoch(self, examples: int) -> int:
+        return math.ceil(examples / self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,8 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     if settings.epochs <= 0:
         return PhaseResult(0, 0, (), 0.0)
     budget_examples = budget_examples or len(split)
-    steps_per_epoch = math.ceil(budget_examples / settings.batch_size)
     total_steps = settings.total_steps(budget_examples)
-    eval_every = settings.eval_every or steps_per_epoch
+    eval_every = settings.steps_between_evaluations(budget_examples)
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
                                   fused=True)
@@ -178,12 +180,12 @@ def dev_evaluation(model, dev: TokenizedSplit, settings: TrainSettings, eval_bat
     best weights (None where it needs none: a phase without them trains blind, as before)."""
     if settings.patience is None and not settings.keep_best:
         return None
+    return lambda _evaluation: dev_accuracy(model, dev, eval_batch_size, device, pad_id)
 
-    def evaluate(_evaluation: int) -> float:
-        return score(predict_logits(model, dev, eval_batch_size, device, pad_id),
-                     dev.labels).accuracy
 
-    return evaluate
+def dev_accuracy(model, dev: TokenizedSplit, eval_batch_size: int, device: torch.device,
+                 pad_id: int) -> float:
+    return score(predict_logits(model, dev, eval_batch_size, device, pad_id), dev.labels).accuracy
 
 
 def length_grouped_batches(split: TokenizedSplit, batch_size: int,

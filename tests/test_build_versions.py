@@ -16,6 +16,7 @@ from harness.artifacts import BUILD_VERSIONS
 
 # The training loop, as the teacher's fine-tune and the baselines run it.
 TRAINING = (train.train_phase, train.TrainSettings, train._Best, train.dev_evaluation,
+            train.dev_accuracy,
             train.length_grouped_batches, train._warmup_linear_decay,
             train.cross_entropy_loss, train.model_inputs, train.predict_logits, train.autocast,
             train.precision,
@@ -64,8 +65,8 @@ RECORDED = {
     # Step budgets, dev evaluations, early stops and the best checkpoint (train.TrainSettings;
     # the defaults train as before), schedules in the teacher's key; baselines: the lr rule,
     # teacher-pruned inits and the init actually used in the key.
-    ("teacher", 3): "f99b413b7249207a",
-    ("baseline", 4): "b64d8a304d4d2a90",
+    ("teacher", 3): "5779ec65a957a9c0",
+    ("baseline", 4): "ab4164aa1a1fa5ad",
     ("importance", 1): "71d6bdda10c4b8a7",
     ("transfer", 1): "ed85b3ff2c40e1e0",
 }
