@@ -12,6 +12,13 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "studies" / "smoke.yaml"
 
+# The README's test command runs two pytest-xdist workers: each gets its share of the cores.
+# torch's default, a thread per core in every process, oversubscribes them, and its spinning
+# threads then made smoke trials ~6x slower. CLI subprocesses inherit the variable.
+THREADS = max(1, (os.cpu_count() or 2) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ["OMP_NUM_THREADS"] = str(THREADS)
+torch.set_num_threads(THREADS)
+
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
@@ -31,7 +38,6 @@ def smoke_config():
 def smoke_shared(smoke_config, cache_dir):
     from harness.shared import prepare_shared
 
-    torch.set_num_threads(2)
     return prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
 
 

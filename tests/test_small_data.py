@@ -45,7 +45,6 @@ def test_random_init_students_learn_a_small_dataset_on_the_default_schedule(smal
         "teacher.source=architecture", "teacher.lr=1.0e-3",
         "teacher.architecture={num_layers: 2, hidden_size: 128, num_heads: 4, "
         "intermediate_size: 512}"])
-    torch.set_num_threads(2)
     shared = prepare_shared(study, torch.device("cpu"), cache_dir)
     train = len(shared.text.tokens["train"])
     assert 1500 <= train <= 1700

@@ -30,18 +30,19 @@ from harness.study_file import load_study_config
 from harness.study_record import config_fingerprint, open_study
 from harness.workers import describe_running, reap_dead_local_trials, worker_identity
 
-from .conftest import REPO, SMOKE
+from .conftest import REPO, SMOKE, THREADS
 from .test_storage import fresh_database, run_together
 
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
 # Trials long enough to be killed mid-way; every worker of a study runs the same settings.
-SLOW = ("--set", "pipeline.distill.epochs=25")
+SLOW = ("--set", "pipeline.distill.epochs=8")
 
 
 def start_worker(cwd: Path, storage: str, name: str, n_trials: int, *extra: str,
                  cache: Path | None = None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Tests start workers in pairs: they share this process's cores (see conftest.THREADS).
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(max(1, THREADS // 2))}
     if cache is not None:
         env["KD_HARNESS_CACHE"] = str(cache)
     command = [sys.executable, "-m", "harness.study", "--study", str(SMOKE), "--n-trials",
