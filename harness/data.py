@@ -319,6 +319,27 @@ class TokenizedSplit:
     def lengths(self) -> torch.Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
+    @staticmethod
+    def from_sequences(sequences, labels: torch.Tensor, type_ids=None) -> TokenizedSplit:
+        """Examples from their token ids (lists of ints or tensors) and, for sentence pairs,
+        their segment ids in the same form."""
+        lengths = torch.tensor([len(sequence) for sequence in sequences], dtype=torch.int64)
+        return TokenizedSplit(_flat(sequences),
+                              torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
+                              labels, None if type_ids is None else _flat(type_ids))
+
+    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
+        """The split as named tensors for a safetensors file; ``from_tensors`` reads it back."""
+        named = {"ids": self.ids, "offsets": self.offsets, "labels": self.labels}
+        if self.type_ids is not None:
+            named["type_ids"] = self.type_ids
+        return {f"{prefix}{name}": tensor for name, tensor in named.items()}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor], prefix: str = "") -> TokenizedSplit:
+        return TokenizedSplit(tensors[f"{prefix}ids"], tensors[f"{prefix}offsets"],
+                              tensors[f"{prefix}labels"], tensors.get(f"{prefix}type_ids"))
+
     def slice(self, start: int, stop: int) -> TokenizedSplit:
         """Examples ``start`` to ``stop`` (exclusive), in order."""
         first, last = int(self.offsets[start]), int(self.offsets[stop])
@@ -368,22 +389,17 @@ def tokenize_data(data: TextData, tokenizer, tokenizer_id: str, max_length: int,
             second = None if split.second_texts is None else list(split.second_texts)
             encoded = tokenizer(list(split.texts), second, truncation=True,
                                 max_length=max_length)
-            lengths = torch.tensor([len(ids) for ids in encoded["input_ids"]], dtype=torch.int64)
-            tensors[f"{name}.ids"] = _flat(encoded["input_ids"])
-            if second is not None and "token_type_ids" in encoded:
-                tensors[f"{name}.type_ids"] = _flat(encoded["token_type_ids"])
-            tensors[f"{name}.offsets"] = torch.cat([torch.zeros(1, dtype=torch.int64),
-                                                    lengths.cumsum(0)])
-            tensors[f"{name}.labels"] = torch.tensor(split.labels, dtype=torch.int64)
+            type_ids = encoded.get("token_type_ids") if second is not None else None
+            tensors.update(TokenizedSplit.from_sequences(
+                encoded["input_ids"], torch.tensor(split.labels, dtype=torch.int64), type_ids
+            ).tensors(f"{name}."))
         save_file(tensors, str(folder / "tokens.safetensors"))
 
     artifact = build_once(cache, "tokens", fields, build)
     tensors = load_file(str(artifact.path / "tokens.safetensors"))
-    splits = {name: TokenizedSplit(tensors[f"{name}.ids"], tensors[f"{name}.offsets"],
-                                   tensors[f"{name}.labels"], tensors.get(f"{name}.type_ids"))
-              for name in SPLITS}
+    splits = {name: TokenizedSplit.from_tensors(tensors, f"{name}.") for name in SPLITS}
     return splits, artifact.reused
 
 
-def _flat(sequences: list[list[int]]) -> torch.Tensor:
-    return torch.tensor([value for sequence in sequences for value in sequence], dtype=torch.int64)
+def _flat(sequences) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(sequence, dtype=torch.int64) for sequence in sequences])

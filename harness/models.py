@@ -19,7 +19,7 @@ from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTo
                           BertConfig, PreTrainedModel)
 
 from harness.config import TeacherConfig
-from harness.pruning import copy_pruned_teacher
+from harness.pruning import copy_teacher_weights
 
 log = logging.getLogger(__name__)
 
@@ -305,39 +305,18 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str, seed
     torch.manual_seed(seed)
     student = AutoModelForSequenceClassification.from_config(resized_config(teacher.config, shape))
     used = student_init(teacher.config, shape, init)
-    if used == "teacher-layers":
-        copy_teacher_layers(teacher, student)
-    elif used == "teacher-pruned":
-        if importance is None:
-            raise ValueError("a teacher-pruned student needs the teacher's importance scores")
-        copy_pruned_teacher(teacher, student, importance, family(teacher.config, "teacher.source"),
-                            teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers))
+    if used == "teacher-pruned" and importance is None:
+        raise ValueError("a teacher-pruned student needs the teacher's importance scores")
+    if used in ("teacher-layers", "teacher-pruned"):
+        copy_teacher_weights(teacher, student, family(teacher.config, "teacher.source"),
+                             teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers),
+                             importance if used == "teacher-pruned" else None)
     return student, used
 
 
 def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> list[int]:
     """Evenly spaced teacher layers, starting at the first: 2 of 6 -> [0, 3], 3 of 6 -> [0, 2, 4]."""
     return [i * num_teacher_layers // num_student_layers for i in range(num_student_layers)]
-
-
-def copy_teacher_layers(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
-    chosen = teacher_layer_choice(student.config.num_hidden_layers,
-                                  teacher.config.num_hidden_layers)
-    teacher_state = teacher.state_dict()
-    encoder_prefix = f"{teacher.base_model_prefix}."
-    layer_prefix = f"{encoder_prefix}{family(teacher.config, 'teacher.source').layers}."
-    if not any(name.startswith(layer_prefix) for name in student.state_dict()):
-        raise ModelError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
-    new_state = {}
-    for name, own in student.state_dict().items():
-        if name.startswith(layer_prefix):
-            index, rest = name[len(layer_prefix):].split(".", 1)
-            new_state[name] = teacher_state[f"{layer_prefix}{chosen[int(index)]}.{rest}"]
-        elif name.startswith(encoder_prefix):
-            new_state[name] = teacher_state[name]
-        else:  # the task head
-            new_state[name] = own
-    student.load_state_dict(new_state)
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path) -> None:

@@ -84,18 +84,20 @@ def kept(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, count).indices).values
 
 
-def copy_pruned_teacher(teacher, student, importance: dict[str, torch.Tensor], family,
-                        chosen_layers: list[int]) -> None:
-    """Fill ``student`` (built at its shape from the teacher's config) with slices of the
-    teacher's weights: layer j of the student is layer ``chosen_layers[j]`` of the teacher,
-    with the kept heads and neurons of that layer and the kept channels everywhere. The task
-    head (outside the base model) stays the student's own."""
+def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
+                         importance: dict[str, torch.Tensor] | None = None) -> None:
+    """Fill ``student`` (built at its shape from the teacher's config) with the teacher's
+    weights: layer j of the student is layer ``chosen_layers[j]`` of the teacher. Without
+    ``importance`` every tensor is copied whole (teacher-layers: the widths must match); with
+    it, sliced to the kept heads and neurons of each layer and the kept channels everywhere
+    (teacher-pruned). The task head (outside the base model) stays the student's own."""
     hidden = teacher.config.hidden_size
     head_width = hidden // teacher.config.num_attention_heads
     student_config = student.config
-    channels = kept(importance["channels"], student_config.hidden_size)
     prefix = f"{teacher.base_model_prefix}."
     layer_prefix = f"{prefix}{family.layers}."
+    if not any(name.startswith(layer_prefix) for name in student.state_dict()):
+        raise ValueError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
     teacher_state = teacher.state_dict()
     new_state = {}
     for name, own in student.state_dict().items():
@@ -104,31 +106,31 @@ def copy_pruned_teacher(teacher, student, importance: dict[str, torch.Tensor], f
             continue
         module = name.rsplit(".", 1)[0]
         roles = {}  # dimension -> the indices it keeps
+        source = name
         if name.startswith(layer_prefix):
             index, module = module[len(layer_prefix):].split(".", 1)
             layer = chosen_layers[int(index)]
             source = f"{layer_prefix}{layer}.{name[len(layer_prefix):].split('.', 1)[1]}"
-            if module in family.head_projections or module == family.head_merge:
+            pruned = importance is not None
+            if pruned and (module in family.head_projections or module == family.head_merge):
                 heads = kept(importance["heads"][layer], student_config.num_attention_heads)
                 head_dims = (heads[:, None] * head_width + torch.arange(head_width)).flatten()
                 roles[0 if module in family.head_projections else 1] = head_dims
-            elif module in (family.ffn_up, family.ffn_down):
+            elif pruned and module in (family.ffn_up, family.ffn_down):
                 neurons = kept(importance["neurons"][layer],
                                getattr(student_config, family.intermediate_size))
                 roles[0 if module == family.ffn_up else 1] = neurons
-        else:
-            source = name
         weight = teacher_state[source]
         for dim in range(weight.dim()):
             if weight.shape[dim] == own.shape[dim]:
                 continue
             indices = roles.get(dim)
             if indices is None:
-                if weight.shape[dim] != hidden:
-                    raise ValueError(f"cannot prune {source}: dimension {dim} is "
-                                     f"{weight.shape[dim]}, neither the hidden width nor one "
-                                     "the family table names")
-                indices = channels
+                if importance is None or weight.shape[dim] != hidden:
+                    raise ValueError(f"cannot copy {source} into {name}: dimension {dim} is "
+                                     f"{weight.shape[dim]} in the teacher, {own.shape[dim]} in "
+                                     "the student, and not one the family table prunes")
+                indices = kept(importance["channels"], student_config.hidden_size)
             weight = weight.index_select(dim, indices)
         new_state[name] = weight.clone()
     student.load_state_dict(new_state)

@@ -162,17 +162,14 @@ def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
                                 text.tokenizer.all_special_ids, study_config.seed)
                  for k in range(copies)]
         tokens = TokenizedSplit.concatenate(parts + ([unlabeled] if unlabeled is not None else []))
-        tensors = {"ids": tokens.ids, "offsets": tokens.offsets, "labels": tokens.labels,
+        tensors = {**tokens.tensors(),
                    "logits": predict_logits(teacher, tokens, study_config.pipeline.eval_batch_size,
                                             device, text.pad_id)}
-        if tokens.type_ids is not None:
-            tensors["type_ids"] = tokens.type_ids
         save_file(tensors, str(folder / "transfer.safetensors"))
 
     artifact = build_once(cache, "transfer", fields, build)
     tensors = load_file(str(artifact.path / "transfer.safetensors"))
-    return TransferSet(TokenizedSplit(tensors["ids"], tensors["offsets"], tensors["labels"],
-                                      tensors.get("type_ids")),
+    return TransferSet(TokenizedSplit.from_tensors(tensors),
                        tensors["logits"].clone(), copy_size=len(train), copies=copies,
                        key=artifact.key, reused=artifact.reused)
 

@@ -9,6 +9,7 @@ uses exactly the first c of those the study built (``transfer_copies`` may be se
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,11 @@ def augmented_copy(split: TokenizedSplit, copy: int, rules: TransferConfig, mask
         n = min(int(lengths[i]), b - a)
         start = a + int(starts[i] * (b - a - n + 1))
         sequences.append(torch.cat([sequence[:a], sequence[start:start + n], sequence[b:]]))
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
-    return TokenizedSplit(torch.cat(sequences),
-                          torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-                          torch.full((len(split),), UNLABELED, dtype=torch.int64),
-                          None if split.type_ids is None else split.type_ids.clone())
+    copied = TokenizedSplit.from_sequences(
+        sequences, torch.full((len(split),), UNLABELED, dtype=torch.int64))
+    # A pair is masked, never cut: its segment ids stay the split's.
+    return dataclasses.replace(copied, type_ids=None if split.type_ids is None
+                               else split.type_ids.clone())
 
 
 def unlabeled_texts(path: str, data: DataConfig, tokenizer) -> TokenizedSplit:
@@ -90,10 +91,6 @@ def unlabeled_texts(path: str, data: DataConfig, tokenizer) -> TokenizedSplit:
                         f"are {loaded.column_names}")
     texts = [list(loaded[column]) for column in data.columns]
     encoded = tokenizer(*texts, truncation=True, max_length=data.max_length)
-    sequences = [torch.tensor(ids, dtype=torch.int64) for ids in encoded["input_ids"]]
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
-    type_ids = (torch.cat([torch.tensor(t, dtype=torch.int64) for t in encoded["token_type_ids"]])
-                if len(texts) == 2 and "token_type_ids" in encoded else None)
-    return TokenizedSplit(torch.cat(sequences),
-                          torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-                          torch.full((len(sequences),), UNLABELED, dtype=torch.int64), type_ids)
+    return TokenizedSplit.from_sequences(
+        encoded["input_ids"], torch.full((len(loaded),), UNLABELED, dtype=torch.int64),
+        encoded.get("token_type_ids") if len(texts) == 2 else None)

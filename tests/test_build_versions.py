@@ -33,9 +33,9 @@ BUILD_CODE = {
     "baseline": (pipeline.train_baseline, pipeline.settings_for, pipeline.student_lr,
                  pipeline.baseline_init, pipeline.split_logits, pipeline.new_student,
                  models.load_pretrained, models.build_student, models.student_init,
-                 pruning.copy_pruned_teacher, pruning.kept,
+                 pruning.copy_teacher_weights, pruning.kept,
                  models.resized_config, models.family, models.shape_of,
-                 models.teacher_layer_choice, models.copy_teacher_layers,
+                 models.teacher_layer_choice,
                  *TRAINING, models.save_model),
     "importance": (shared.prepare_importance, pruning.activation_importance, train.model_inputs,
                    data.TokenizedSplit),
@@ -50,8 +50,8 @@ RECORDED = {
     ("data", 1): "966d1fc4d3a3b807",
     ("tokens", 1): "69d416767734665d",
     # sentence pairs (single texts: the same ids); re-recorded for TokenizedSplit.slice and
-    # .concatenate, which the tokens build does not call
-    ("tokens", 2): "afc5101a074b713f",
+    # .concatenate, which the tokens build does not call, and for .from_sequences (below)
+    ("tokens", 2): "71a4b24a8dd7c7bf",
     # Re-recorded at version 1 for sentence pairs and the family table: a single-text batch
     # reaches the model as before (segment ids only for pairs, which no earlier build saw),
     # and load_teacher's checkpoint loading moved into load_pretrained unchanged.
@@ -65,10 +65,13 @@ RECORDED = {
     # Step budgets, dev evaluations, early stops and the best checkpoint (train.TrainSettings;
     # the defaults train as before), schedules in the teacher's key; baselines: the lr rule,
     # teacher-pruned inits and the init actually used in the key.
-    ("teacher", 3): "5779ec65a957a9c0",
-    ("baseline", 4): "ab4164aa1a1fa5ad",
-    ("importance", 1): "71d6bdda10c4b8a7",
-    ("transfer", 1): "ed85b3ff2c40e1e0",
+    # Re-recorded for TokenizedSplit.from_sequences/.tensors (the tokens artifact of the
+    # default study rebuilt byte-identical) and teacher-layers and teacher-pruned copying
+    # joined in pruning.copy_teacher_weights (the same tensors copied).
+    ("teacher", 3): "b7767a5cbf7ad3aa",
+    ("baseline", 4): "77faca008264b179",
+    ("importance", 1): "738c876239995420",
+    ("transfer", 1): "19e57df2f66a9c8e",
 }
 
 
