@@ -94,6 +94,8 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
     hidden = teacher.config.hidden_size
     head_width = hidden // teacher.config.num_attention_heads
     student_config = student.config
+    pruned = importance is not None
+    channels = kept(importance["channels"], student_config.hidden_size) if pruned else None
     prefix = f"{teacher.base_model_prefix}."
     layer_prefix = f"{prefix}{family.layers}."
     if not any(name.startswith(layer_prefix) for name in student.state_dict()):
@@ -111,7 +113,6 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
             index, module = module[len(layer_prefix):].split(".", 1)
             layer = chosen_layers[int(index)]
             source = f"{layer_prefix}{layer}.{name[len(layer_prefix):].split('.', 1)[1]}"
-            pruned = importance is not None
             if pruned and (module in family.head_projections or module == family.head_merge):
                 heads = kept(importance["heads"][layer], student_config.num_attention_heads)
                 head_dims = (heads[:, None] * head_width + torch.arange(head_width)).flatten()
@@ -126,11 +127,11 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
                 continue
             indices = roles.get(dim)
             if indices is None:
-                if importance is None or weight.shape[dim] != hidden:
+                if not pruned or weight.shape[dim] != hidden:
                     raise ValueError(f"cannot copy {source} into {name}: dimension {dim} is "
                                      f"{weight.shape[dim]} in the teacher, {own.shape[dim]} in "
                                      "the student, and not one the family table prunes")
-                indices = kept(importance["channels"], student_config.hidden_size)
+                indices = channels
             weight = weight.index_select(dim, indices)
         new_state[name] = weight.clone()
     student.load_state_dict(new_state)

@@ -5,8 +5,9 @@ over the data, never fewer than ``min_steps``: a small dataset still gets enough
 learn), dev evaluations every ``eval_every`` steps (or every epoch), a stop after
 ``patience`` evaluations without a better dev accuracy and the best dev checkpoint kept,
 gradient clipping, dynamic padding, a progress bar per phase, bf16 autocast where the
-hardware computes in bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX), seeded and reproducible on a given machine. What a phase
-optimises is the ``loss_fn`` it is given; the loop knows nothing about distillation.
+hardware computes in bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX), seeded and
+reproducible on a given machine. What a phase optimises is the ``loss_fn`` it is given;
+the loop knows nothing about distillation.
 """
 
 from __future__ import annotations
