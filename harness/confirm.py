@@ -65,7 +65,10 @@ def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
     have = {(t.user_attrs[REPEAT_OF], t.user_attrs[SEED])
             for t in study.get_trials(deepcopy=False) if is_repeat(t)}
     queued = 0
-    for first in configurations_to_confirm(study, study_config):
+    # Most compute first: several workers then end the confirmation together, the small
+    # repeats filling in around the large ones (longest-processing-time order).
+    for first in sorted(configurations_to_confirm(study, study_config),
+                        key=lambda t: (-t.user_attrs["flops_per_example"], t.number)):
         first_seed = first.user_attrs.get(SEED, study_config.seed)
         for seed in range(first_seed + 1, first_seed + study_config.confirm.seeds):
             if (first.number, seed) not in have:

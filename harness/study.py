@@ -42,6 +42,8 @@ from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, queue_repeats,
                              refuse_duplicate, search_trials)
 from harness.data import DataError
+from harness.local_workers import (LOCAL_WORKER_FLAG, MAX_AUTO_WORKERS, interrupt, plan_workers,
+                                   start_local_workers, wait_for)
 from harness.models import ModelError
 from harness.pipeline import TrialHooks, reported_epochs, run_trial, trial_shape, untrained_cost
 from harness.provenance import provenance
@@ -92,6 +94,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override a study-file value, e.g. --set pipeline.distill.epochs=1")
     parser.add_argument("--heartbeat-seconds", type=_at_least(1), default=60,
                         help="RDB storages: a worker silent for twice this is declared dead")
+    parser.add_argument("--workers", type=_at_least(1), metavar="K",
+                        help="worker processes on this machine sharing the study, each with "
+                             "its share of the CPU threads (default: on a CPU one per core, "
+                             f"at most {MAX_AUTO_WORKERS}; on a GPU 1)")
+    parser.add_argument(LOCAL_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)  # argparse exits 2 with one line on a bad flag
 
 
@@ -145,10 +152,20 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     run_dir = run_folder(study)
-    interrupted = False
+    plan = plan_workers(args.workers, device, torch.get_num_threads())
+    torch.set_num_threads(plan.threads)
+    helpers = []
+    if plan.workers > 1:
+        helpers = start_local_workers(sys.argv[1:] if argv is None else argv, plan,
+                                      run_dir / "workers")
+        log.info("%d workers of %d thread(s) each; the output of workers 2-%d goes to %s",
+                 plan.workers, plan.threads, plan.workers, run_dir / "workers")
+    interrupted = finished = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}
-        run_study(study, study_config, shared, args.n_trials, run_dir, context)
+        run_study(study, study_config, shared, args.n_trials, run_dir, context,
+                  progress=not args.local_worker)
+        finished = True
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
@@ -158,12 +175,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
-        frame = study_frame(study)
-        report = front_report(frame)
-        if report is not None and not interrupted:
-            log_front_to_wandb(frame, report, study_config, run_dir)
-        _report_location(report, study.study_name, storage_url, run_dir, study_config)
-    return 0
+        if not finished:  # the driver's end is the run's end
+            interrupt(helpers)
+        problems = wait_for(helpers)
+        for problem in problems if finished else ():
+            print(f"error: {problem}", file=sys.stderr)
+        if not args.local_worker:  # the driver reports the study once, for all its workers
+            frame = study_frame(study)
+            report = front_report(frame)
+            if report is not None and not interrupted:
+                log_front_to_wandb(frame, report, study_config, run_dir)
+            _report_location(report, study.study_name, storage_url, run_dir, study_config)
+    return 1 if problems else 0
 
 
 def front_report(frame: pd.DataFrame) -> Report | None:
@@ -189,7 +212,7 @@ def log_front_to_wandb(frame: pd.DataFrame, report: Report, study_config: StudyC
 
 def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
               n_trials: int, run_dir: Path, context: dict,
-              orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS) -> None:
+              orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS, progress: bool = True) -> None:
     """Run trials until the study holds ``n_trials`` finished search trials (shared by all
     workers), then confirm the front: queue its repeats and run them until none is left.
 
@@ -198,7 +221,7 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
     reap_dead_local_trials(study, orphan_grace_seconds)
     states: list[optuna.trial.TrialState] = []  # of the trials this worker ran
     announced, front_size, grid_done = "", 0, False
-    with tqdm(total=n_trials, desc="trials", unit="trial") as bar:
+    with tqdm(total=n_trials, desc="trials", unit="trial", disable=not progress) as bar:
         while True:
             counts = trial_counts(study)
             bar.n = min(counts.finished, n_trials)

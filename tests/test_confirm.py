@@ -20,8 +20,11 @@ from analysis.frame import study_frame
 from analysis.front import pareto_front
 from analysis.pareto import main as pareto_main
 from analysis.seeds import by_configuration, confirmed_front, search_rows
+from harness.confirm import queue_repeats
 from harness.storage import open_storage
+from harness.study_file import load_study_config
 
+from .conftest import SMOKE
 from .synthetic import DISTRIBUTIONS, OBJECTIVES, synthetic_trial_attrs
 from .test_study import load, run_smoke
 from .test_workers import finish, start_worker
@@ -131,6 +134,23 @@ def test_the_sampler_never_sees_a_repeat(in_tmp, monkeypatch):
     assert repeats and RecordingTPE.seen
     assert not RecordingTPE.seen & repeats
     assert max(RecordingTPE.seen) > min(repeats)  # search trials after the repeats were seen
+
+
+def test_repeats_are_queued_most_compute_first(tmp_path):
+    study = optuna.create_study(study_name="order", directions=["maximize", "minimize"],
+                                storage=open_storage(f"journal:{tmp_path / 'order.journal'}"))
+    # Three front members, found smallest first: larger students are more accurate.
+    for number, (hidden, flops) in enumerate([(128, 1e6), (384, 9e7), (192, 6e6)]):
+        params = {"T": 2.0, "T_s": 2.0, "alpha": 0.5, "num_layers": 2, "hidden_size": hidden}
+        study.add_trial(optuna.trial.create_trial(
+            values=[0.7 + flops / 1e9, flops], params=params, distributions=DISTRIBUTIONS,
+            user_attrs={"dev_accuracy": 0.7 + flops / 1e9, "flops_per_example": flops,
+                        "num_layers": 2, "hidden_size": hidden, "seed": 0}))
+    config = load_study_config(SMOKE, ["confirm.seeds=3"])
+    assert queue_repeats(study, config) == 6
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert [(t.user_attrs["repeat_of"], t.user_attrs["seed"]) for t in waiting] == [
+        (1, 1), (1, 2), (2, 1), (2, 2), (0, 1), (0, 2)]
 
 
 # ---- analysis against a hand computation --------------------------------------------------

@@ -52,7 +52,7 @@ def write_study(path: Path, **sections) -> Path:
 
 def run_study(tmp_path: Path, study: Path, name: str, n_trials: int) -> tuple[int, str]:
     storage = f"journal:{tmp_path / 'study.journal'}"
-    code = main(["--study", str(study), "--n-trials", str(n_trials), "--wandb", "disabled",
+    code = main(["--study", str(study), "--workers", "1", "--n-trials", str(n_trials), "--wandb", "disabled",
                  "--storage", storage, "--study-name", name])
     return code, storage
 

@@ -120,7 +120,7 @@ def test_storage_errors_never_show_the_password(url):
 def test_cli_with_a_mistyped_storage_url_exits_2_without_the_password(tmp_path, monkeypatch,
                                                                       capfd, caplog):
     monkeypatch.chdir(tmp_path)
-    code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+    code = main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                  "--storage", "postgresql//kd:hunter2@db/kd"])
     out, err = capfd.readouterr()
     assert code == 2

@@ -33,7 +33,7 @@ STUDY_FILES = sorted((REPO / "studies").glob("*.yaml"))
 
 def run_smoke(tmp_path: Path, n_trials: int, *extra: str) -> tuple[int, str]:
     storage = f"journal:{tmp_path / 'study.journal'}"
-    code = main(["--study", str(SMOKE), "--n-trials", str(n_trials), "--wandb", "disabled",
+    code = main(["--study", str(SMOKE), "--workers", "1", "--n-trials", str(n_trials), "--wandb", "disabled",
                  "--storage", storage, "--study-name", "smoke-test", *extra])
     return code, storage
 
@@ -163,7 +163,7 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
         "mask-prob-above-1", "patience-0", "negative-min-steps"])
 def test_bad_input_exits_2_and_writes_no_storage(in_tmp, extra, capsys):
     storage = in_tmp / "study.journal"
-    code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+    code = main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                  "--storage", f"journal:{storage}", *extra])
     assert code == 2
     error = capsys.readouterr().err
@@ -188,7 +188,7 @@ def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, caps
 
     monkeypatch.setattr(harness.shared, "train_phase", diverging)
     storage = in_tmp / "study.journal"
-    code = main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+    code = main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                  "--storage", f"journal:{storage}", "--set", "teacher.epochs=2.5"])  # not cached
     assert code == 2
     error = capsys.readouterr().err
@@ -200,7 +200,7 @@ def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, caps
 def test_one_name_in_two_storages_never_shares_saved_students(in_tmp):
     first, second = in_tmp / "first.journal", in_tmp / "second.journal"
     for storage in (first, second):
-        assert main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+        assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                      "--storage", f"journal:{storage}", "--study-name", "same"]) == 0
     paths = [Path(optuna.load_study(study_name="same", storage=open_storage(f"journal:{s}"))
                   .trials[0].user_attrs["student_path"]) for s in (first, second)]
@@ -324,7 +324,7 @@ def test_every_spelling_of_a_storage_url_finds_the_same_run_folder(in_tmp, postg
     name = f"spelled-{uuid.uuid4().hex[:8]}"
     spellings = [postgres_url, postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)]
     for n_trials, url in enumerate(spellings, start=1):
-        assert main(["--study", str(SMOKE), "--n-trials", str(n_trials), "--wandb", "disabled",
+        assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", str(n_trials), "--wandb", "disabled",
                      "--storage", url, "--study-name", name]) == 0
     study = optuna.load_study(study_name=name, storage=postgres_url)
     folders = {Path(t.user_attrs["student_path"]).parent for t in study.trials}

@@ -72,7 +72,7 @@ def test_offline_runs_read_back_and_match_the_storage(tmp_path, monkeypatch, cac
                                                       smoke_shared, wandb_home):
     monkeypatch.chdir(tmp_path)
     storage = f"journal:{tmp_path / 'study.journal'}"
-    assert main(["--study", str(SMOKE), "--n-trials", "2", "--wandb", "offline",
+    assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "2", "--wandb", "offline",
                  "--storage", storage, "--study-name", "tracked"]) == 0
     study = optuna.load_study(study_name="tracked", storage=open_storage(storage))
     check_runs_match_storage(tmp_path, study)
@@ -83,7 +83,7 @@ def test_offline_runs_read_back_and_match_the_storage(tmp_path, monkeypatch, cac
 
 def test_disabled_writes_no_run(tmp_path, monkeypatch, cache_dir, smoke_shared, wandb_home):
     monkeypatch.chdir(tmp_path)
-    assert main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "disabled",
+    assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                  "--storage", f"journal:{tmp_path / 's.journal'}"]) == 0
     assert not list(tmp_path.glob("runs/*/wandb"))
 
@@ -97,7 +97,7 @@ def test_storage_password_never_reaches_run_files(tmp_path, monkeypatch, cache_d
     user, host = user_and_host.split("@", 1)
     url = f"postgresql://{user}:{SECRET}@{host}"
     name = f"secret-{uuid.uuid4().hex[:8]}"  # the database outlives the test session
-    assert main(["--study", str(SMOKE), "--n-trials", "1", "--wandb", "offline",
+    assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "offline",
                  "--storage", url, "--study-name", name]) == 0
     printed = capsys.readouterr()
     assert SECRET not in printed.out + printed.err

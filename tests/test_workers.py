@@ -21,8 +21,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from harness.config import ConfigError
+from harness.confirm import REPEAT_OF, SEED, is_repeat
+from harness.local_workers import plan_workers
 from harness.search import directions, make_sampler
 from harness.storage import open_storage
 from harness.study import run_study
@@ -47,7 +50,7 @@ def start_worker(cwd: Path, storage: str, name: str, n_trials: int, *extra: str,
         env["KD_HARNESS_CACHE"] = str(cache)
     command = [sys.executable, "-m", "harness.study", "--study", str(SMOKE), "--n-trials",
                str(n_trials), "--wandb", "disabled", "--storage", storage, "--study-name", name,
-               "--heartbeat-seconds", "1", *extra]
+               "--heartbeat-seconds", "1", "--workers", "1", *extra]
     return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env)
 
@@ -278,3 +281,69 @@ def test_a_study_that_records_no_configuration_is_refused_after_a_bounded_wait(t
     optuna.create_study(storage=storage, study_name="foreign", directions=directions(smoke_config))
     with pytest.raises(ConfigError, match="records no configuration"):
         open_study(storage, "foreign", smoke_config, fingerprint_wait_seconds=0.5)
+
+
+@pytest.mark.parametrize(("asked", "device", "cores", "expected"), [
+    (None, "cpu", 2, (2, 1)), (None, "cpu", 1, (1, 1)), (None, "cpu", 16, (4, 4)),
+    (None, "cuda", 16, (1, 16)), (3, "cpu", 2, (3, 1)), (1, "cpu", 8, (1, 8))])
+def test_workers_default_to_one_per_core_on_a_cpu_and_share_its_threads(asked, device, cores,
+                                                                         expected):
+    plan = plan_workers(asked, torch.device(device), cores)
+    assert (plan.workers, plan.threads) == expected
+
+
+def local_workers_threads() -> int:
+    # start_worker's OMP_NUM_THREADS, shared by the driver and the worker it starts
+    return max(1, max(1, THREADS // 2) // 2)
+
+
+@pytest.mark.slow
+def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, smoke_shared):
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    driver = start_worker(tmp_path, storage, "local", 8, "--workers", "2", "--confirm-seeds", "2")
+    output = finish(driver)[0]
+    trials = optuna.load_study(study_name="local", storage=open_storage(storage)).trials
+    search = [t for t in trials if not is_repeat(t)]
+    assert len(search) == 8 and all(t.state.is_finished() and t.state != FAIL for t in search)
+    repeats = [(t.user_attrs[REPEAT_OF], t.user_attrs[SEED]) for t in trials if is_repeat(t)]
+    assert repeats and len(set(repeats)) == len(repeats)
+    assert all(t.state == COMPLETE for t in trials if is_repeat(t))
+    pids = {t.user_attrs["worker"]["pid"] for t in trials}
+    assert driver.pid in pids and len(pids) == 2, "the started worker ran no trial"
+    assert {t.user_attrs["provenance"]["torch_threads"] for t in trials} == {
+        local_workers_threads()}
+    assert output.count("Pareto report: python -m analysis.pareto") == 1
+    (log,) = tmp_path.glob("runs/local-*/workers/worker-2.log")
+    assert "Pareto report" not in log.read_text()
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_driver_stops_its_local_workers(tmp_path, smoke_shared):
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    driver = start_worker(tmp_path, storage, "local", 4, "--workers", "2",
+                          "--set", "pipeline.distill.epochs=200")
+    try:
+        deadline = time.monotonic() + 120
+        while len([t for t in load(storage, "local") if t.state == RUNNING
+                   and "provenance" in t.user_attrs]) < 2:
+            assert time.monotonic() < deadline, "the two workers never ran a trial each"
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)  # to the driver alone, not its process group
+        output = driver.communicate(timeout=60)[0].decode()
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, output[-3000:]
+    trials = load(storage, "local")
+    assert [t.state for t in trials] == [FAIL, FAIL]
+    assert {t.user_attrs["fail_reason"] for t in trials} == {"interrupted"}
+    helper = ({t.user_attrs["worker"]["pid"] for t in trials} - {driver.pid}).pop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(helper, 0)
+
+
+def load(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials; none before its driver has created it."""
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(storage)).trials
+    except KeyError:
+        return []
