@@ -63,6 +63,7 @@ def main() -> int:
         storage = f"journal:{folder}/study.journal"
         code = run_study_command([
             "--study", str(args.study), "--n-trials", str(args.trials), "--wandb", "disabled",
+            "--workers", "1",
             "--storage", storage, "--study-name", "no-early-stop",
             "--set", "pruner.name=none", "--set", f"pipeline.distill.epochs={args.epochs}"])
         if code:

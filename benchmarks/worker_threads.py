@@ -1,9 +1,9 @@
 """Local workers against threads, side by side in one run: the same distillation phase
 (default study, teacher logits from the cache, teacher-pruned students) trained
 
-1. by one process with a torch thread per core (what one `python -m harness.study` does), and
-2. by `--workers` processes at once, each with cores / workers threads (what that many
-   workers on one storage do when started with `OMP_NUM_THREADS` set that way),
+1. by one process with a torch thread per core (`python -m harness.study --workers 1`), and
+2. by `--workers` processes at once, each with cores / workers threads (what the study
+   driver's `--workers`, by default one per core on a CPU, starts),
 
 and the aggregate examples/s of each, with the ratio 2 / 1. Processes are started and
 loaded first, then released together, so start-up is not timed.

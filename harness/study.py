@@ -8,9 +8,10 @@ record it in an Optuna storage and (optionally) W&B.
 ``--n-trials N`` means "until the study holds N finished (complete or pruned) trials":
 re-running an interrupted command completes the study, and workers sharing a storage
 share one total. Then the front is confirmed over seeds (``--confirm-seeds N`` or the
-study's ``confirm.seeds``; ``harness.confirm``): those repeats are not counted in N. Bad
-input exits with code 2 before any training; Ctrl-C marks the running trial failed
-("interrupted") and exits with 130.
+study's ``confirm.seeds``; ``harness.confirm``): those repeats are not counted in N. On a
+CPU the work is shared by one worker per core, the driver included (``--workers``,
+``harness.local_workers``). Bad input exits with code 2 before any training; Ctrl-C marks
+the running trials failed ("interrupted") and exits with 130.
 """
 
 from __future__ import annotations
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if plan.workers > 1:
         helpers = start_local_workers(sys.argv[1:] if argv is None else argv, plan,
                                       run_dir / "workers")
-        log.info("%d workers of %d thread(s) each; the output of workers 2-%d goes to %s",
-                 plan.workers, plan.threads, plan.workers, run_dir / "workers")
+        log.info("%d workers of %d thread(s) each; the others write to %s/worker-N.log",
+                 plan.workers, plan.threads, run_dir / "workers")
     interrupted = finished = False
     try:
         context = {"storage": redact_url(storage_url), "device": str(device)}
