@@ -57,7 +57,9 @@ def main() -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
-                        help="earlier --out files whose rows join this run's summary")
+                        help="earlier --out files whose rows join this run's summary (gains "
+                             f"are paired with the {REFERENCE!r} rows of the same seed, from "
+                             "this run or these files)")
     args = parser.parse_args()
     study = load_study_config(REPO / "studies" / "default.yaml", [
         "transfer.copies=2", "student.init=teacher-pruned"])
@@ -68,7 +70,7 @@ def main() -> int:
     rows = []
     for student in args.students:
         for seed in args.seeds:
-            for variant in [REFERENCE] + [v for v in args.variants if v != REFERENCE]:
+            for variant in args.variants:
                 init, copies = VARIANTS[variant]
                 trial = default_trial_config(study, T=4.0, T_s=4.0, alpha=0.7, seed=seed,
                                              init=init, transfer_copies=copies,

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-# Every worker holds the shared artifacts (teacher, logits, tokens: ~2 GB for the default
-# study), so a many-core CPU gets a few workers of several threads, not one per core.
+# Every worker holds its own copy of the shared artifacts (teacher, logits, tokens; a
+# default-study worker peaked at 3 GB), so a many-core CPU gets a few workers of several
+# threads, not one per core.
 MAX_AUTO_WORKERS = 4
 LOCAL_WORKER_FLAG = "--local-worker"
 
