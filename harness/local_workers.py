@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,11 @@ class LocalWorker:
 def start_local_workers(argv: list[str], plan: Plan, log_dir: Path) -> list[LocalWorker]:
     """Workers 2..K: the driver's own command line, one worker of ``plan.threads`` each."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads)}
+    # The folder holding this package first, so the workers import the driver's own code
+    # whatever their working directory and however the driver found it.
+    path = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "OMP_NUM_THREADS": str(plan.threads),
+           "PYTHONPATH": os.pathsep.join(filter(None, path))}
     command = [sys.executable, "-m", "harness.study", *argv, "--workers", "1", LOCAL_WORKER_FLAG]
     started = []
     for number in range(2, plan.workers + 1):
@@ -68,11 +73,20 @@ def start_local_workers(argv: list[str], plan: Plan, log_dir: Path) -> list[Loca
     return started
 
 
-def interrupt(workers: list[LocalWorker]) -> None:
-    """A Ctrl-C for those still running: each marks its trial failed ("interrupted") and exits."""
-    for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.send_signal(signal.SIGINT)
+def stop(workers: list[LocalWorker], grace_seconds: float = 60.0) -> None:
+    """A Ctrl-C for those still running: each marks its trial failed ("interrupted") and
+    exits. One still running ``grace_seconds`` later is killed; its trial is then reaped
+    as a dead worker's by the next worker on this host."""
+    running = [worker for worker in workers if worker.process.poll() is None]
+    for worker in running:
+        worker.process.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + grace_seconds
+    for worker in running:
+        try:
+            worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            worker.process.wait()
 
 
 def wait_for(workers: list[LocalWorker]) -> list[str]:

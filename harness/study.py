@@ -9,9 +9,9 @@ record it in an Optuna storage and (optionally) W&B.
 re-running an interrupted command completes the study, and workers sharing a storage
 share one total. Then the front is confirmed over seeds (``--confirm-seeds N`` or the
 study's ``confirm.seeds``; ``harness.confirm``): those repeats are not counted in N. On a
-CPU the work is shared by one worker per core, the driver included (``--workers``,
-``harness.local_workers``). Bad input exits with code 2 before any training; Ctrl-C marks
-the running trials failed ("interrupted") and exits with 130.
+CPU the work is shared by one worker per core (at most 4), the driver included
+(``--workers``, ``harness.local_workers``). Bad input exits with code 2 before any
+training; Ctrl-C marks the running trials failed ("interrupted") and exits with 130.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import functools
 import importlib.resources
 import logging
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -43,8 +44,8 @@ from harness.config import ConfigError, StudyConfig, TrialConfig
 from harness.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, queue_repeats,
                              refuse_duplicate, search_trials)
 from harness.data import DataError
-from harness.local_workers import (LOCAL_WORKER_FLAG, MAX_AUTO_WORKERS, interrupt, plan_workers,
-                                   start_local_workers, wait_for)
+from harness.local_workers import (LOCAL_WORKER_FLAG, MAX_AUTO_WORKERS, plan_workers,
+                                   start_local_workers, stop, wait_for)
 from harness.models import ModelError
 from harness.pipeline import TrialHooks, reported_epochs, run_trial, trial_shape, untrained_cost
 from harness.provenance import provenance
@@ -117,6 +118,10 @@ def _at_least(minimum: int):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.local_worker:
+        # A driver started in the background by a script ignores SIGINT, and so would its
+        # workers: the driver's Ctrl-C must still reach them.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries()
     try:
@@ -156,13 +161,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = plan_workers(args.workers, device, torch.get_num_threads())
     torch.set_num_threads(plan.threads)
     helpers = []
-    if plan.workers > 1:
-        helpers = start_local_workers(sys.argv[1:] if argv is None else argv, plan,
-                                      run_dir / "workers")
-        log.info("%d workers of %d thread(s) each; the others write to %s/worker-N.log",
-                 plan.workers, plan.threads, run_dir / "workers")
     interrupted = finished = False
     try:
+        if plan.workers > 1:
+            helpers = start_local_workers(sys.argv[1:] if argv is None else argv, plan,
+                                          run_dir / "workers")
+            log.info("%d workers of %d thread(s) each; the others write to %s/worker-N.log",
+                     plan.workers, plan.threads, run_dir / "workers")
         context = {"storage": redact_url(storage_url), "device": str(device)}
         run_study(study, study_config, shared, args.n_trials, run_dir, context,
                   progress=not args.local_worker)
@@ -177,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         if not finished:  # the driver's end is the run's end
-            interrupt(helpers)
+            stop(helpers)
         problems = wait_for(helpers)
         for problem in problems if finished else ():
             print(f"error: {problem}", file=sys.stderr)

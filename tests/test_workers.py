@@ -28,7 +28,7 @@ from harness.confirm import REPEAT_OF, SEED, is_repeat
 from harness.local_workers import plan_workers
 from harness.search import directions, make_sampler
 from harness.storage import open_storage
-from harness.study import run_study
+from harness.study import REFUSED, run_study
 from harness.study_file import load_study_config
 from harness.study_record import config_fingerprint, open_study
 from harness.workers import describe_running, reap_dead_local_trials, worker_identity
@@ -302,7 +302,8 @@ def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, 
     storage = f"journal:{tmp_path / 'study.journal'}"
     driver = start_worker(tmp_path, storage, "local", 8, "--workers", "2", "--confirm-seeds", "2")
     output = finish(driver)[0]
-    trials = optuna.load_study(study_name="local", storage=open_storage(storage)).trials
+    # Workers may race past the total or queue a repeat twice: refused before training.
+    trials = [t for t in load(storage, "local") if t.user_attrs.get("fail_reason") not in REFUSED]
     search = [t for t in trials if not is_repeat(t)]
     assert len(search) == 8 and all(t.state.is_finished() and t.state != FAIL for t in search)
     repeats = [(t.user_attrs[REPEAT_OF], t.user_attrs[SEED]) for t in trials if is_repeat(t)]
@@ -339,6 +340,31 @@ def test_ctrl_c_to_the_driver_stops_its_local_workers(tmp_path, smoke_shared):
     helper = ({t.user_attrs["worker"]["pid"] for t in trials} - {driver.pid}).pop()
     with pytest.raises(ProcessLookupError):
         os.kill(helper, 0)
+
+
+@pytest.mark.slow
+def test_a_local_worker_killed_mid_trial_is_reaped_and_the_driver_finishes_the_study(tmp_path,
+                                                                                    smoke_shared):
+    storage = f"journal:{tmp_path / 'study.journal'}"
+    driver = start_worker(tmp_path, storage, "local", 3, "--workers", "2", *SLOW)
+    try:
+        deadline = time.monotonic() + 120
+        while len(running := [t for t in load(storage, "local") if t.state == RUNNING
+                              and "provenance" in t.user_attrs]) < 2:
+            assert time.monotonic() < deadline, "the two workers never ran a trial each"
+            time.sleep(0.5)
+        (victim,) = [t for t in running if t.user_attrs["worker"]["pid"] != driver.pid]
+        # Until the driver waits for it, the killed worker is a zombie: its PID still exists.
+        os.kill(victim.user_attrs["worker"]["pid"], signal.SIGKILL)
+        output = driver.communicate(timeout=240)[0].decode()
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, output[-3000:]
+    assert "worker 2 exited with code -9" in output
+    trials = {t.number: t for t in load(storage, "local")}
+    assert trials[victim.number].state == FAIL
+    assert "died" in trials[victim.number].user_attrs["fail_reason"]
+    assert sum(t.state.is_finished() and t.state != FAIL for t in trials.values()) == 3
 
 
 def load(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
