@@ -212,7 +212,7 @@ def study_rate(work: Path, study_file: Path, trials: int, device: torch.device) 
     storage = f"journal:{work / 'study.journal'}"
     command = [sys.executable, "-m", "harness.study", "--study", str(study_file),
                "--n-trials", str(trials), "--storage", storage, "--wandb", "disabled",
-               "--device", device.type]
+               "--device", device.type, "--workers", "1"]  # one worker per GPU
     clock = time.perf_counter()
     subprocess.run(command, cwd=work, check=True,
                    env={**os.environ, "PYTHONPATH": os.pathsep.join(
