@@ -60,23 +60,29 @@ def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
     live one will finish, a reaped one was re-queued by the reaper, and one that failed on
     its own (diverged) would fail again.
     """
+    missing = missing_repeats(study, study_config)
+    for first, seed in missing:
+        study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed},
+                            skip_if_exists=False)
+    return len(missing)
+
+
+def missing_repeats(study: optuna.Study, study_config: StudyConfig) -> list[tuple[FrozenTrial, int]]:
+    """(first run, seed) of every repeat the configurations to confirm lack, most compute
+    first: several workers then end the confirmation together, the small repeats filling
+    in around the large ones (longest-processing-time order)."""
     if study_config.confirm.seeds <= 1:
-        return 0
+        return []
     have = {(t.user_attrs[REPEAT_OF], t.user_attrs[SEED])
             for t in study.get_trials(deepcopy=False) if is_repeat(t)}
-    queued = 0
-    # Most compute first: several workers then end the confirmation together, the small
-    # repeats filling in around the large ones (longest-processing-time order).
+    missing = []
     for first in sorted(configurations_to_confirm(study, study_config),
                         key=lambda t: (-t.user_attrs["flops_per_example"], t.number)):
         first_seed = first.user_attrs.get(SEED, study_config.seed)
-        for seed in range(first_seed + 1, first_seed + study_config.confirm.seeds):
-            if (first.number, seed) not in have:
-                study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number,
-                                                              SEED: seed},
-                                    skip_if_exists=False)
-                queued += 1
-    return queued
+        missing += [(first, seed)
+                    for seed in range(first_seed + 1, first_seed + study_config.confirm.seeds)
+                    if (first.number, seed) not in have]
+    return missing
 
 
 class DuplicateRepeat(RuntimeError):

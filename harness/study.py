@@ -41,8 +41,8 @@ from analysis.seeds import search_rows
 from harness import tracking
 from harness.artifacts import ArtifactLockTimeout, cache_root, write_files
 from harness.config import ConfigError, StudyConfig, TrialConfig
-from harness.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, queue_repeats,
-                             refuse_duplicate, search_trials)
+from harness.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, missing_repeats,
+                             queue_repeats, refuse_duplicate, search_trials)
 from harness.data import DataError
 from harness.local_workers import (LOCAL_WORKER_FLAG, MAX_AUTO_WORKERS, plan_workers,
                                    start_local_workers, stop, wait_for)
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     helpers = []
     interrupted = finished = False
     try:
-        if plan.workers > 1:
+        if plan.workers > 1 and work_left(study, study_config, args.n_trials):
             helpers = start_local_workers(sys.argv[1:] if argv is None else argv, plan,
                                           run_dir / "workers")
             log.info("%d workers of %d thread(s) each; the others write to %s/worker-N.log",
@@ -269,6 +269,14 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
                     announced = running
                 time.sleep(2)  # wait in case one of those workers dies and its trial returns
                 reap_dead_local_trials(study, orphan_grace_seconds)
+
+
+def work_left(study: optuna.Study, study_config: StudyConfig, n_trials: int) -> bool:
+    """Whether a worker starting now could find a trial to run (a finished study re-run
+    for its report starts no local workers)."""
+    counts = trial_counts(study)
+    return (counts.finished < n_trials or counts.waiting > 0 or counts.repeats_waiting > 0
+            or bool(missing_repeats(study, study_config)))
 
 
 def _grid_exhausted(study: optuna.Study) -> bool:

@@ -316,6 +316,13 @@ def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, 
     assert output.count("Pareto report: python -m analysis.pareto") == 1
     (log,) = tmp_path.glob("runs/local-*/workers/worker-2.log")
     assert "Pareto report" not in log.read_text()
+    assert "2 workers of" in output
+    # Re-run for its report, the finished study starts no worker.
+    logged = log.read_text()
+    again = finish(start_worker(tmp_path, storage, "local", 8, "--workers", "2",
+                                "--confirm-seeds", "2"))[0]
+    assert "workers of" not in again and "Pareto report" in again
+    assert log.read_text() == logged
 
 
 @pytest.mark.slow
