@@ -66,7 +66,7 @@ def start_local_workers(argv: list[str], plan: Plan, log_dir: Path) -> list[Loca
         log_path = log_dir / f"worker-{number}.log"
         with open(log_path, "ab") as log_file:
             # Its own session: a Ctrl-C in the terminal reaches the driver alone, which
-            # forwards it once (``interrupt``), whatever the worker is doing then.
+            # forwards it once (``stop``), whatever the worker is doing then.
             process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         started.append(LocalWorker(number, process, log_path))

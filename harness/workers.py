@@ -164,13 +164,13 @@ def _alive(worker: dict) -> bool:
         return False
     except PermissionError:
         pass  # another user's process: it exists
-    fields = _stat_fields(pid)
-    if fields is not None and fields[0] == "Z":
+    stat = _process_stat(pid)
+    if stat is not None and stat.state == "Z":
         return False  # exited, not yet waited for by its parent (a driver's local worker)
     started = worker.get("started")
     # A process with this PID that started at another time is a later one. None: the
     # process just ended, or /proc hides it (hidepid); the next look decides.
-    return started is None or fields is None or int(fields[22 - 3]) == started
+    return started is None or stat is None or stat.start_ticks == started
 
 
 def _boot_id() -> str | None:
@@ -182,18 +182,25 @@ def _boot_id() -> str | None:
 
 
 def _start_ticks(pid: int) -> int | None:
-    """When process ``pid`` started, in clock ticks since boot: field 22 of
-    /proc/PID/stat (Linux); None where that file cannot be read."""
-    fields = _stat_fields(pid)
-    return None if fields is None else int(fields[22 - 3])
+    """When process ``pid`` started, in clock ticks since boot; None where unknown."""
+    stat = _process_stat(pid)
+    return None if stat is None else stat.start_ticks
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3 onward of /proc/PID/stat (3: the state; Linux); None where it cannot be read."""
+@dataclass(frozen=True)
+class _ProcessStat:
+    state: str  # "R", "S", ... "Z" for a zombie
+    start_ticks: int
+
+
+def _process_stat(pid: int) -> _ProcessStat | None:
+    """Fields 3 (state) and 22 (start time) of /proc/PID/stat (Linux); None where that
+    file cannot be read."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # Field 2, the command name, is in parentheses and may hold spaces or ")": the
     # fields after its last ")" are numbered from 3.
-    return stat.rsplit(")", 1)[1].split()
+    fields = stat.rsplit(")", 1)[1].split()
+    return _ProcessStat(state=fields[3 - 3], start_ticks=int(fields[22 - 3]))
