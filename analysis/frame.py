@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from harness.storage import DEFAULT_STORAGE, journal_path, open_storage, redact_url
+from harness.sweep.storage import DEFAULT_STORAGE, journal_path, open_storage, redact_url
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis import stats
 from analysis.frame import column, complete_mask, complete_trials
+from harness.sweep.front import pareto_mask
 
 #: Compute axes a front can be drawn against; all are "lower is better".
 AXES = ("flops_per_example", "params", "latency_ms", "train_flops")
@@ -48,34 +49,6 @@ def check_axis(x: str) -> str:
     if x not in AXES:
         raise ValueError(f"unknown compute axis {x!r}; valid axes: {', '.join(AXES)}")
     return x
-
-
-def pareto_mask(accuracy, cost) -> np.ndarray:
-    """Boolean mask of the non-dominated points (higher accuracy, lower cost is better).
-
-    O(n log n): sort by cost; a point is dominated when a strictly cheaper point is at
-    least as accurate, or a point of the same cost is strictly more accurate.
-    """
-    acc = np.asarray(accuracy, dtype=np.float64)
-    cost = np.asarray(cost, dtype=np.float64)
-    if acc.shape != cost.shape or acc.ndim != 1:
-        raise ValueError("accuracy and cost must be 1-D arrays of the same length")
-    valid = np.isfinite(acc) & np.isfinite(cost)
-    mask = np.zeros(acc.shape, dtype=bool)
-    index = np.flatnonzero(valid)
-    if index.size == 0:
-        return mask
-    order = index[np.argsort(cost[index], kind="stable")]
-    sorted_cost, sorted_acc = cost[order], acc[order]
-    # Groups of equal cost: their start offsets and each group's best accuracy.
-    starts = np.flatnonzero(np.r_[True, sorted_cost[1:] != sorted_cost[:-1]])
-    group_best = np.maximum.reduceat(sorted_acc, starts)
-    # Best accuracy among strictly cheaper groups (-inf for the cheapest group).
-    cheaper_best = np.r_[-np.inf, np.maximum.accumulate(group_best)[:-1]]
-    group_of = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, sorted_acc.size]))
-    keep = (sorted_acc > cheaper_best[group_of]) & (sorted_acc >= group_best[group_of])
-    mask[order] = keep
-    return mask
 
 
 def hypervolume(accuracy, cost, ref_accuracy: float = 0.0,

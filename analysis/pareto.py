@@ -35,8 +35,8 @@ from analysis.plots import plot_comparison, plot_front, png_bytes
 from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
 from harness.artifacts import write_files
 from harness.config import ConfigError
-from harness.storage import DEFAULT_STORAGE, StorageError, redact_url
 from harness.study_file import check_study_name
+from harness.sweep.storage import DEFAULT_STORAGE, StorageError, redact_url
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -25,8 +25,7 @@ from matplotlib.ticker import PercentFormatter
 
 from analysis import stats
 from analysis.frame import column, complete_trials
-from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front,
-                            teacher_reference)
+from analysis.front import AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front, teacher_reference
 from analysis.seeds import by_configuration, confirmed_front, search_rows
 
 Y_LABEL = "dev accuracy"

@@ -18,9 +18,9 @@ import pandas as pd
 
 from analysis import stats
 from analysis.frame import column, complete_trials, state_counts, state_summary
-from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets,
-                            check_axis, default_ref_cost, front_table, hypervolume,
-                            kd_gain_by_size, teacher_reference)
+from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets, check_axis,
+                            default_ref_cost, front_table, hypervolume, kd_gain_by_size,
+                            teacher_reference)
 from analysis.seeds import by_configuration, confirmed_front, search_rows, with_seed_columns
 from harness.config import RESIZED_TEACHER
 

@@ -22,7 +22,7 @@ from scipy import stats as scipy_stats
 from analysis import stats
 from analysis.frame import column, complete_trials
 from analysis.front import ACCURACY, check_axis, pareto_mask
-from harness.confirm import REPEAT_OF
+from harness.sweep.confirm import REPEAT_OF
 
 METRICS = ("dev_accuracy", "test_accuracy", "kd_gain", "kd_gain_test", "teacher_agreement")
 

@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from harness.config import TeacherConfig
-from harness.models import StudentShape, build_student, load_teacher, load_tokenizer
+from harness.config import ModelShape, TeacherConfig
+from harness.models import build_student, load_teacher, load_tokenizer
 from harness.train import precision
 
 STEPS, WARMUP = 12, 2
@@ -48,7 +48,7 @@ def main() -> None:
     teacher = load_teacher(TeacherConfig(), ("rotten", "fresh"), load_tokenizer(TeacherConfig()), 0)
     models = {"teacher 6 x 384": teacher}
     for layers, hidden in ((2, 384), (2, 128), (1, 64)):
-        shape = StudentShape(layers, hidden, hidden // 32, 4 * hidden)
+        shape = ModelShape(layers, hidden, hidden // 32, 4 * hidden)
         models[f"student {layers} x {hidden}"] = build_student(teacher, shape, "random", 0)[0]
     print(f"{'model':<18} {'fp32 ms/step':>13} {'bf16 ms/step':>13} {'fp32 / bf16':>12}")
     for name, model in models.items():

@@ -6,6 +6,7 @@
 3. the harness's label-only phase for the same student (the limit of 1. is this speed);
 4. the data path: time spent building batches, as a share of the distillation phase.
 
+    pip install -e ".[bench]"       # accelerate, which transformers.Trainer needs
     python benchmarks/distill_speed.py [--examples 2048] [--repeats 2]
 
 Prints examples/s and the ratios harness/Trainer (target >= 2 on CPU) and
@@ -34,6 +35,8 @@ from harness.models import build_student, student_shape
 from harness.student_loss import LogitKD, StudentLoss, loss_function
 from harness.shared import prepare_shared
 from harness.train import TrainSettings, cross_entropy_loss, length_grouped_batches, train_phase
+
+from requirements import BENCH_EXTRA, need_package
 
 REPO = Path(__file__).resolve().parent.parent
 ALPHA, T, T_S = 0.7, 4.0, 4.0
@@ -104,6 +107,9 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--hidden", type=int, default=384)
     args = parser.parse_args()
+    # transformers.Trainer asks for accelerate only when the baseline is built, after the
+    # harness's phases have trained for minutes.
+    need_package("accelerate", BENCH_EXTRA, minimum="1.1")
     transformers.logging.set_verbosity_error()
     study = load_study_config(REPO / "studies" / "default.yaml")
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
@@ -112,7 +118,7 @@ def main() -> int:
                              weight_decay=0.01, max_grad_norm=1.0, seed=0)
     shape = student_shape(shared.teacher, args.layers, args.hidden, 32, None)
     factory = lambda: build_student(shared.pretrained_teacher, shape, "teacher-layers", 0)[0]  # noqa: E731
-    kd_loss = loss_function(StudentLoss(LogitKD(ALPHA, T, T_S, None)), shared, None,
+    kd_loss = loss_function(StudentLoss(LogitKD(ALPHA, T, T_S, None)), shared.teacher, None,
                             shared.teacher_logits["train"])
     rates = {"harness KD": [], "Trainer KD": [], "harness label-only": []}
     for _ in range(args.repeats):  # interleaved, so drift in machine load hits all alike

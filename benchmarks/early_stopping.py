@@ -4,7 +4,7 @@
 
 Runs a study (the smoke study, or --study FILE) with every trial trained to the end and
 its dev accuracy recorded after each distillation epoch, then replays the rule of
-`harness.search.should_stop_early` over the same sampled configurations in the same
+`harness.sweep.search.should_stop_early` over the same sampled configurations in the same
 order: a trial the rule stops uses only the epochs before it and leaves the front.
 Prints the distillation epochs saved and the hypervolume (dev accuracy vs forward FLOPs)
 of the front with and without the rule.
@@ -23,8 +23,8 @@ import optuna
 
 from analysis.front import default_ref_cost, hypervolume
 from harness.study_file import load_study_config
-from harness.search import should_stop_early
-from harness.storage import open_storage
+from harness.sweep.search import should_stop_early
+from harness.sweep.storage import open_storage
 from harness.study import main as run_study_command
 
 REPO = Path(__file__).resolve().parent.parent

@@ -33,7 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import optuna
 import torch
 import yaml
 from transformers import AutoTokenizer
@@ -44,11 +43,11 @@ sys.path.insert(0, str(REPO))
 from harness.compute import count_train_flops_per_example  # noqa: E402
 from harness.study_file import load_study_config  # noqa: E402
 from harness.models import build_student, student_shape  # noqa: E402
-from harness.pipeline import settings_for  # noqa: E402
 from harness.student_loss import LogitKD, StudentLoss, loss_function  # noqa: E402
 from harness.shared import prepare_shared  # noqa: E402
-from harness.storage import open_storage  # noqa: E402
-from harness.train import cross_entropy_loss, train_phase  # noqa: E402
+from harness.train import cross_entropy_loss, train_phase, train_settings  # noqa: E402
+
+from requirements import need_cuda, need_file, need_package  # noqa: E402
 
 BERT_BASE = {"num_layers": 12, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072}
 TOY = {"num_layers": 2, "hidden_size": 64, "num_heads": 2, "intermediate_size": 128}
@@ -78,6 +77,13 @@ def main() -> int:
     parser.add_argument("--examples", type=int, help="synthetic sentences (default: 24,000)")
     parser.add_argument("--trials", type=int, help="study trials to time (default: 4)")
     args = parser.parse_args()
+    # The GPU machine's image lacks these; gpu_check.sh installs them from .whl/.
+    for package in ("optuna", "datasets"):
+        need_package(package, "bash benchmarks/gpu_check.sh --prepare where PyPI answers, then "
+                              "run bash benchmarks/gpu_check.sh (or pip install -e .)")
+    need_file(args.tokenizer / "tokenizer_config.json", "bash benchmarks/gpu_check.sh --prepare")
+    if not args.quick:  # the full sizes are a GPU's; --quick is the CPU try
+        need_cuda("run it on the GPU machine, or pass --quick for a try at toy sizes")
     sizes = QUICK if args.quick else FULL
     sizes = dataclasses.replace(sizes, examples=args.examples or sizes.examples,
                                 trials=args.trials or sizes.trials)
@@ -124,8 +130,6 @@ def show(report: dict, key: str, label: str) -> None:
 
 def write_study(work: Path, sizes: Sizes, tokenizer: Path) -> Path:
     """studies/sst2-bert-base.yaml with the synthetic data and a config-built teacher."""
-    if not (tokenizer / "tokenizer_config.json").exists():
-        sys.exit(f"error: no tokenizer at {tokenizer}; run bash benchmarks/gpu_check.sh --prepare")
     data = work / "synthetic.csv"
     write_sentences(data, sizes.examples, tokenizer)
     study = yaml.safe_load((REPO / "studies" / "sst2-bert-base.yaml").read_text())
@@ -179,9 +183,8 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
     """One epoch of the harness's distillation phase and of its label-only phase."""
     shape = student_shape(shared.teacher, sizes.student_layers, sizes.student_width,
                           study.student.head_dim, None)
-    settings = settings_for(study, study.pipeline.distill, seed=0, lr=study.pipeline.distill.lr)
-    settings = dataclasses.replace(settings, epochs=1.0)
-    kd_loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared, None,
+    settings = train_settings(study.pipeline, epochs=1.0, lr=study.pipeline.distill.lr, seed=0)
+    kd_loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared.teacher, None,
                             shared.teacher_logits["train"])
     rates, train_flops = {}, None
     warm_up = dataclasses.replace(settings, epochs=0.05)  # kernels chosen, caches filled
@@ -209,6 +212,10 @@ def distillation_rates(study, shared, sizes: Sizes) -> dict:
 
 def study_rate(work: Path, study_file: Path, trials: int, device: torch.device) -> dict:
     """The study driver itself, in a subprocess, reusing the teacher built above."""
+    import optuna  # here, not at the top, so that main can say it is missing
+
+    from harness.sweep.storage import open_storage
+
     storage = f"journal:{work / 'study.journal'}"
     command = [sys.executable, "-m", "harness.study", "--study", str(study_file),
                "--n-trials", str(trials), "--storage", storage, "--wandb", "disabled",

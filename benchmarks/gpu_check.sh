@@ -31,6 +31,11 @@ load_tokenizer(TeacherConfig()).save_pretrained('$WHEELS/tokenizer')"
 fi
 
 if ! python3 -c "import optuna, datasets" 2>/dev/null; then
+    if ! compgen -G "$WHEELS/*.whl" >/dev/null; then  # say so now, not as pip's error
+        echo "error: gpu_check.sh: needs optuna and datasets, and $WHEELS/ holds no wheels;" \
+             "make them with: bash benchmarks/gpu_check.sh --prepare (where PyPI answers)" >&2
+        exit 2
+    fi
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site "$WHEELS"/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}

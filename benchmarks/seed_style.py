@@ -31,10 +31,10 @@ from harness.study_file import load_study_config
 from harness.data import load_text_data, tokenize_data
 from harness.losses import distillation_loss
 from harness.models import build_student, load_teacher, load_tokenizer, student_shape, tokenizer_id
-from harness.pipeline import run_trial, settings_for
-from harness.search import make_sampler, suggest_trial_config
-from harness.shared import prepare_shared, teacher_settings
-from harness.train import cross_entropy_loss, predict_logits, train_phase
+from harness.pipeline import run_trial
+from harness.sweep.search import make_sampler, suggest_trial_config
+from harness.shared import prepare_shared
+from harness.train import cross_entropy_loss, predict_logits, train_phase, train_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,13 +47,15 @@ def seed_style_trial(study, trial, cache: Path, device) -> float:
     pad = tokenizer.pad_token_id
     teacher = load_teacher(study.teacher, data.label_names, tokenizer, study.seed)
     pretrained = copy.deepcopy(teacher)  # students copy layers of the teacher before fine-tuning
-    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, teacher_settings(study),
+    train_phase("teacher", teacher, tokens["train"], cross_entropy_loss,
+                train_settings(study.teacher, study.teacher.epochs, study.teacher.lr, study.seed),
                 device, pad)
     shape = student_shape(teacher, trial.num_layers, trial.hidden_size, study.student.head_dim,
                           trial.intermediate_size)
     baseline, _ = build_student(pretrained, shape, trial.init, trial.seed)
     train_phase("baseline", baseline, tokens["train"], cross_entropy_loss,
-                settings_for(study, study.pipeline.baseline, trial.seed, study.pipeline.baseline.lr), device, pad)
+                train_settings(study.pipeline, study.pipeline.baseline.epochs, study.pipeline.baseline.lr,
+                               trial.seed), device, pad)
     student, _ = build_student(pretrained, shape, trial.init, trial.seed)
 
     def teacher_forward_loss(model, batch):
@@ -65,7 +67,8 @@ def seed_style_trial(study, trial, cache: Path, device) -> float:
         return {"loss": loss}
 
     train_phase("distill", student, tokens["train"], teacher_forward_loss,
-                settings_for(study, study.pipeline.distill, trial.seed, trial.lr), device, pad)
+                train_settings(study.pipeline, study.pipeline.distill.epochs, trial.lr, trial.seed),
+                device, pad)
     logits = predict_logits(student, tokens["dev"], study.pipeline.eval_batch_size, device, pad)
     return float((logits.argmax(-1) == tokens["dev"].labels).double().mean())
 

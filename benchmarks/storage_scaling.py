@@ -1,7 +1,9 @@
 """Storage cost per trial with 1, 2 and 4 concurrent workers: the journal file (the
-embedded default) and PostgreSQL (when one answers on loopback).
+embedded default) and PostgreSQL.
 
+    pip install -e ".[postgres]"    # psycopg; and a PostgreSQL server (default: loopback)
     python benchmarks/storage_scaling.py [--trials-per-worker 40] [--postgres URL]
+    python benchmarks/storage_scaling.py --postgres ''     # the journal file alone
 
 Each worker runs Optuna trials whose objective does no training but records what a real
 trial records (5 sampled parameters, ~45 user attributes, 2 objective values), so the
@@ -20,7 +22,9 @@ import uuid
 
 import optuna
 
-from harness.storage import open_storage
+from harness.sweep.storage import open_storage
+
+from requirements import need_postgres
 
 
 def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -62,16 +66,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials-per-worker", type=int, default=40)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
+                        help="the PostgreSQL database to measure; '' measures the journal "
+                             "file alone")
     args = parser.parse_args()
+    if args.postgres:  # found out now, not after the journal file's measurements
+        need_postgres(args.postgres, "start one, name another with --postgres URL, or "
+                                     "measure the journal file alone with --postgres ''")
     with tempfile.TemporaryDirectory() as folder:
-        storages = {"journal file": f"journal:{folder}/bench.journal", "postgresql": args.postgres}
+        storages = {"journal file": f"journal:{folder}/bench.journal"}
+        if args.postgres:
+            storages["postgresql"] = args.postgres
         for label, url in storages.items():
-            try:
-                open_storage(url)
-            except Exception as error:  # no server: report and go on with the others
-                print(f"{label}: skipped ({type(error).__name__})")
-                continue
             for workers in (1, 2, 4):
                 seconds = measure(url, workers, args.trials_per_worker)
                 print(f"{label:12s} {workers} worker(s): {1000 * seconds:7.1f} ms of wall time "

@@ -44,7 +44,7 @@ def child(student: str, examples: int, seed: int, ready: Path, go: Path) -> None
     model = build_student(shared.pretrained_teacher, shape, "teacher-pruned", seed,
                           shared.importance)[0]
     split = shared.text.tokens["train"].slice(0, examples)
-    loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared, None,
+    loss = loss_function(StudentLoss(LogitKD(0.7, 4.0, 4.0, None)), shared.teacher, None,
                          shared.teacher_logits["train"])
     settings = TrainSettings(epochs=1.0, lr=1e-4, batch_size=32, warmup_ratio=0.1,
                              weight_decay=0.01, max_grad_norm=1.0, seed=seed)

@@ -39,7 +39,10 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ArchitectureConfig:
+class ModelShape:
+    """An encoder's size: every student's, and ``teacher.architecture`` (a random-init
+    teacher for tiny test studies)."""
+
     num_layers: int
     hidden_size: int
     num_heads: int
@@ -62,20 +65,29 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class TeacherConfig:
-    """The teacher and its one-time fine-tune, whose optimiser settings are its own: a
-    change to the students' (``pipeline``) settings never retrains the teacher."""
+class OptimizerConfig:
+    """The optimiser settings the ``teacher`` and ``pipeline`` sections both have (each its
+    own: a change to the students' settings never retrains the teacher). The sections
+    extend it rather than nest it, so that the file keys stay flat (``teacher.lr`` beside
+    ``teacher.batch_size``) and so do the stored study configurations that studies are
+    fingerprinted by; ``harness.train.train_settings`` turns it into a phase's settings."""
 
-    source: str = "builtin:minilm-l6"  # builtin name, hub model name, local folder or "architecture"
-    architecture: ArchitectureConfig | None = None  # random-init teacher for tiny test studies
-    tokenizer: str = "builtin:minilm-l6"  # used only by an architecture teacher
-    epochs: float = 2.0
-    lr: float = 5e-5
     batch_size: int = 32
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     schedule: ScheduleConfig = ScheduleConfig()
+
+
+@dataclass(frozen=True)
+class TeacherConfig(OptimizerConfig):
+    """The teacher and its one-time fine-tune."""
+
+    source: str = "builtin:minilm-l6"  # builtin name, hub model name, local folder or "architecture"
+    architecture: ModelShape | None = None  # random-init teacher for tiny test studies
+    tokenizer: str = "builtin:minilm-l6"  # used only by an architecture teacher
+    epochs: float = 2.0
+    lr: float = 5e-5
     trust_remote_code: bool = False
 
 
@@ -106,18 +118,18 @@ class PhaseConfig:
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(OptimizerConfig):
+    """Every student phase's settings (and the label-only baseline's): each phase's epochs
+    and learning rate; the shared optimiser settings, whose ``schedule`` sets every phase's
+    budget, evaluations, stop and kept weights; the loss settings."""
+
     baseline: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
     # TinyBERT-style hidden + attention matching (unit weights) before logit KD; 0 epochs
     # skips it. hidden_weight / attention_weight below weigh those terms in `distill`.
     intermediate: PhaseConfig = PhaseConfig(epochs=0.0, lr=1e-4)
     distill: PhaseConfig = PhaseConfig(epochs=2.0, lr=1e-4)
     finetune: PhaseConfig = PhaseConfig(epochs=0.0, lr=2e-5)
-    batch_size: int = 32
     eval_batch_size: int = 256
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
     # Loss settings used when the search does not choose them.
     T: float = 4.0
     T_s: float = 4.0
@@ -127,8 +139,6 @@ class PipelineConfig:
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     latency_repeats: int = 20
-    # Every student phase's (and the baseline's) budget, evaluations, stop and kept weights.
-    schedule: ScheduleConfig = ScheduleConfig()
     # "fixed": each phase's lr as given. "width": the phase's lr is the rate at the teacher's
     # width, scaled by teacher width / student width (Adam's per-weight step in a narrower
     # network moves its outputs less; muP scales hidden-layer rates the same way), and twice
@@ -180,10 +190,13 @@ class SamplerConfig:
 @dataclass(frozen=True)
 class PrunerConfig:
     # "median": Optuna's MedianPruner in single-objective studies; in multi-objective
-    # studies (where Optuna cannot prune) harness.search's rule: stop a trial whose dev
-    # accuracy after an epoch is below the median of finished trials of its size there.
+    # studies (where Optuna cannot prune) harness.sweep.search's rule: stop a trial whose dev
+    # accuracy after a dev evaluation is below the median of finished trials of its size
+    # there.
     name: Literal["median", "none"] = "median"
     n_startup_trials: int = 3
+    # Dev evaluations (not epochs: a schedule's eval_every may evaluate more often) before
+    # a trial may be stopped; the file key keeps the name studies were written with.
     n_warmup_epochs: int = 0
 
 

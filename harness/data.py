@@ -401,5 +401,29 @@ def tokenize_data(data: TextData, tokenizer, tokenizer_id: str, max_length: int,
     return splits, artifact.reused
 
 
+@dataclass(frozen=True)
+class TokenizedData:
+    """The data as one tokenizer sees it: what models of its vocabulary train and are
+    measured on. Examples keep the data's order, so the teacher's logits of example i
+    serve a student of any tokenizer."""
+
+    tokenizer: object
+    key: str  # tokenizer_id: in the cache key of everything trained on these tokens
+    tokens: dict[str, TokenizedSplit]
+    pad_id: int
+    seq_len: int  # mean tokenized length of the training split: where compute is counted
+    reused: bool  # the tokens came from the cache
+
+
+def tokenized_data(data: TextData, tokenizer, key: str, max_length: int,
+                   cache: Path) -> TokenizedData:
+    """``data`` through ``tokenizer`` (``key``: its ``tokenizer_id``, hashed once by the caller)."""
+    tokens, reused = tokenize_data(data, tokenizer, key, max_length, cache)
+    return TokenizedData(
+        tokenizer=tokenizer, key=key, tokens=tokens,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        seq_len=max(1, round(float(tokens["train"].lengths().double().mean()))), reused=reused)
+
+
 def _flat(sequences) -> torch.Tensor:
     return torch.cat([torch.as_tensor(sequence, dtype=torch.int64) for sequence in sequences])

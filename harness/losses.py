@@ -40,7 +40,7 @@ class LossTerms(NamedTuple):
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor,
                       alpha: float, T: float, T_s: float,
                       hard_label_temperature: float | None = None) -> Tensor:
-    """Scalar distillation loss (Hinton et al. 2015), the seed's formula:
+    """Scalar distillation loss (Hinton et al. 2015), the KD loss:
 
         L = alpha * T^2 * KL(q || p) + (1 - alpha) * CE(y, p)
         q = softmax(z_t / T),  p = softmax(z_s / T_s)
@@ -62,8 +62,9 @@ def distillation_loss_terms(student_logits: Tensor, teacher_logits: Tensor, labe
         ce = -(1/B) sum_b log p'[b, y_b]
         q = softmax(z_t / T),  p = softmax(z_s / T_s),  p' = softmax(z_s / T_h)
 
-    ``T_h`` is ``T_s`` (the seed's formula) unless ``hard_label_temperature`` is given;
-    ``hard_label_temperature=1.0`` is the classic variant (hard labels at temperature 1).
+    ``T_h`` is ``T_s`` (hard labels at the student's temperature, the seed's form) unless
+    ``hard_label_temperature`` is given; ``hard_label_temperature=1.0`` is the classic
+    variant (hard labels at temperature 1).
     Shapes: logits (B, C), labels (B,) integer class indices. ``alpha`` in [0, 1];
     ``T``, ``T_s``, ``T_h`` finite and > 0. Raises ValueError on anything else.
     """
@@ -82,7 +83,9 @@ def distillation_loss_terms(student_logits: Tensor, teacher_logits: Tensor, labe
         # Teacher in log space too: a q that underflows to 0 contributes 0, not 0 * log 0.
         log_q = F.log_softmax(teacher_logits.detach().float() / T, dim=-1)
         # T^2 (teacher temperature, not T_s): with T == T_s it undoes the 1/T^2 shrink of
-        # soft-target gradients, so alpha keeps its meaning across temperatures.
+        # soft-target gradients, so with hard labels at T_h = 1 alpha keeps its meaning
+        # across temperatures (at T_h = T_s it is not the
+        # teacher's weight: the README's section on the loss).
         kd = T * T * F.kl_div(log_p, log_q, reduction="batchmean", log_target=True)
     if alpha < 1.0:
         ce = F.cross_entropy(z_s / T_h, labels.long())
@@ -95,16 +98,15 @@ def distillation_loss_terms(student_logits: Tensor, teacher_logits: Tensor, labe
     return LossTerms(total, kd, ce)
 
 
-def layer_map(num_student_layers: int, num_teacher_layers: int) -> tuple[int, ...]:
-    """0-based teacher layer for each student layer, uniform as in TinyBERT (sec. 4.2):
+def teacher_blocks(num_student_layers: int, num_teacher_layers: int) -> tuple[range, ...]:
+    """The teacher layers (0-based) each student layer stands in for: the teacher's stack cut
+    into ``n_s`` consecutive blocks, block i = [floor(i * n_t / n_s), floor((i + 1) * n_t / n_s)).
 
-        j(i) = floor((i + 1) * n_t / n_s) - 1,   i = 0 .. n_s - 1
-
-    When n_s divides n_t this is TinyBERT's g(m) = m * n_t / n_s in 1-based numbering;
-    otherwise it floors, e.g. (2, 6) -> (2, 5), (4, 6) -> (0, 2, 3, 5). Strictly increasing,
-    and the last student layer always maps to the last teacher layer (n_t - 1).
-    Indices count Transformer layers: with Hugging Face outputs use ``hidden_states[j + 1]``
-    (index 0 is the embeddings) and ``attentions[j]``.
+    Both teacher-layer maps come from these blocks: a ``teacher-layers`` student copies the
+    first layer of each block (``models.teacher_layer_choice``: DistilBERT's every other
+    layer, starting at the bottom), and hidden-state and attention matching target the last
+    (``layer_map``: TinyBERT's, ending at the top), where the block's output is. With 3 of
+    6 layers, init copies 0, 2, 4 and matching targets 1, 3, 5.
     """
     for name, n in (("num_student_layers", num_student_layers),
                     ("num_teacher_layers", num_teacher_layers)):
@@ -114,8 +116,24 @@ def layer_map(num_student_layers: int, num_teacher_layers: int) -> tuple[int, ..
         raise ValueError(f"cannot map {num_student_layers} student layers onto "
                          f"{num_teacher_layers} teacher layers one-to-one")
     # Integer arithmetic: no float rounding ties, exact last index.
-    return tuple((i + 1) * num_teacher_layers // num_student_layers - 1
+    return tuple(range(i * num_teacher_layers // num_student_layers,
+                       (i + 1) * num_teacher_layers // num_student_layers)
                  for i in range(num_student_layers))
+
+
+def layer_map(num_student_layers: int, num_teacher_layers: int) -> tuple[int, ...]:
+    """0-based teacher layer for each student layer, uniform as in TinyBERT (sec. 4.2): the
+    last layer of its ``teacher_blocks`` block,
+
+        j(i) = floor((i + 1) * n_t / n_s) - 1,   i = 0 .. n_s - 1
+
+    When n_s divides n_t this is TinyBERT's g(m) = m * n_t / n_s in 1-based numbering;
+    otherwise it floors, e.g. (2, 6) -> (2, 5), (4, 6) -> (0, 2, 3, 5). Strictly increasing,
+    and the last student layer always maps to the last teacher layer (n_t - 1).
+    Indices count Transformer layers: with Hugging Face outputs use ``hidden_states[j + 1]``
+    (index 0 is the embeddings) and ``attentions[j]``.
+    """
+    return tuple(block[-1] for block in teacher_blocks(num_student_layers, num_teacher_layers))
 
 
 def make_projection(student_width: int, teacher_width: int) -> nn.Linear | None:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
-                          BertConfig, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          PreTrainedModel)
 
-from harness.config import TeacherConfig
+from harness.config import ModelShape, TeacherConfig
+from harness.losses import teacher_blocks
 from harness.pruning import copy_teacher_weights
 
 log = logging.getLogger(__name__)
@@ -71,14 +72,6 @@ WIDTH_FOLLOWERS = ("pooler_hidden_size", "embedding_size")
 
 class ModelError(ValueError):
     """A model source that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class StudentShape:
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    intermediate_size: int
 
 
 def resolve_source(source: str, key: str = "teacher.source") -> str:
@@ -162,7 +155,9 @@ def hub_revision(source: str, key: str = "teacher.source") -> str | None:
     """
     if source == "architecture" or Path(resolve_source(source, key)).exists():
         return None
-    from huggingface_hub import resolve_revision  # huggingface_hub >= 1.26; hub models only
+    from huggingface_hub import (
+        resolve_revision,  # huggingface_hub >= 1.26; hub models only
+    )
 
     try:
         return resolve_revision(source).resolved
@@ -239,24 +234,24 @@ def family(model_config, key: str) -> Family:
     return FAMILIES[model_type]
 
 
-def shape_of(model_config) -> StudentShape:
+def shape_of(model_config) -> ModelShape:
     """The (num_layers, hidden_size, num_heads, intermediate_size) of a model's config."""
-    return StudentShape(model_config.num_hidden_layers, model_config.hidden_size,
+    return ModelShape(model_config.num_hidden_layers, model_config.hidden_size,
                         model_config.num_attention_heads,
                         getattr(model_config, family(model_config, "model").intermediate_size))
 
 
 def student_shape(teacher: PreTrainedModel, num_layers: int, hidden_size: int, head_dim: int,
-                  intermediate_size: int | None) -> StudentShape:
+                  intermediate_size: int | None) -> ModelShape:
     """Complete a student size: heads from the head width, FFN from the teacher's ratio."""
     if intermediate_size is None:
         teacher_shape = shape_of(teacher.config)
         ratio = teacher_shape.intermediate_size / teacher_shape.hidden_size
         intermediate_size = int(round(hidden_size * ratio))
-    return StudentShape(num_layers, hidden_size, hidden_size // head_dim, intermediate_size)
+    return ModelShape(num_layers, hidden_size, hidden_size // head_dim, intermediate_size)
 
 
-def resized_config(teacher_config, shape: StudentShape):
+def resized_config(teacher_config, shape: ModelShape):
     """The teacher's config at the student's shape, through the family's own field names."""
     config = copy.deepcopy(teacher_config)
     for name in WIDTH_FOLLOWERS:
@@ -270,7 +265,7 @@ def resized_config(teacher_config, shape: StudentShape):
     return config
 
 
-def student_init(teacher_config, shape: StudentShape, init: str) -> str:
+def student_init(teacher_config, shape: ModelShape, init: str) -> str:
     """The init a student of ``shape`` actually gets when ``init`` is asked for.
 
     ``teacher-layers`` needs the teacher's width and head count; ``teacher-pruned`` a width,
@@ -291,7 +286,7 @@ def student_init(teacher_config, shape: StudentShape, init: str) -> str:
     return "teacher-pruned" if init == "teacher-pruned" and fits else "random"
 
 
-def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str, seed: int,
+def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: int,
                   importance: dict[str, torch.Tensor] | None = None) -> tuple[PreTrainedModel, str]:
     """A student of ``shape`` and the init actually used (``student_init``).
 
@@ -315,8 +310,9 @@ def build_student(teacher: PreTrainedModel, shape: StudentShape, init: str, seed
 
 
 def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> list[int]:
-    """Evenly spaced teacher layers, starting at the first: 2 of 6 -> [0, 3], 3 of 6 -> [0, 2, 4]."""
-    return [i * num_teacher_layers // num_student_layers for i in range(num_student_layers)]
+    """The first layer of each of the student's ``losses.teacher_blocks`` (matching targets
+    the last): 2 of 6 -> [0, 3], 3 of 6 -> [0, 2, 4]."""
+    return [block[0] for block in teacher_blocks(num_student_layers, num_teacher_layers)]
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path) -> None:

@@ -23,31 +23,17 @@ from harness.artifacts import build_once
 from harness.compute import ComputeCost, measure_compute
 from harness.config import (StudyConfig, matching_keys, most_transfer_copies, student_inits,
                             student_sources)
-from harness.data import TextData, TokenizedSplit, load_text_data, tokenize_data
+from harness.data import TextData, TokenizedData, TokenizedSplit, load_text_data, tokenized_data
 from harness.evaluation import Scores, score
-from harness.models import (ModelError, StudentShape, check_teacher_source, family, hub_revision,
+from harness.labels import train_on_labels
+from harness.models import (ModelError, ModelShape, check_teacher_source, family, hub_revision,
                             load_saved_model, load_source_tokenizer, load_teacher, load_tokenizer,
-                            resolve_source, save_model, shape_of, source_config, tokenizer_id)
+                            resolve_source, shape_of, source_config, tokenizer_id)
 from harness.pruning import CALIBRATION_EXAMPLES, activation_importance
+from harness.train import precision, predict_logits, train_settings
 from harness.transfer import TransferSet, augmented_copy, unlabeled_texts
-from harness.train import (TrainSettings, cross_entropy_loss, dev_evaluation, precision,
-                           predict_logits, train_phase)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TokenizedData:
-    """The data as one tokenizer sees it: what models of its vocabulary train and are
-    measured on. Examples keep the data's order, so the teacher's logits of example i
-    serve a student of any tokenizer."""
-
-    tokenizer: object
-    key: str  # tokenizer_id: in the cache key of everything trained on these tokens
-    tokens: dict[str, TokenizedSplit]
-    pad_id: int
-    seq_len: int  # mean tokenized length of the training split: where compute is counted
-    reused: bool  # the tokens came from the cache
 
 
 @dataclass(frozen=True)
@@ -57,7 +43,7 @@ class PretrainedStudent:
     source: str  # as the study file names it
     identity: str  # hub commit or content hash: in its baselines' cache key
     revision: str | None
-    shape: StudentShape
+    shape: ModelShape
     text: TokenizedData  # through its own tokenizer (the teacher's, where they are the same)
 
 
@@ -99,8 +85,7 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     fields = {**teacher_fields(study_config, data, text.key, revision),
               "precision": precision(device)}
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
-        study_config, copy.deepcopy(pretrained), text.tokens, text.tokenizer, text.pad_id,
-        device, folder))
+        study_config, copy.deepcopy(pretrained), text, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model",
                                study_config.teacher.trust_remote_code).to(device).eval()
@@ -198,16 +183,6 @@ def prepare_importance(study_config: StudyConfig, data: TextData, text: Tokenize
     return load_file(str(artifact.path / "importance.safetensors")), artifact.key
 
 
-def tokenized_data(data: TextData, tokenizer, key: str, max_length: int,
-                   cache: Path) -> TokenizedData:
-    """``data`` through ``tokenizer`` (``key``: its ``tokenizer_id``, hashed once by the caller)."""
-    tokens, reused = tokenize_data(data, tokenizer, key, max_length, cache)
-    return TokenizedData(
-        tokenizer=tokenizer, key=key, tokens=tokens,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        seq_len=max(1, round(float(tokens["train"].lengths().double().mean()))), reused=reused)
-
-
 def prepare_pretrained_students(study_config: StudyConfig, data: TextData,
                                 teacher_text: TokenizedData,
                                 cache: Path) -> dict[str, PretrainedStudent]:
@@ -271,35 +246,20 @@ def _source_identity(source: str, revision: str | None, key: str = "teacher.sour
     return f"{resolve_source(source, key)}@sha256:{digest.hexdigest()[:20]}"
 
 
-def teacher_settings(study_config: StudyConfig) -> TrainSettings:
-    """The teacher's fine-tune, all from the ``teacher`` section (and the study's seed)."""
-    teacher = study_config.teacher
-    return TrainSettings(epochs=teacher.epochs, lr=teacher.lr, batch_size=teacher.batch_size,
-                         warmup_ratio=teacher.warmup_ratio, weight_decay=teacher.weight_decay,
-                         max_grad_norm=teacher.max_grad_norm, seed=study_config.seed,
-                         **dataclasses.asdict(teacher.schedule))
-
-
-def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel,
-                   tokens: dict[str, TokenizedSplit], tokenizer, pad_id: int,
+def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel, text: TokenizedData,
                    device: torch.device, folder: Path) -> None:
+    config = study_config.teacher
     log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
-             study_config.teacher.source, study_config.teacher.epochs)
-    teacher.to(device)
-    settings = teacher_settings(study_config)
-    result = train_phase("teacher", teacher, tokens["train"], cross_entropy_loss, settings,
-                         device, pad_id, on_epoch_end=dev_evaluation(
-                             teacher, tokens["dev"], settings, study_config.pipeline.eval_batch_size,
-                             device, pad_id))
+             config.source, config.epochs)
+    result, logits = train_on_labels(
+        "teacher", teacher, text, train_settings(config, config.epochs, config.lr,
+                                                 study_config.seed),
+        study_config.pipeline.eval_batch_size, device, ("train", "dev", "test"), folder)
     log.info("teacher: %d steps, ended on the weights of step %d", result.steps,
              result.best_step)
-    logits = {name: predict_logits(teacher, tokens[name], study_config.pipeline.eval_batch_size,
-                                   device, pad_id) for name in ("train", "dev", "test")}
-    metrics = {name: dataclasses.asdict(score(logits[name], tokens[name].labels))
+    metrics = {name: dataclasses.asdict(score(logits[name], text.tokens[name].labels))
                for name in ("dev", "test")}
     metrics.update(steps=result.steps, best_step=result.best_step)
     log.info("teacher dev accuracy %.4f, test accuracy %.4f",
              metrics["dev"]["accuracy"], metrics["test"]["accuracy"])
-    save_model(teacher, tokenizer, folder / "model")
-    save_file(logits, str(folder / "logits.safetensors"))
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))

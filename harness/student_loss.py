@@ -1,6 +1,7 @@
-"""What a student phase minimises, as the training loop's ``loss_fn``: logit KD (the seed's
-loss, from the teacher's cached logits), hidden-state and attention matching (which run the
-teacher on each batch), or labels alone.
+"""What a student phase minimises, as the training loop's ``loss_fn``: logit KD (the KD loss
+``alpha * T^2 * KL + (1 - alpha) * CE`` of ``harness.losses``, from the teacher's cached
+logits), hidden-state and attention matching (which run the teacher on each batch), or
+labels alone.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import torch
 
 from harness.losses import attention_loss, distillation_loss_terms, hidden_state_loss, layer_map
 from harness.models import family
-from harness.shared import SharedArtifacts
 from harness.train import LossFn, cross_entropy_loss, model_inputs
 
 
@@ -39,12 +39,12 @@ class LogitKD:
     hard_label_temperature: float | None  # None: CE on softmax(z_s / T_s), as the seed
 
 
-def loss_function(loss: StudentLoss, shared: SharedArtifacts, projection: torch.nn.Linear | None,
+def loss_function(loss: StudentLoss, teacher, projection: torch.nn.Linear | None,
                   teacher_logits: torch.Tensor) -> LossFn:
     """``loss`` as the training loop's ``loss_fn``. Logit KD reads the teacher's logits of
     the training examples (``teacher_logits``, cached: no teacher forward pass); matching
-    runs the teacher on the batch. Transfer-set examples (label -1) have no label: on them
-    logit KD is the KD term alone, T^2 KL(q || p)."""
+    runs ``teacher`` (fine-tuned) on the batch. Transfer-set examples (label -1) have no
+    label: on them logit KD is the KD term alone, T^2 KL(q || p)."""
     if loss.logit_kd is None and not loss.runs_teacher:
         return cross_entropy_loss
     logit_kd = loss.logit_kd
@@ -60,10 +60,10 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts, projection: torch.
                                   batch["labels"])
         if loss.runs_teacher:
             with torch.no_grad():
-                teacher_output = shared.teacher(**model_inputs(shared.teacher, batch),
+                teacher_output = teacher(**model_inputs(teacher, batch),
                                                 **outputs_wanted)
             chosen = layer_map(model.config.num_hidden_layers,
-                               shared.teacher.config.num_hidden_layers)
+                               teacher.config.num_hidden_layers)
             if loss.hidden_weight > 0:  # hidden_states[0] is the embeddings: match layer outputs
                 losses["hidden"] = hidden_state_loss(
                     output.hidden_states[1:], [teacher_output.hidden_states[1 + j] for j in chosen],
@@ -82,7 +82,7 @@ def loss_function(loss: StudentLoss, shared: SharedArtifacts, projection: torch.
 
 def logit_losses(logit_kd: LogitKD, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                  labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The seed's loss on labelled examples and the KD term alone on transfer examples
+    """The KD loss on labelled examples and the KD term alone on transfer examples
     (label -1), averaged over the batch."""
     labelled = labels >= 0
     if labelled.all():

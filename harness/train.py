@@ -13,6 +13,7 @@ the loop knows nothing about distillation.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from harness.config import OptimizerConfig
 from harness.data import TokenizedSplit
 from harness.evaluation import score
 
@@ -60,11 +62,22 @@ class TrainSettings:
         return math.ceil(examples / self.batch_size)
 
 
+def train_settings(optimizer: OptimizerConfig, epochs: float, lr: float,
+                   seed: int) -> TrainSettings:
+    """A phase's settings: its ``epochs`` and ``lr``, and the optimiser settings of its
+    section (``teacher`` for the teacher's fine-tune, ``pipeline`` for every student phase)."""
+    return TrainSettings(epochs=epochs, lr=lr, batch_size=optimizer.batch_size,
+                         warmup_ratio=optimizer.warmup_ratio,
+                         weight_decay=optimizer.weight_decay,
+                         max_grad_norm=optimizer.max_grad_norm, seed=seed,
+                         **dataclasses.asdict(optimizer.schedule))
+
+
 @dataclass(frozen=True)
 class PhaseResult:
     steps: int
     examples_seen: int
-    epoch_dev_accuracy: tuple[float, ...]  # after each evaluation (each epoch, or eval_every)
+    dev_accuracies: tuple[float, ...]  # after each dev evaluation (each epoch, or eval_every)
     wall_seconds: float
     best_step: int = 0  # the step whose weights the phase ended on
 
@@ -72,7 +85,7 @@ class PhaseResult:
 # loss_fn(model, batch) -> {"loss": total, other named components...}
 LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
 # on_evaluation(evaluation_number) -> dev accuracy; may raise to stop the trial (pruning)
-EpochHook = Callable[[int], float]
+EvaluationHook = Callable[[int], float]
 StepLogger = Callable[[dict[str, float], int], None]
 
 
@@ -97,14 +110,14 @@ def autocast(device: torch.device):
 def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_fn: LossFn,
                 settings: TrainSettings, device: torch.device, pad_id: int,
                 extra_parameters: Sequence[torch.nn.Parameter] = (),
-                on_epoch_end: EpochHook | None = None,
+                on_evaluation: EvaluationHook | None = None,
                 log_step: StepLogger | None = None,
                 budget_examples: int | None = None) -> PhaseResult:
     """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``.
 
     The budget (and an epoch, for evaluations) counts ``budget_examples`` (default: the
     split's), so a split grown by a transfer set trains for as many steps as its baseline.
-    ``on_epoch_end`` (the dev evaluation) runs every ``eval_every`` steps, or after every
+    ``on_evaluation`` (the dev evaluation) runs every ``eval_every`` steps, or after every
     epoch, and after the last step; without it there is nothing to stop on or keep."""
     started = time.perf_counter()
     if settings.epochs <= 0:
@@ -142,8 +155,8 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                     values = {f"{name}/{k}": float(v.detach()) for k, v in losses.items()}
                     values[f"{name}/lr"] = scheduler.get_last_lr()[0]
                     log_step(values, step)
-                if on_epoch_end is not None and (step % eval_every == 0 or step == total_steps):
-                    dev_accuracy.append(on_epoch_end(len(dev_accuracy) + 1))
+                if on_evaluation is not None and (step % eval_every == 0 or step == total_steps):
+                    dev_accuracy.append(on_evaluation(len(dev_accuracy) + 1))
                     best.update(dev_accuracy[-1], step, model if settings.keep_best else None)
                     bar.set_postfix(dev_accuracy=f"{dev_accuracy[-1]:.4f}")
                     model.train()
@@ -176,7 +189,7 @@ class _Best:
 
 
 def dev_evaluation(model, dev: TokenizedSplit, settings: TrainSettings, eval_batch_size: int,
-                   device: torch.device, pad_id: int) -> EpochHook | None:
+                   device: torch.device, pad_id: int) -> EvaluationHook | None:
     """The dev-accuracy evaluation a phase with ``settings`` needs to stop early or keep its
     best weights (None where it needs none: a phase without them trains blind, as before)."""
     if settings.patience is None and not settings.keep_best:

@@ -15,7 +15,7 @@ import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-from harness.storage import open_storage
+from harness.sweep.storage import open_storage
 
 SEQ_LEN = 128
 VOCAB = 30522

@@ -13,13 +13,13 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 
 from analysis import stats
-from analysis.frame import (StudyLoadError, column, complete_trials, load_study_frame,
-                            state_counts, state_summary)
+from analysis.frame import (StudyLoadError, column, complete_trials, load_study_frame, state_counts,
+                            state_summary)
 from analysis.front import (best_under_budgets, front_table, hypervolume, kd_gain_by_size,
                             mark_dominated, mark_indistinguishable, pareto_front, pareto_mask)
 from analysis.plots import plot_comparison, plot_front, plot_kd_gain_vs_params
 from analysis.report import NoCompleteTrials, build_report, render_markdown, render_text
-from harness.storage import open_storage
+from harness.sweep.storage import open_storage
 
 from .synthetic import create_synthetic_study
 
@@ -285,12 +285,63 @@ def test_report_renders_and_refuses_empty_studies(frame):
         build_report(frame[frame["state"] != "COMPLETE"], study_name="empty")
 
 
-def test_plots_return_figures(frame, study_storage):
+def plotted_line(ax, label: str) -> np.ndarray:
+    """The (x, y) points of the one line drawn with ``label``."""
+    (line,) = [line for line in ax.get_lines() if line.get_label() == label]
+    return line.get_xydata()
+
+
+def points(table: pd.DataFrame, x: str, y: str = "dev_accuracy") -> np.ndarray:
+    return table[[x, y]].to_numpy(dtype=np.float64)
+
+
+def test_plotted_front_is_the_reports_front(frame):
+    # A repeat of the cheapest trial, more accurate than any trial: were repeats ranked, it
+    # would be on the single-run front (and alone at its cost).
+    complete = frame[frame["state"] == "COMPLETE"]
+    cheapest = complete.sort_values("flops_per_example").iloc[0]
+    repeat = {**cheapest.to_dict(), "trial": len(frame), "repeat_of": cheapest["trial"],
+              "seed": 1, "dev_accuracy": 0.99}
+    with_repeat = pd.concat([frame, pd.DataFrame([repeat])], ignore_index=True)
+    report = build_report(with_repeat)
+    expected = points(pareto_front(frame), "flops_per_example")  # the search trials' front
+    assert 0.99 not in expected[:, 1]
+    np.testing.assert_array_equal(points(report.front, "flops_per_example"), expected)
+    figure = plot_front(with_repeat)
+    assert isinstance(figure, Figure)
+    (ax,) = figure.axes
+    assert ax.get_xscale() == "log"
+    np.testing.assert_array_equal(
+        plotted_line(ax, "KD student: Pareto front (95% intervals)"), expected)
+    (bars,) = [c for c in ax.containers if c.lines[0].get_marker() == "o"]  # its intervals
+    np.testing.assert_array_equal(bars.lines[0].get_xydata(), expected)
+    np.testing.assert_array_equal(
+        plotted_line(ax, "confirmed front: mean over seeds (95% intervals over seeds)"),
+        points(report.confirmed, "flops_per_example", "dev_accuracy_mean"))
+    (trials,) = [c for c in ax.collections
+                 if c.get_label() == f"KD student: trials ({len(complete)})"]
+    assert sorted(map(tuple, np.asarray(trials.get_offsets()))) == sorted(
+        map(tuple, points(complete, "flops_per_example")))
+
+
+def test_comparison_and_kd_gain_plots_draw_each_studys_numbers(frame, study_storage):
     other = load_study_frame("other", study_storage)
-    for figure in (plot_front(frame), plot_comparison({"smoke": frame, "other": other}, "params"),
-                   plot_kd_gain_vs_params(frame)):
-        assert isinstance(figure, Figure) and figure.axes
-    assert plot_front(frame).axes[0].get_xscale() == "log"
+    # By hand: on parameters trial 1 is cheapest, on FLOPs trial 0 dominates both others.
+    hand = pd.DataFrame({"trial": [0, 1, 2], "state": ["COMPLETE"] * 3,
+                         "dev_accuracy": [0.7, 0.6, 0.5], "flops_per_example": [1e6, 2e6, 3e6],
+                         "params": [1e4, 1e3, 5e3]})
+    (ax,) = plot_comparison({"smoke": frame, "other": other, "hand": hand}, "params").axes
+    for label, study in (("smoke", frame), ("other", other)):
+        np.testing.assert_array_equal(plotted_line(ax, f"{label}: Pareto front (95% intervals)"),
+                                      points(pareto_front(study, "params"), "params"))
+    np.testing.assert_array_equal(plotted_line(ax, "hand: Pareto front (95% intervals)"),
+                                  [[1e3, 0.6], [1e4, 0.7]])
+    complete = frame[frame["state"] == "COMPLETE"]
+    figure = plot_kd_gain_vs_params(frame)
+    for ax, name in zip(figure.axes, ("T", "T_s", "alpha")):  # the colour bar's axes last
+        (scatter,) = ax.collections[1:]  # after the error bars
+        assert sorted(map(tuple, np.asarray(scatter.get_offsets()))) == sorted(
+            map(tuple, points(complete, name, "kd_gain")))
 
 
 def test_report_of_one_trial_without_teacher_fields():

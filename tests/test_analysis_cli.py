@@ -16,7 +16,7 @@ import pytest
 from nbclient import NotebookClient
 
 from analysis.pareto import main
-from harness.storage import open_storage
+from harness.sweep.storage import open_storage
 
 from .synthetic import create_synthetic_study
 

@@ -18,6 +18,9 @@ from harness.config import (
     default_trial_config,
 )
 from harness.study_file import apply_override, load_study_config, study_config_from_dict
+from harness.sweep.study_record import config_fingerprint
+
+from .conftest import REPO
 
 
 def config_error(raw: dict) -> str:
@@ -103,6 +106,24 @@ def test_the_teacher_fine_tune_has_its_own_optimiser_settings():
             config.teacher.max_grad_norm) == (0.1, 0.01, 1.0)
     teacher = study_config_from_dict({"teacher": {"weight_decay": 0.0}}).teacher
     assert teacher.weight_decay == 0.0
+
+
+def test_shared_optimiser_settings_keep_the_sections_flat():
+    """The teacher and pipeline sections share their optimiser fields (OptimizerConfig), and
+    the stored configuration keeps them as flat keys beside the section's own: the form a
+    study's fingerprint (harness.sweep.study_record) was recorded from, so studies created
+    before stay resumable."""
+    stored = dataclasses.asdict(study_config_from_dict(
+        {"teacher": {"lr": 3e-5, "batch_size": 16}, "pipeline": {"batch_size": 8}}))
+    for section in ("teacher", "pipeline"):
+        assert {"batch_size", "warmup_ratio", "weight_decay", "max_grad_norm",
+                "schedule"} <= set(stored[section])
+    assert (stored["teacher"]["lr"], stored["teacher"]["batch_size"]) == (3e-5, 16)
+    assert stored["pipeline"]["batch_size"] == 8 and "optimizer" not in stored["pipeline"]
+    # default-v4 as created by the releases before the shared optimiser settings: a study
+    # of that name in a user's storage resumes only while this holds.
+    assert config_fingerprint(load_study_config(REPO / "studies" / "default.yaml", [])) == (
+        "cdf080a873d0a932374c51e88964af240346dc9e539d6233ddc4ce902c264a34")
 
 
 def test_architecture_teacher_section():
@@ -325,7 +346,7 @@ def test_load_study_config_bad_files(tmp_path):
 
 @pytest.mark.parametrize("metric", ["dev_f1", "dev_mcc", "dev_accuracy"])
 def test_a_task_metric_can_be_the_searched_objective(metric):
-    from harness.search import directions
+    from harness.sweep.search import directions
 
     config = study_config_from_dict({"objectives": {"metrics": [metric, "flops_per_example"]}})
     assert directions(config) == ["maximize", "minimize"]

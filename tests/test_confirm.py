@@ -1,4 +1,4 @@
-"""Confirming the front over seeds (harness.confirm, analysis.seeds): smoke studies run as a
+"""Confirming the front over seeds (harness.sweep.confirm, analysis.seeds): smoke studies run as a
 user would, two workers on one journal file, the analysis against a hand computation, and a
 sampler that records what it is shown."""
 
@@ -15,14 +15,14 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-import harness.search
+import harness.sweep.search
 from analysis.frame import study_frame
 from analysis.front import pareto_front
 from analysis.pareto import main as pareto_main
 from analysis.seeds import by_configuration, confirmed_front, search_rows
-from harness.confirm import queue_repeats
-from harness.storage import open_storage
 from harness.study_file import load_study_config
+from harness.sweep.confirm import queue_repeats
+from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
 from .synthetic import DISTRIBUTIONS, OBJECTIVES, synthetic_trial_attrs
@@ -125,7 +125,7 @@ class RecordingTPE(optuna.samplers.TPESampler):
 
 
 def test_the_sampler_never_sees_a_repeat(in_tmp, monkeypatch):
-    monkeypatch.setattr(harness.search.optuna.samplers, "TPESampler", RecordingTPE)
+    monkeypatch.setattr(harness.sweep.search.optuna.samplers, "TPESampler", RecordingTPE)
     RecordingTPE.seen = set()
     assert run_smoke(in_tmp, 3, "--confirm-seeds", "2")[0] == 0
     assert run_smoke(in_tmp, 5, "--confirm-seeds", "2")[0] == 0  # more search after the repeats

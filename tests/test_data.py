@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from harness.artifacts import sha256_file
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import harness.data as data_module
+from harness.artifacts import sha256_file
 from harness.config import DataConfig, TeacherConfig
 from harness.data import (
     ROTTEN_TOMATOES_MEMBER,

@@ -16,14 +16,14 @@ import transformers
 import yaml
 
 from analysis.pareto import main as pareto_main
-from harness.config import TeacherConfig, default_trial_config
-from harness.models import (ModelError, StudentShape, build_student, check_teacher_source,
-                            load_pretrained, shape_of, student_shape, teacher_layer_choice)
+from harness.config import ModelShape, TeacherConfig, default_trial_config
+from harness.models import (ModelError, build_student, check_teacher_source, load_pretrained,
+                            shape_of, student_shape, teacher_layer_choice)
 from harness.pipeline import run_trial
 from harness.shared import prepare_shared
-from harness.storage import open_storage
 from harness.study import main
 from harness.study_file import load_study_config
+from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
 from .families import CONFIGS, bpe_tokenizer, save_tiny_model
@@ -64,7 +64,7 @@ def test_teacher_layers_students_copy_each_familys_own_layers(family, checkpoint
     teacher = load_pretrained(str(checkpoints[family]), "teacher.source", ("a", "b"), seed=0)
     shape = student_shape(teacher, num_layers=1, hidden_size=64, head_dim=32,
                           intermediate_size=None)
-    assert shape == StudentShape(1, 64, 2, 128)  # FFN width from the family's own field
+    assert shape == ModelShape(1, 64, 2, 128)  # FFN width from the family's own field
     student, init = build_student(teacher, shape, "teacher-layers", seed=1)
     assert init == "teacher-layers" and type(student) is type(teacher)
     assert student.config.num_hidden_layers == 1
@@ -80,7 +80,7 @@ def test_teacher_layers_students_copy_each_familys_own_layers(family, checkpoint
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_resized_students_take_each_familys_field_names(family, checkpoints):
     teacher = load_pretrained(str(checkpoints[family]), "teacher.source", ("a", "b"), seed=0)
-    shape = StudentShape(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=48)
+    shape = ModelShape(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=48)
     student, init = build_student(teacher, shape, "random", seed=0)
     assert init == "random" and shape_of(student.config) == shape
     inputs = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.ones(1, 3).long()}

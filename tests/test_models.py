@@ -10,10 +10,9 @@ import pytest
 import torch
 import transformers
 
-from harness.config import ArchitectureConfig, TeacherConfig
+from harness.config import ModelShape, TeacherConfig
 from harness.models import (
     ModelError,
-    StudentShape,
     build_student,
     check_teacher_source,
     hub_revision,
@@ -29,7 +28,7 @@ from harness.models import (
 
 LABELS = ("rotten", "fresh")
 TEXTS = ["a fine, moving film .", "dull and far too long", "not bad at all"]
-TINY = ArchitectureConfig(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64)
+TINY = ModelShape(num_layers=4, hidden_size=32, num_heads=2, intermediate_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,7 @@ def logits(model, tokenizer, texts) -> torch.Tensor:
 
 
 def save_tiny_student(tiny_teacher, tokenizer, folder: Path):
-    student, _ = build_student(tiny_teacher, StudentShape(1, 32, 2, 64), "teacher-layers", seed=0)
+    student, _ = build_student(tiny_teacher, ModelShape(1, 32, 2, 64), "teacher-layers", seed=0)
     save_model(student, tokenizer, folder)
     return student
 
@@ -117,7 +116,7 @@ def test_teacher_head_is_seeded(tokenizer):
 
 
 def test_architecture_teacher_is_a_bert_of_that_size(tokenizer):
-    arch = ArchitectureConfig(num_layers=3, hidden_size=48, num_heads=3, intermediate_size=96)
+    arch = ModelShape(num_layers=3, hidden_size=48, num_heads=3, intermediate_size=96)
     teacher = load_teacher(TeacherConfig(source="architecture", architecture=arch,
                                          tokenizer="builtin:minilm-l6"), LABELS, tokenizer, seed=0)
     assert isinstance(teacher, transformers.BertForSequenceClassification)
@@ -148,20 +147,20 @@ def test_tokenizer_id_is_stable_and_content_based(tokenizer, tmp_path, tiny_teac
 # --- student shapes and parameter counts ----------------------------------------------------
 
 def test_student_shape_derivations(minilm):
-    assert student_shape(minilm, 2, 384, 32, None) == StudentShape(2, 384, 12, 1536)
-    assert student_shape(minilm, 4, 128, 32, None) == StudentShape(4, 128, 4, 512)  # ratio 4
-    assert student_shape(minilm, 1, 96, 16, 200) == StudentShape(1, 96, 6, 200)
+    assert student_shape(minilm, 2, 384, 32, None) == ModelShape(2, 384, 12, 1536)
+    assert student_shape(minilm, 4, 128, 32, None) == ModelShape(4, 128, 4, 512)  # ratio 4
+    assert student_shape(minilm, 1, 96, 16, 200) == ModelShape(1, 96, 6, 200)
 
 
 def test_student_shape_follows_the_teachers_ffn_ratio(tokenizer):
-    arch = ArchitectureConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=48)
+    arch = ModelShape(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=48)
     teacher = load_teacher(TeacherConfig(source="architecture", architecture=arch), LABELS,
                            tokenizer, seed=0)
-    assert student_shape(teacher, 1, 64, 16, None) == StudentShape(1, 64, 4, 96)  # ratio 1.5
+    assert student_shape(teacher, 1, 64, 16, None) == ModelShape(1, 64, 4, 96)  # ratio 1.5
 
 
-@pytest.mark.parametrize("shape", [StudentShape(1, 32, 2, 64), StudentShape(2, 64, 4, 128),
-                                   StudentShape(3, 48, 1, 100)])
+@pytest.mark.parametrize("shape", [ModelShape(1, 32, 2, 64), ModelShape(2, 64, 4, 128),
+                                   ModelShape(3, 48, 1, 100)])
 def test_student_dimensions_and_parameter_count(minilm, shape):
     student, init = build_student(minilm, shape, "random", seed=0)
     assert init == "random"
@@ -180,9 +179,9 @@ def test_student_dimensions_and_parameter_count(minilm, shape):
 
 
 def test_student_build_is_seeded(tiny_teacher):
-    one, _ = build_student(tiny_teacher, StudentShape(2, 16, 2, 32), "random", seed=5)
-    two, _ = build_student(tiny_teacher, StudentShape(2, 16, 2, 32), "random", seed=5)
-    three, _ = build_student(tiny_teacher, StudentShape(2, 16, 2, 32), "random", seed=6)
+    one, _ = build_student(tiny_teacher, ModelShape(2, 16, 2, 32), "random", seed=5)
+    two, _ = build_student(tiny_teacher, ModelShape(2, 16, 2, 32), "random", seed=5)
+    three, _ = build_student(tiny_teacher, ModelShape(2, 16, 2, 32), "random", seed=6)
     pairs = list(zip(one.state_dict().values(), two.state_dict().values()))
     assert all(torch.equal(a, b) for a, b in pairs)
     assert not torch.equal(one.classifier.weight, three.classifier.weight)
@@ -224,7 +223,7 @@ def assert_copied(teacher, student) -> None:
 
 @pytest.mark.parametrize("num_layers", [1, 2, 3, 4])
 def test_teacher_layers_copies_exactly_the_chosen_tensors(tiny_teacher, tokenizer, num_layers):
-    shape = StudentShape(num_layers, 32, 2, 64)
+    shape = ModelShape(num_layers, 32, 2, 64)
     student, init = build_student(tiny_teacher, shape, "teacher-layers", seed=0)
     assert init == "teacher-layers"
     assert_copied(tiny_teacher, student)
@@ -237,15 +236,15 @@ def test_teacher_layers_copies_exactly_the_chosen_tensors(tiny_teacher, tokenize
 
 
 def test_teacher_layers_students_of_two_seeds_share_the_encoder_not_the_head(tiny_teacher):
-    one, _ = build_student(tiny_teacher, StudentShape(2, 32, 2, 64), "teacher-layers", seed=0)
-    two, _ = build_student(tiny_teacher, StudentShape(2, 32, 2, 64), "teacher-layers", seed=1)
+    one, _ = build_student(tiny_teacher, ModelShape(2, 32, 2, 64), "teacher-layers", seed=0)
+    two, _ = build_student(tiny_teacher, ModelShape(2, 32, 2, 64), "teacher-layers", seed=1)
     assert torch.equal(one.bert.encoder.layer[1].output.dense.weight,
                        two.bert.encoder.layer[1].output.dense.weight)
     assert not torch.equal(one.classifier.weight, two.classifier.weight)
 
 
 def test_teacher_layers_from_the_builtin_teacher(minilm):
-    student, init = build_student(minilm, StudentShape(2, 384, 12, 1536), "teacher-layers", seed=0)
+    student, init = build_student(minilm, ModelShape(2, 384, 12, 1536), "teacher-layers", seed=0)
     assert init == "teacher-layers"
     assert_copied(minilm, student)
     # Copies, not shared storage: training the student leaves the teacher alone.
@@ -254,10 +253,10 @@ def test_teacher_layers_from_the_builtin_teacher(minilm):
 
 
 @pytest.mark.parametrize("shape", [
-    StudentShape(2, 16, 1, 32),  # narrower
-    StudentShape(2, 32, 4, 64),  # other head count
-    StudentShape(2, 32, 2, 96),  # other FFN width
-    StudentShape(5, 32, 2, 64),  # more layers than the teacher
+    ModelShape(2, 16, 1, 32),  # narrower
+    ModelShape(2, 32, 4, 64),  # other head count
+    ModelShape(2, 32, 2, 96),  # other FFN width
+    ModelShape(5, 32, 2, 64),  # more layers than the teacher
 ])
 def test_teacher_layers_falls_back_to_random(tiny_teacher, shape):
     student, init = build_student(tiny_teacher, shape, "teacher-layers", seed=0)
@@ -268,7 +267,7 @@ def test_teacher_layers_falls_back_to_random(tiny_teacher, shape):
 
 
 def test_random_init_does_not_copy(tiny_teacher):
-    student, init = build_student(tiny_teacher, StudentShape(2, 32, 2, 64), "random", seed=0)
+    student, init = build_student(tiny_teacher, ModelShape(2, 32, 2, 64), "random", seed=0)
     assert init == "random"
     assert not torch.equal(student.bert.embeddings.word_embeddings.weight,
                            tiny_teacher.bert.embeddings.word_embeddings.weight)

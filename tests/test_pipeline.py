@@ -7,11 +7,10 @@ import dataclasses
 import pytest
 import torch
 import transformers
-
 from safetensors.torch import load_file
 
+import harness.labels
 import harness.pipeline
-import harness.shared
 from harness.config import PipelineConfig, default_trial_config
 from harness.evaluation import score
 from harness.models import load_teacher
@@ -38,7 +37,7 @@ def phase_calls(monkeypatch) -> list[str]:
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(harness.pipeline, "train_phase", recording)
-    monkeypatch.setattr(harness.shared, "train_phase", recording)
+    monkeypatch.setattr(harness.labels, "train_phase", recording)
     return calls
 
 
@@ -149,7 +148,7 @@ def test_hidden_and_attention_matching_across_widths(smoke_config, smoke_shared)
     assert result.shape.hidden_size != smoke_shared.teacher.config.hidden_size  # a projection
     keys = set().union(*logged)
     assert {"distill/hidden", "distill/attention", "distill/kd", "distill/ce", "distill/lr",
-            "distill/dev_accuracy", "distill/epoch"} <= keys
+            "distill/dev_accuracy", "distill/evaluation"} <= keys
     student_only = dataclasses.replace(trial, hidden_weight=0.0, attention_weight=0.0)
     plain = run_trial(smoke_config, student_only, smoke_shared)
     # The teacher forward passes that matching needs are counted in train_flops.
@@ -168,7 +167,7 @@ def test_tinybert_style_intermediate_phase_then_logit_kd(smoke_config, smoke_sha
 
 
 def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkeypatch):
-    def exploding(loss, shared, projection, teacher_logits):
+    def exploding(loss, teacher, projection, teacher_logits):
         return lambda model, batch: {"loss": model(**{k: batch[k] for k in (
             "input_ids", "attention_mask")}).logits.sum() * float("nan")}
 

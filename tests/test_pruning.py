@@ -7,8 +7,9 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, BertConfig
 
+from harness.config import ModelShape
 from harness.data import TokenizedSplit
-from harness.models import FAMILIES, StudentShape, build_student, shape_of, student_init
+from harness.models import FAMILIES, build_student, shape_of, student_init
 from harness.pruning import activation_importance, kept
 from tests.families import CONFIGS
 
@@ -78,7 +79,7 @@ def test_importance_matches_a_float64_hand_computation():
 def test_pruned_student_starts_from_slices_of_the_teacher():
     teacher, split = _teacher(layers=4), _split()
     importance = activation_importance(teacher, FAMILIES["bert"], split, PAD_ID, seed=0)
-    shape = StudentShape(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=48)
+    shape = ModelShape(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=48)
     student, used = build_student(teacher, shape, "teacher-pruned", seed=3, importance=importance)
     assert used == "teacher-pruned"
 
@@ -121,12 +122,12 @@ def test_pruned_student_starts_from_slices_of_the_teacher():
 
 
 @pytest.mark.parametrize("asked,shape,expected", [
-    ("teacher-pruned", StudentShape(2, 32, 2, 48), "teacher-pruned"),
-    ("teacher-pruned", StudentShape(2, 64, 4, 128), "teacher-layers"),  # the teacher's width
-    ("teacher-pruned", StudentShape(2, 32, 4, 48), "random"),  # heads 8 wide, the teacher's 16
-    ("teacher-pruned", StudentShape(5, 32, 2, 48), "random"),  # deeper than the teacher
-    ("teacher-layers", StudentShape(2, 32, 2, 48), "random"),
-    ("random", StudentShape(2, 64, 4, 128), "random"),
+    ("teacher-pruned", ModelShape(2, 32, 2, 48), "teacher-pruned"),
+    ("teacher-pruned", ModelShape(2, 64, 4, 128), "teacher-layers"),  # the teacher's width
+    ("teacher-pruned", ModelShape(2, 32, 4, 48), "random"),  # heads 8 wide, the teacher's 16
+    ("teacher-pruned", ModelShape(5, 32, 2, 48), "random"),  # deeper than the teacher
+    ("teacher-layers", ModelShape(2, 32, 2, 48), "random"),
+    ("random", ModelShape(2, 64, 4, 128), "random"),
 ])
 def test_the_init_a_student_gets(asked, shape, expected):
     assert student_init(_teacher().config, shape, asked) == expected
@@ -140,7 +141,7 @@ def test_every_family_prunes_into_slices_of_its_teacher(model_type):
     teacher = AutoModelForSequenceClassification.from_config(config).eval()
     family = FAMILIES[model_type]
     importance = activation_importance(teacher, family, _split(), PAD_ID, seed=0)
-    shape = StudentShape(num_layers=1, hidden_size=32, num_heads=1, intermediate_size=64)
+    shape = ModelShape(num_layers=1, hidden_size=32, num_heads=1, intermediate_size=64)
     student, used = build_student(teacher, shape, "teacher-pruned", seed=0, importance=importance)
     assert used == "teacher-pruned"
     assert shape_of(student.config) == shape

@@ -1,4 +1,4 @@
-"""Tests for harness.search.should_stop_early, the multi-objective early-stopping rule:
+"""Tests for harness.sweep.search.should_stop_early, the multi-objective early-stopping rule:
 stop after epoch e when below the median dev accuracy at e of completed trials of the same
 student size, once enough of them exist. Pinned on hand-built FrozenTrials."""
 
@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState
 
 from harness.config import PrunerConfig
-from harness.search import should_stop_early, suggest_trial_config
+from harness.sweep.search import should_stop_early, suggest_trial_config
 
 SIZE = (2, 128)
 OTHER = (4, 256)

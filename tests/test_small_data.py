@@ -5,6 +5,7 @@ them at the majority class."""
 from __future__ import annotations
 
 import csv
+
 import pytest
 import torch
 

@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from harness.storage import StorageError, open_storage, redact_url
 from harness.study import main
+from harness.sweep.storage import StorageError, open_storage, redact_url
 
 from .conftest import SMOKE
 

@@ -4,6 +4,7 @@ bad input, Ctrl-C, saved Pareto-front students, and every shipped study file."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,14 +16,18 @@ from pathlib import Path
 import optuna
 import pytest
 
-import harness.shared
-import harness.study
-from harness.config import RESIZED_TEACHER, SEARCHABLE, TrialConfig, default_trial_config
+import harness.labels
+import harness.pipeline
+import harness.sweep.objective
+from harness.config import (RESIZED_TEACHER, SEARCHABLE, ConfigError, default_trial_config,
+                            fixed_value)
 from harness.pipeline import untrained_cost
-from harness.search import make_sampler, suggest_trial_config
-from harness.storage import open_storage
+from harness.student import resolve_student
 from harness.study import main
 from harness.study_file import load_study_config
+from harness.sweep.search import make_sampler, suggest_trial_config
+from harness.sweep.storage import open_storage
+from harness.sweep.study_record import RUN_FOLDER, config_fingerprint, open_study, run_folder
 from harness.train import Diverged
 
 from .conftest import REPO, SMOKE
@@ -58,8 +63,7 @@ def test_smoke_study_stores_every_field_and_keeps_front_students(in_tmp, smoke_s
         assert trial.user_attrs["provenance"]["libraries"]["optuna"] == optuna.__version__
     front = {t.number for t in study.best_trials}
     (students,) = {Path(t.user_attrs["student_path"]).parent for t in complete}
-    assert students.parent.parent == Path("runs")
-    assert students.parent.name.startswith("smoke-test-")
+    assert students == run_folder(study) / "students"  # the folder the creator drew
     saved = {int(p.name.removeprefix("trial-")) for p in (in_tmp / students).iterdir()}
     assert saved == front
     for trial in study.best_trials:
@@ -76,15 +80,47 @@ def test_rerun_resumes_to_the_asked_total(in_tmp):
     assert len(load(storage).trials) == 3
 
 
-def test_changed_configuration_is_refused(in_tmp, capsys):
-    assert run_smoke(in_tmp, 1)[0] == 0
-    code, storage = run_smoke(in_tmp, 2, "--set", "pipeline.distill.epochs=1")
-    assert code == 2 and "another configuration" in capsys.readouterr().err
-    assert len(load(storage).trials) == 1
+def test_changed_configuration_is_refused_before_anything_trains(in_tmp, monkeypatch, capsys):
+    storage = f"journal:{in_tmp / 'study.journal'}"
+    open_study(open_storage(storage), "smoke-test", load_study_config(SMOKE))  # as a first run
+    trained = []
+
+    def no_training(name, *args, **kwargs):
+        trained.append(name)
+        raise AssertionError(f"{name} trained before the refusal")
+
+    # The teacher (from the cache the fixtures warmed), the baseline and the students.
+    monkeypatch.setattr(harness.labels, "train_phase", no_training)
+    monkeypatch.setattr(harness.pipeline, "train_phase", no_training)
+    code, _ = run_smoke(in_tmp, 2, "--set", "pipeline.distill.epochs=1")
+    error = capsys.readouterr().err
+    assert code == 2 and "another configuration" in error and error.count("\n") == 1, error
+    assert trained == [] and load(storage).trials == []
+    assert not (in_tmp / "runs").exists()
+
+
+def test_open_study_refuses_another_configuration_and_reopens_its_own(tmp_path):
+    storage = open_storage(f"journal:{tmp_path / 'study.journal'}")
+    config = load_study_config(SMOKE)
+    recorded = open_study(storage, "s", config).user_attrs
+    assert recorded["config_sha256"] == config_fingerprint(config)
+    # Tracking, the description and the confirmation seeds leave trials comparable.
+    same = load_study_config(SMOKE, ["tracking.wandb=offline", "description=again",
+                                     "confirm.seeds=3"])
+    assert config_fingerprint(same) == config_fingerprint(config)
+    assert open_study(storage, "s", same).user_attrs == recorded  # and it rewrites nothing
+    for override in ("pipeline.distill.epochs=1", "seed=1", "search.alpha.high=0.5"):
+        changed = load_study_config(SMOKE, [override])
+        assert config_fingerprint(changed) != config_fingerprint(config), override
+        with pytest.raises(ConfigError, match="'s' was created from another configuration"):
+            open_study(storage, "s", changed)
+    optuna.create_study(storage=storage, study_name="foreign")  # not made by harness.study
+    with pytest.raises(ConfigError, match="'foreign' records no configuration"):
+        open_study(storage, "foreign", config, fingerprint_wait_seconds=0.0)
 
 
 def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
-    real_run_trial = harness.study.run_trial
+    real_run_trial = harness.sweep.objective.run_trial
     calls = []
 
     def diverge_once(*args, **kwargs):
@@ -93,7 +129,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
             raise Diverged("distill: loss became nan at step 3")
         return real_run_trial(*args, **kwargs)
 
-    monkeypatch.setattr(harness.study, "run_trial", diverge_once)
+    monkeypatch.setattr(harness.sweep.objective, "run_trial", diverge_once)
     code, storage = run_smoke(in_tmp, 2)
     assert code == 0
     trials = load(storage).trials
@@ -105,8 +141,9 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(in_tmp, monkeypatch):
 
 def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_config, smoke_shared):
     sizes = [(layers, width) for layers in (1, 2) for width in (32, 64)]  # smoke's search
-    flops = {size: untrained_cost(smoke_config, default_trial_config(
-        smoke_config, num_layers=size[0], hidden_size=size[1]), smoke_shared).flops_per_example
+    flops = {size: untrained_cost(resolve_student(smoke_config, default_trial_config(
+        smoke_config, num_layers=size[0], hidden_size=size[1]), smoke_shared),
+        smoke_shared.device, smoke_config.pipeline.latency_repeats).flops_per_example
         for size in sizes}
     limit = min(flops.values()) * 1.01  # only the smallest student fits
     code, storage = run_smoke(in_tmp, 4, "--set", "objectives.metrics=[dev_accuracy]",
@@ -186,7 +223,7 @@ def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, caps
     def diverging(name, *args, **kwargs):
         raise Diverged(f"{name}: loss became nan at step 3")
 
-    monkeypatch.setattr(harness.shared, "train_phase", diverging)
+    monkeypatch.setattr(harness.labels, "train_phase", diverging)
     storage = in_tmp / "study.journal"
     code = main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
                  "--storage", f"journal:{storage}", "--set", "teacher.epochs=2.5"])  # not cached
@@ -197,15 +234,23 @@ def test_a_diverging_teacher_exits_2_naming_teacher_lr(in_tmp, monkeypatch, caps
     assert not storage.exists() and not (in_tmp / "runs").exists()
 
 
-def test_one_name_in_two_storages_never_shares_saved_students(in_tmp):
-    first, second = in_tmp / "first.journal", in_tmp / "second.journal"
-    for storage in (first, second):
-        assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", "1", "--wandb", "disabled",
-                     "--storage", f"journal:{storage}", "--study-name", "same"]) == 0
-    paths = [Path(optuna.load_study(study_name="same", storage=open_storage(f"journal:{s}"))
-                  .trials[0].user_attrs["student_path"]) for s in (first, second)]
-    assert paths[0].parent != paths[1].parent
-    assert all((in_tmp / path / "config.json").is_file() for path in paths)
+def test_the_run_folder_is_drawn_once_by_the_creator_and_recorded(tmp_path):
+    # Saved students go under it: see test_smoke_study_stores_every_field_and_keeps_front_students.
+    config = load_study_config(SMOKE)
+    first = f"journal:{tmp_path / 'first.journal'}"
+    folder = run_folder(open_study(open_storage(first), "same", config))
+    assert folder.parent == Path("runs") and re.fullmatch(r"same-[0-9a-f]{8}", folder.name)
+    stored = optuna.load_study(study_name="same", storage=open_storage(first)).user_attrs
+    assert stored[RUN_FOLDER] == folder.name  # read back by a process that never opened it
+    # Every later worker, or a resumed run, finds the creator's folder.
+    assert run_folder(open_study(open_storage(first), "same", config)) == folder
+    # The same name in another storage, or recreated in this one, never shares it.
+    other = run_folder(open_study(open_storage(f"journal:{tmp_path / 'second.journal'}"),
+                                  "same", config))
+    optuna.delete_study(study_name="same", storage=open_storage(first))
+    recreated = run_folder(open_study(open_storage(first), "same", config))
+    assert len({folder, other, recreated}) == 3
+    assert all(re.fullmatch(r"same-[0-9a-f]{8}", f.name) for f in (other, recreated))
 
 
 @pytest.mark.slow
@@ -245,17 +290,27 @@ def test_every_shipped_study_file_loads_and_samples(path):
     for _ in range(3):
         trial = study.ask()
         sampled = suggest_trial_config(trial, config)
-        assert isinstance(sampled, TrialConfig)
+        assert set(trial.params) <= set(config.search)
+        assert sampled.seed == config.seed
         assert sampled.hidden_size % config.student.head_dim == 0
-        for name, param in config.search.items():
-            if name not in trial.params:  # a size not sampled for a pre-trained student
-                assert SEARCHABLE[name].resized_only and sampled.student_source != RESIZED_TEACHER
-                continue
+        for name, searchable in SEARCHABLE.items():
             value = getattr(sampled, name)
+            if searchable.resized_only and sampled.student_source != RESIZED_TEACHER:
+                assert name not in trial.params, name  # a checkpoint's size is its own
+            if name not in trial.params:  # not searched, or a size a checkpoint has of its own
+                assert name not in config.search or (
+                    searchable.resized_only and sampled.student_source != RESIZED_TEACHER), name
+                assert value == fixed_value(config, searchable.path), name  # the study file's
+                continue
+            param = config.search[name]
+            assert value == trial.params[name] and type(value) is searchable.kind, name
             if param.choices is not None:
-                assert value in param.choices
+                assert value in param.choices, name
             else:
-                assert param.low <= value <= param.high
+                assert param.low <= value <= param.high, name
+                if param.step is not None:
+                    steps = (value - param.low) / param.step
+                    assert steps == pytest.approx(round(steps)), name
         study.tell(trial, [0.5] * len(config.objectives.metrics))
 
 
@@ -288,9 +343,9 @@ def test_a_regular_install_runs_the_default_study_from_any_folder(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, not the checkout
-    probe = ("import harness.study, harness.study_file; "
-             "print(harness.study.default_study_file()); "
-             "print(harness.study_file.load_study_config(harness.study.default_study_file()).name)")
+    probe = ("import harness.study_file, harness.sweep.cli as cli; "
+             "print(cli.default_study_file()); "
+             "print(harness.study_file.load_study_config(cli.default_study_file()).name)")
     printed = subprocess.run([sys.executable, "-c", probe], cwd=elsewhere, env=env,
                              capture_output=True, text=True, check=True).stdout.split()
     assert Path(printed[0]).is_relative_to(target)
@@ -320,12 +375,13 @@ def test_single_objective_study_keeps_the_students_of_the_printed_front(in_tmp, 
         assert saved == (trial.number in printed), trial.number
 
 
-def test_every_spelling_of_a_storage_url_finds_the_same_run_folder(in_tmp, postgres_url):
+def test_every_spelling_of_a_storage_url_finds_the_same_run_folder(postgres_url):
     name = f"spelled-{uuid.uuid4().hex[:8]}"
     spellings = [postgres_url, postgres_url.replace("postgresql://", "postgresql+psycopg://", 1)]
-    for n_trials, url in enumerate(spellings, start=1):
-        assert main(["--study", str(SMOKE), "--workers", "1", "--n-trials", str(n_trials), "--wandb", "disabled",
-                     "--storage", url, "--study-name", name]) == 0
-    study = optuna.load_study(study_name=name, storage=postgres_url)
-    folders = {Path(t.user_attrs["student_path"]).parent for t in study.trials}
-    assert len(study.trials) == 2 and len(folders) == 1
+    config = load_study_config(SMOKE)
+    try:
+        folders = [run_folder(open_study(open_storage(url, heartbeat_seconds=60), name, config))
+                   for url in spellings]
+        assert folders[0] == folders[1]
+    finally:
+        optuna.delete_study(study_name=name, storage=postgres_url)

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness.storage import open_storage
 from harness.study import main
+from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
 

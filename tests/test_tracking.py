@@ -1,4 +1,4 @@
-"""Tests for harness.tracking: offline W&B runs read back with W&B's own reader.
+"""Tests for harness.sweep.tracking: offline W&B runs read back with W&B's own reader.
 
 `wandb leet inspect` reads a run's .wandb transaction log: `--summary --json` gives its
 config, summary, state and exit code; `--json` alone gives every record (the run record
@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import tracking
+from harness.sweep import tracking
 
 REPO = Path(__file__).resolve().parents[1]
 WANDB_CLI = Path(sys.executable).with_name("wandb")
@@ -139,7 +139,7 @@ def test_disabled_writes_nothing_and_never_imports_wandb(tmp_path, wandb_env):
 import sys
 from pathlib import Path
 import pandas as pd
-from harness import tracking
+from harness.sweep import tracking
 run_dir = Path({str(work / 'runs')!r})
 run = tracking.start_trial_run("disabled", "kd", None, (), run_dir, "s1", 0, "trial", {{}})
 run.log({{"kd/loss": 1.0}}, step=0)

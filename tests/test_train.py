@@ -148,7 +148,7 @@ def test_fractional_epochs_count_steps_hooks_and_examples(epochs, n, batch_size)
 
     hook_epochs = []
 
-    def on_epoch_end(epoch):
+    def on_evaluation(epoch):
         hook_epochs.append((epoch, len(fed)))  # and how many steps had run by then
         return 0.5 + epoch / 100
 
@@ -158,7 +158,7 @@ def test_fractional_epochs_count_steps_hooks_and_examples(epochs, n, batch_size)
         settings = TrainSettings(epochs=epochs, lr=1e-3, batch_size=batch_size,
                                  warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0, seed=0)
         result = train_phase("test", _tiny_bert(), split, counting_loss, settings,
-                             torch.device("cpu"), PAD_ID, on_epoch_end=on_epoch_end)
+                             torch.device("cpu"), PAD_ID, on_evaluation=on_evaluation)
     finally:
         handle.remove()
 
@@ -168,7 +168,7 @@ def test_fractional_epochs_count_steps_hooks_and_examples(epochs, n, batch_size)
     assert [e for e, _ in hook_epochs] == list(range(1, expected_passes + 1))
     assert [s for _, s in hook_epochs] == [min(k * steps_per_pass, expected_steps)
                                            for k in range(1, expected_passes + 1)]
-    assert result.epoch_dev_accuracy == tuple(0.5 + e / 100 for e, _ in hook_epochs)
+    assert result.dev_accuracies == tuple(0.5 + e / 100 for e, _ in hook_epochs)
     assert result.examples_seen == sum(len(b) for b in fed)
     # Each full pass feeds every example once.
     for k in range(expected_steps // steps_per_pass):
@@ -182,8 +182,8 @@ def test_zero_epochs_trains_nothing():
                              weight_decay=0.0, max_grad_norm=1.0, seed=0)
     result = train_phase("test", _tiny_bert(), _split(10, seed=6),
                          lambda m, b: calls.append(1), settings, torch.device("cpu"), PAD_ID,
-                         on_epoch_end=lambda e: calls.append(e))
-    assert (result.steps, result.examples_seen, result.epoch_dev_accuracy) == (0, 0, ())
+                         on_evaluation=lambda e: calls.append(e))
+    assert (result.steps, result.examples_seen, result.dev_accuracies) == (0, 0, ())
     assert calls == []
 
 
@@ -211,7 +211,7 @@ def test_min_steps_sets_the_budget_of_a_small_split():
     model = _tiny_bert()
     evaluate, seen = _scripted(model, [0.1, 0.2, 0.3])
     result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
-                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
+                         torch.device("cpu"), PAD_ID, on_evaluation=evaluate)
     assert result.steps == 13 == settings.total_steps(10)
     assert len(seen) == settings.evaluations(10) == 3  # steps 5, 10 and the last, 13
     assert result.best_step == 13  # keep_best off: the last weights
@@ -222,7 +222,7 @@ def test_keep_best_ends_on_the_weights_of_the_best_evaluation():
     model = _tiny_bert()
     evaluate, seen = _scripted(model, [0.5, 0.9, 0.6, 0.7])
     result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
-                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
+                         torch.device("cpu"), PAD_ID, on_evaluation=evaluate)
     assert result.steps == 12 and result.best_step == 6
     assert not torch.equal(seen[1]["classifier.weight"], seen[3]["classifier.weight"])
     for name, value in model.state_dict().items():
@@ -235,7 +235,7 @@ def test_patience_stops_after_evaluations_without_a_better_dev_accuracy():
     # Ties do not count as better: the stop comes after the 2nd evaluation past the best.
     evaluate, seen = _scripted(model, [0.5, 0.8, 0.8, 0.7, 0.9, 0.9])
     result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
-                         torch.device("cpu"), PAD_ID, on_epoch_end=evaluate)
-    assert result.epoch_dev_accuracy == (0.5, 0.8, 0.8, 0.7)
+                         torch.device("cpu"), PAD_ID, on_evaluation=evaluate)
+    assert result.dev_accuracies == (0.5, 0.8, 0.8, 0.7)
     assert (result.steps, result.best_step) == (8, 4)
     assert torch.equal(model.state_dict()["classifier.weight"], seen[1]["classifier.weight"])

@@ -24,14 +24,15 @@ import pytest
 import torch
 
 from harness.config import ConfigError
-from harness.confirm import REPEAT_OF, SEED, is_repeat
-from harness.local_workers import plan_workers
-from harness.search import directions, make_sampler
-from harness.storage import open_storage
-from harness.study import REFUSED, run_study
 from harness.study_file import load_study_config
-from harness.study_record import config_fingerprint, open_study
-from harness.workers import describe_running, reap_dead_local_trials, worker_identity
+from harness.sweep.confirm import REPEAT_OF, SEED, is_repeat
+from harness.sweep.driver import run_study
+from harness.sweep.local_workers import plan_workers
+from harness.sweep.objective import REFUSED
+from harness.sweep.search import directions, make_sampler
+from harness.sweep.storage import open_storage
+from harness.sweep.study_record import config_fingerprint, open_study
+from harness.sweep.workers import describe_running, reap_dead_local_trials, worker_identity
 
 from .conftest import REPO, SMOKE, THREADS
 from .test_storage import fresh_database, run_together
@@ -175,7 +176,7 @@ def deadline(seconds: int):
 # a worker killed in between leaves a trial like this one.
 ASK_AND_EXIT = """
 import sys, optuna
-from harness.storage import open_storage
+from harness.sweep.storage import open_storage
 optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1])).ask()
 """
 

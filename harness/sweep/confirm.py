@@ -17,8 +17,8 @@ from __future__ import annotations
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from analysis.front import pareto_mask
 from harness.config import StudyConfig
+from harness.sweep.front import front_trials
 
 REPEAT_OF = "repeat_of"
 SEED = "seed"
@@ -39,9 +39,7 @@ def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) ->
     accuracy against FLOPs (the report's), then the best ``best_per_size`` of each size."""
     complete = [t for t in search_trials(study, (TrialState.COMPLETE,))
                 if "dev_accuracy" in t.user_attrs and "flops_per_example" in t.user_attrs]
-    on_front = pareto_mask([t.user_attrs["dev_accuracy"] for t in complete],
-                           [t.user_attrs["flops_per_example"] for t in complete])
-    chosen = {t.number: t for t, front in zip(complete, on_front) if front}
+    chosen = {t.number: t for t in front_trials(complete)}
     by_size: dict[tuple, list[FrozenTrial]] = {}
     for trial in complete:
         size = tuple(trial.user_attrs.get(k)

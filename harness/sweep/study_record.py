@@ -16,9 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from harness.config import (RESIZED_TEACHER, ConfigError, ScheduleConfig, StudyConfig,
-                            TransferConfig)
-from harness.search import directions, make_pruner, make_sampler
+from harness.config import RESIZED_TEACHER, ConfigError, ScheduleConfig, StudyConfig, TransferConfig
+from harness.sweep.search import directions, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,11 @@
 """The search space and search policy: study file -> Optuna samplers, pruners and the
-early-stopping rule of multi-objective studies. With ``harness.study``, the only module
-that touches Optuna.
+early-stopping rule of multi-objective studies.
 
 Early stopping: Optuna's ``Trial.report``/``should_prune`` raise NotImplementedError in
 multi-objective studies, so there:
 
-    stop a trial after distillation epoch e when its dev accuracy is below the median dev
-    accuracy at epoch e of the completed trials of the same student size (num_layers,
+    stop a trial after dev evaluation e when its dev accuracy is below the median dev
+    accuracy at evaluation e of the completed trials of the same student size (num_layers,
     hidden_size), once at least ``pruner.n_startup_trials`` such trials exist.
 
 Comparing within a size keeps a small, cheap student from being stopped only for being
@@ -21,9 +20,9 @@ import statistics
 import optuna
 
 from harness.compute import ComputeCost
-from harness.confirm import SearchOnly, is_repeat
 from harness.config import (OBJECTIVE_DIRECTIONS, RESIZED_TEACHER, SEARCHABLE, PrunerConfig,
                             StudyConfig, TrialConfig, default_trial_config)
+from harness.sweep.confirm import SearchOnly, is_repeat
 
 
 def suggest_trial_config(trial: optuna.Trial, study_config: StudyConfig) -> TrialConfig:
@@ -74,7 +73,7 @@ def over_budget(study_config: StudyConfig, untrained: ComputeCost) -> dict[str, 
 
 
 def make_sampler(study_config: StudyConfig, seed: int) -> SearchOnly:
-    """The study file's sampler, seeded, blind to the front's repeats (``harness.confirm``)."""
+    """The study file's sampler, seeded, blind to the front's repeats (``harness.sweep.confirm``)."""
     return SearchOnly(_sampler(study_config, seed))
 
 
@@ -102,31 +101,32 @@ def make_pruner(study_config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int, int],
-                      epoch: int, dev_accuracy: float, config: PrunerConfig) -> bool:
+                      evaluation: int, dev_accuracy: float, config: PrunerConfig) -> bool:
     """The multi-objective rule in this module's docstring."""
-    if config.name == "none" or epoch <= config.n_warmup_epochs:
+    if config.name == "none" or evaluation <= config.n_warmup_epochs:
         return False
-    peers = [t.user_attrs["epoch_dev_accuracy"][epoch - 1] for t in finished
+    peers = [t.user_attrs["epoch_dev_accuracy"][evaluation - 1] for t in finished
              if t.state == optuna.trial.TrialState.COMPLETE and not is_repeat(t)
              and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
-             and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= epoch]
+             and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= evaluation]
     enough = peers and len(peers) >= config.n_startup_trials  # no peers: no median to fall below
     return bool(enough) and dev_accuracy < statistics.median(peers)
 
 
 def stop_if_behind(trial: optuna.Trial, study_config: StudyConfig, size: tuple[int, int],
-                   last_epoch: int, epoch: int, dev_accuracy: float) -> None:
-    """Raise ``optuna.TrialPruned`` when the trial should stop after ``epoch``: Optuna's
+                   last_evaluation: int, evaluation: int, dev_accuracy: float) -> None:
+    """Raise ``optuna.TrialPruned`` when the trial should stop after ``evaluation``: Optuna's
     pruner with one objective, this module's rule with several."""
     if len(study_config.objectives.metrics) == 1:
-        trial.report(dev_accuracy, epoch)
+        trial.report(dev_accuracy, evaluation)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"MedianPruner at epoch {epoch} "
+            raise optuna.TrialPruned(f"MedianPruner at evaluation {evaluation} "
                                      f"(dev accuracy {dev_accuracy:.4f})")
         return
-    if epoch >= last_epoch:  # stopping now would save nothing and lose a finished result
+    # Stopping at the last evaluation would save nothing and lose a finished result.
+    if evaluation >= last_evaluation:
         return
     finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if should_stop_early(finished, size, epoch, dev_accuracy, study_config.pruner):
-        raise optuna.TrialPruned(f"below the median of size {size} at epoch {epoch} "
+    if should_stop_early(finished, size, evaluation, dev_accuracy, study_config.pruner):
+        raise optuna.TrialPruned(f"below the median of size {size} at evaluation {evaluation} "
                                  f"(dev accuracy {dev_accuracy:.4f})")

@@ -22,8 +22,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from harness.confirm import REPEAT_OF, SEED, is_repeat
-from harness.storage import MAX_RETRIES
+from harness.sweep.confirm import REPEAT_OF, SEED, is_repeat
+from harness.sweep.storage import MAX_RETRIES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ ORPHAN_GRACE_SECONDS = 120.0
 
 @dataclass(frozen=True)
 class TrialCounts:
-    """Search trials by state, and the front's repeats (``harness.confirm``) apart."""
+    """Search trials by state, and the front's repeats (``harness.sweep.confirm``) apart."""
 
     complete: int
     pruned: int

@@ -1,0 +1,34 @@
+"""Training on labels alone, the one job behind the teacher's fine-tune and every label-only
+baseline: cross-entropy under the phase's settings (its schedule's dev evaluations, stop
+and kept weights), then the model's logits on the splits it is measured on, saved with the
+model into the artifact folder being built (``model/``, ``logits.safetensors``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from harness.data import TokenizedData
+from harness.models import save_model
+from harness.train import (PhaseResult, TrainSettings, cross_entropy_loss, dev_evaluation,
+                           predict_logits, train_phase)
+
+
+def train_on_labels(name: str, model: torch.nn.Module, text: TokenizedData,
+                    settings: TrainSettings, eval_batch_size: int, device: torch.device,
+                    splits: tuple[str, ...], folder: Path) -> tuple[PhaseResult, dict]:
+    """Train ``model`` (on ``device``) on ``text``'s training split; save it and its
+    float32 logits on ``splits`` into ``folder``; the phase's result and those logits."""
+    model.to(device)
+    result = train_phase(name, model, text.tokens["train"], cross_entropy_loss, settings, device,
+                         text.pad_id, on_evaluation=dev_evaluation(
+                             model, text.tokens["dev"], settings, eval_batch_size, device,
+                             text.pad_id))
+    logits = {split: predict_logits(model, text.tokens[split], eval_batch_size, device,
+                                    text.pad_id) for split in splits}
+    save_model(model, text.tokenizer, folder / "model")
+    save_file(logits, str(folder / "logits.safetensors"))
+    return result, logits
