@@ -110,6 +110,14 @@ def _get(row, name) -> float:
     return float(value) if pd.notna(value) else np.nan
 
 
+def _budget_note(row, kd_gain: str) -> str:
+    """A KD gain cell, marked where its arms had different budgets (``pipeline.budget:
+    unequal``): then it measures extra training as well as distillation."""
+    matched = row.get("budget_matched")
+    unmatched = matched is not None and not pd.isna(matched) and not bool(matched)
+    return f"{kd_gain} not budget-matched" if unmatched else kd_gain
+
+
 def _interval(row, name, fmt=percent) -> str:
     return fmt(_get(row, name), _get(row, f"{name}_ci_low"), _get(row, f"{name}_ci_high"))
 
@@ -142,8 +150,8 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                  number(_get(row, "T_s")), number(_get(row, "alpha")),
                  number(_get(row, report.x)), times(_get(row, "speedup")),
                  _interval(row, "dev_accuracy"), percent(_get(row, "retention_dev")),
-                 _interval(row, "kd_gain", points), _interval(row, "test_accuracy"),
-                 "~" if row["indistinguishable"] else ""]
+                 _budget_note(row, _interval(row, "kd_gain", points)),
+                 _interval(row, "test_accuracy"), "~" if row["indistinguishable"] else ""]
         if confirmed:
             cells += [f"{_get(row, 'seeds'):.0f}", "yes" if row["held"] else "NO"]
         rows.append(cells)
@@ -161,8 +169,8 @@ def confirmed_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     rows = [[f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
              number(_get(row, "T_s")), number(_get(row, "alpha")),
              number(_get(row, report.x)), f"{_get(row, 'seeds'):.0f}",
-             _mean(row, "dev_accuracy"), _mean(row, "kd_gain", points),
-             _mean(row, "kd_gain_test", points), _mean(row, "test_accuracy"),
+             _mean(row, "dev_accuracy"), _budget_note(row, _mean(row, "kd_gain", points)),
+             _budget_note(row, _mean(row, "kd_gain_test", points)), _mean(row, "test_accuracy"),
              percent(_get(row, "teacher_agreement_mean")),
              "yes" if row["trial"] in single else "no"]
             for _, row in report.confirmed.iterrows()]

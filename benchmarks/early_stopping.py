@@ -65,7 +65,8 @@ def main() -> int:
             "--study", str(args.study), "--n-trials", str(args.trials), "--wandb", "disabled",
             "--workers", "1",
             "--storage", storage, "--study-name", "no-early-stop",
-            "--set", "pruner.name=none", "--set", f"pipeline.distill.epochs={args.epochs}"])
+            "--set", "pruner.name=none", "--set", f"pipeline.distill.epochs={args.epochs}",
+            "--set", f"pipeline.baseline.epochs={args.epochs}"])
         if code:
             return code
         study = optuna.load_study(study_name="no-early-stop", storage=open_storage(storage))

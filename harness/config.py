@@ -145,6 +145,10 @@ class PipelineConfig(OptimizerConfig):
     # that for a student from random weights, which has further to go. A searched ``lr`` is
     # used as sampled.
     lr_rule: Literal["fixed", "width"] = "fixed"
+    # "matched": the distilled arm's phases together train as many optimiser steps as the
+    # baseline (harness.budget refuses a study that breaks it); "unequal" allows more or
+    # fewer, and every trial then stores budget_matched: false.
+    budget: Literal["matched", "unequal"] = "matched"
 
 
 Value = typing.TypeVar("Value", int, float, str)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from harness.artifacts import build_once, write_folder_atomically
+from harness.budget import equal_budgets
 from harness.compute import ComputeCost, measure_compute
 from harness.config import ModelShape, PipelineConfig, StudyConfig, TrialConfig
 from harness.data import TokenizedData, TokenizedSplit
@@ -76,6 +77,7 @@ class TrialResult:
     baseline_steps: int
     baseline_best_step: int
     transfer_examples: int  # teacher-labelled transfer examples distilled on
+    budget_matched: bool  # both arms had the same maximum steps (harness.budget)
     teacher_dev_accuracy: float
     teacher_test_accuracy: float
     teacher_flops_per_example: int
@@ -129,6 +131,7 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
         distill_best_step=distilled.result.best_step, baseline_lr=baseline.lr,
         baseline_steps=baseline.steps, baseline_best_step=baseline.best_step,
         transfer_examples=distilled.transfer_examples,
+        budget_matched=equal_budgets(pipeline, len(student.text.tokens["train"])),
         teacher_dev_accuracy=shared.teacher_scores["dev"].accuracy,
         teacher_test_accuracy=shared.teacher_scores["test"].accuracy,
         teacher_flops_per_example=teacher_cost.flops_per_example,

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from harness.artifacts import build_once
+from harness.budget import check_equal_budgets
 from harness.compute import ComputeCost, measure_compute
 from harness.config import (StudyConfig, matching_keys, most_transfer_copies, student_inits,
                             student_sources)
@@ -72,6 +73,7 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     """Load or build the data, tokens and fine-tuned teacher; bad input fails here, first."""
     check_teacher_source(study_config.teacher)
     data = load_text_data(study_config.data, cache)
+    check_equal_budgets(study_config.pipeline, len(data.split("train").labels))
     tokenizer = load_tokenizer(study_config.teacher)
     text = tokenized_data(data, tokenizer, tokenizer_id(tokenizer),
                           study_config.data.max_length, cache)

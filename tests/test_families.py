@@ -195,7 +195,7 @@ def test_a_study_over_pretrained_students_with_their_own_tokenizer(
 
 @pytest.mark.parametrize("setting, key", [
     ({"hidden_weight": 1.0}, "pipeline.hidden_weight"),
-    ({"intermediate": {"epochs": 1, "lr": 1e-3}}, "pipeline.intermediate.epochs"),
+    ({"intermediate": {"epochs": 1, "lr": 1e-3}, "budget": "unequal"}, "pipeline.intermediate.epochs"),
 ])
 def test_matching_with_another_tokenizer_is_refused_before_training(
         in_tmp, pretrained_students, setting, key, capsys):
@@ -256,7 +256,8 @@ def test_a_pair_task_is_learned_from_both_texts(tmp_path, cache_dir):
         f"data.source={path}", "data.text_columns=[first, second]", "data.dev_split=null",
         "data.test_split=null", "data.max_train_examples=null", "data.max_eval_examples=null",
         "teacher.epochs=20", "teacher.lr=1e-3", "student.num_layers=2", "student.hidden_size=64",
-        "pipeline.baseline.epochs=1", "pipeline.distill.epochs=25", "pipeline.distill.lr=1e-3"])
+        "pipeline.baseline.epochs=1", "pipeline.distill.epochs=25", "pipeline.distill.lr=1e-3",
+        "pipeline.budget=unequal"])
     shared = prepare_shared(config, torch.device("cpu"), cache_dir)
     assert shared.text.tokens["train"].type_ids is not None  # segment ids reach the BERT models
     dev = shared.data.dev

@@ -92,7 +92,7 @@ def test_changed_configuration_is_refused_before_anything_trains(in_tmp, monkeyp
     # The teacher (from the cache the fixtures warmed), the baseline and the students.
     monkeypatch.setattr(harness.labels, "train_phase", no_training)
     monkeypatch.setattr(harness.pipeline, "train_phase", no_training)
-    code, _ = run_smoke(in_tmp, 2, "--set", "pipeline.distill.epochs=1")
+    code, _ = run_smoke(in_tmp, 2, "--set", "pipeline.distill.lr=1e-3")
     error = capsys.readouterr().err
     assert code == 2 and "another configuration" in error and error.count("\n") == 1, error
     assert trained == [] and load(storage).trials == []
@@ -258,7 +258,7 @@ def test_ctrl_c_marks_the_running_trial_interrupted(in_tmp):
     storage = f"journal:{in_tmp / 'study.journal'}"
     command = [sys.executable, "-m", "harness.study", "--study", str(SMOKE), "--n-trials", "3",
                "--wandb", "disabled", "--storage", storage, "--study-name", "smoke-test",
-               "--set", "pipeline.distill.epochs=200"]
+               "--set", "pipeline.distill.epochs=200", "--set", "pipeline.budget=unequal"]
     worker = subprocess.Popen(command, cwd=in_tmp, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     try:

@@ -40,7 +40,7 @@ from .test_storage import fresh_database, run_together
 COMPLETE, FAIL, RUNNING = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
                            optuna.trial.TrialState.RUNNING)
 # Trials long enough to be killed mid-way; every worker of a study runs the same settings.
-SLOW = ("--set", "pipeline.distill.epochs=8")
+SLOW = ("--set", "pipeline.distill.epochs=8", "--set", "pipeline.budget=unequal")
 
 
 def start_worker(cwd: Path, storage: str, name: str, n_trials: int, *extra: str,
@@ -330,7 +330,8 @@ def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, 
 def test_ctrl_c_to_the_driver_stops_its_local_workers(tmp_path, smoke_shared):
     storage = f"journal:{tmp_path / 'study.journal'}"
     driver = start_worker(tmp_path, storage, "local", 4, "--workers", "2",
-                          "--set", "pipeline.distill.epochs=200")
+                          "--set", "pipeline.distill.epochs=200",
+                          "--set", "pipeline.budget=unequal")
     try:
         deadline = time.monotonic() + 120
         while len([t for t in load(storage, "local") if t.state == RUNNING

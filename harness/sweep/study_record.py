@@ -99,7 +99,7 @@ _ADDED_FIELDS = (
     ("data.text_columns", None), ("student.source", RESIZED_TEACHER),
     ("teacher.schedule", dataclasses.asdict(ScheduleConfig())),
     ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
-    ("transfer", dataclasses.asdict(TransferConfig())),
+    ("transfer", dataclasses.asdict(TransferConfig())), ("pipeline.budget", "matched"),
 )
 
 
