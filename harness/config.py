@@ -134,8 +134,11 @@ class PipelineConfig(OptimizerConfig):
     T: float = 4.0
     T_s: float = 4.0
     alpha: float = 0.7
-    # "student": CE on softmax(z_s / T_s) as the seed writes it; "one": Hinton et al. 2015.
-    hard_label_temperature: Literal["student", "one"] = "student"
+    # "one" (Hinton et al. 2015): the label term is CE on softmax(z_s), so alpha is the
+    # teacher's weight and T_s enters the KD term alone. "student": CE on softmax(z_s / T_s),
+    # the seed's formula, where the loss is one CE against a teacher-label blend on logits
+    # scaled by 1 / T_s (README, "the loss"): alpha is not the teacher's weight there.
+    hard_label_temperature: Literal["one", "student"] = "one"
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     latency_repeats: int = 20

@@ -374,3 +374,22 @@ def test_attention_loss_rejects_invalid_inputs():
         attention_loss(sa, [a[:, :, :4, :4] for a in ta], MASK)
     with pytest.raises(ValueError):
         attention_loss(sa, ta, MASK[:2])
+
+
+def test_the_seeds_form_is_one_cross_entropy_against_a_blended_target():
+    """With the label term at T_s (hard_label_temperature None, the seed's form), the loss
+    equals (alpha T^2 + 1 - alpha) * CE(m, p) - alpha T^2 H(q) with m = w q + (1 - w) y and
+    w = alpha T^2 / (alpha T^2 + 1 - alpha): the identity the README states (float64)."""
+    generator = torch.Generator().manual_seed(3)
+    zs, zt = torch.randn(16, 4, generator=generator), torch.randn(16, 4, generator=generator)
+    y = torch.randint(0, 4, (16,), generator=generator)
+    alpha, T, T_s = 0.3, 4.0, 2.5
+    p = torch.softmax(zs.double() / T_s, dim=-1)
+    q = torch.softmax(zt.double() / T, dim=-1)
+    w = alpha * T**2 / (alpha * T**2 + 1 - alpha)
+    m = w * q + (1 - w) * torch.nn.functional.one_hot(y, 4).double()
+    cross_entropy = -(m * p.log()).sum(-1).mean()
+    entropy = -(q * q.log()).sum(-1).mean()
+    expected = (alpha * T**2 + 1 - alpha) * cross_entropy - alpha * T**2 * entropy
+    got = distillation_loss(zs, zt, y, alpha, T, T_s)
+    assert float(got) == pytest.approx(float(expected), rel=1e-5)

@@ -11,11 +11,12 @@ from safetensors.torch import load_file
 
 import harness.labels
 import harness.pipeline
-from harness.config import PipelineConfig, default_trial_config
+from harness.config import PipelineConfig, ScheduleConfig, default_trial_config
 from harness.evaluation import score
 from harness.models import load_teacher
-from harness.pipeline import TrialHooks, run_trial
+from harness.pipeline import TrialHooks, run_trial, train_baseline
 from harness.shared import prepare_shared
+from harness.student import resolve_student
 from harness.train import Diverged, predict_logits
 
 CONTRACT = ("dev_accuracy", "test_accuracy", "baseline_dev_accuracy", "baseline_test_accuracy",
@@ -174,3 +175,35 @@ def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkey
     monkeypatch.setattr(harness.pipeline, "loss_function", exploding)
     with pytest.raises(Diverged, match="distill"):
         run_trial(smoke_config, default_trial_config(smoke_config), smoke_shared)
+
+
+@pytest.mark.parametrize("init", ["random", "teacher-layers", "teacher-pruned"])
+def test_with_alpha_zero_the_distilled_arm_is_its_baseline(smoke_config, smoke_shared, cache_dir,
+                                                            tmp_path, init):
+    """alpha = 0 in the default form (hard labels at T = 1) leaves the label term alone, so
+    the distilled arm's training is the baseline's: same init, seed, batch order, budget and
+    checkpoint selection. Anything else that differs between the arms (a random number
+    drawn by one of them, one more step, another selection) shows here."""
+    assert smoke_config.pipeline.hard_label_temperature == "one"  # the default form
+    pipeline = dataclasses.replace(smoke_config.pipeline, schedule=ScheduleConfig(
+        min_steps=60, eval_every=10, patience=2, keep_best=True))
+    config = dataclasses.replace(smoke_config, pipeline=pipeline, student=dataclasses.replace(
+        smoke_config.student, head_dim=32, init=init))
+    # 32 wide: below the teacher's 64, so teacher-pruned prunes and teacher-layers falls
+    # back to random; 64 wide: teacher-layers copies.
+    width = 64 if init == "teacher-layers" else 32
+    trial = default_trial_config(config, alpha=0.0, T=2.0, T_s=3.0, hidden_size=width)
+    shared = prepare_shared(config, torch.device("cpu"), cache_dir)  # importance, if pruned
+    result = run_trial(config, trial, shared, save_student_to=tmp_path / "student")
+    student = resolve_student(config, trial, shared)
+    baseline = train_baseline(config.pipeline, student, shared.teacher_key, shared.cache,
+                              shared.device)
+    distilled = load_file(str(tmp_path / "student" / "logits.safetensors"))
+    for split in ("dev", "test"):
+        assert torch.equal(distilled[split], baseline.logits[split]), split
+    evaluation = result.evaluation
+    assert evaluation.kd_gain == 0.0
+    assert evaluation.test_accuracy == evaluation.baseline_test_accuracy
+    assert (result.distill_steps, result.distill_best_step, result.distill_lr) == (
+        result.baseline_steps, result.baseline_best_step, result.baseline_lr)
+    assert result.init == student.baseline_init
