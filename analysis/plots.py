@@ -87,15 +87,17 @@ def _finish(ax, x: str, title: str | None) -> None:
 
 
 def _draw_confirmed(ax, frame: pd.DataFrame, x: str) -> None:
-    """The front on means over seeds, with the Student-t intervals over seeds."""
+    """The front on means over fresh seeds, with the Student-t intervals over them; a member
+    without fresh runs (unconfirmed) has no mean to draw."""
     confirmed = confirmed_front(by_configuration(frame), x)
     if confirmed.empty:
         return
+    confirmed = confirmed[confirmed["confirmed"]]
     xs, ys = column(confirmed, x), column(confirmed, "dev_accuracy_mean")
     low, high = (column(confirmed, "dev_accuracy_mean_low"),
                  column(confirmed, "dev_accuracy_mean_high"))
     ax.step(xs, ys, where="post", color="tab:green", linewidth=1.8,
-            label="confirmed front: mean over seeds (95% intervals over seeds)")
+            label="confirmed front: mean over fresh seeds (95% intervals over seeds)")
     ax.errorbar(xs, ys, yerr=_yerr(ys, low, high), fmt="s", color="tab:green",
                 markersize=5, capsize=3)
 

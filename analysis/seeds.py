@@ -2,15 +2,18 @@
 interval over seeds, and the front on those means.
 
 A configuration is a search trial and its repeats (the trials whose ``repeat_of`` names
-it); it is known by the search trial's number. Over its ``seeds`` complete runs, every
-metric of ``METRICS`` gets ``<metric>_mean`` and a Student-t interval
-``<metric>_mean_low`` / ``<metric>_mean_high`` = mean -+ t(0.975, n - 1) * sd / sqrt(n)
-(none with one seed). The KD gain is paired by seed: each run's gain is against the
-label-only baseline trained on that run's seed.
+it, each on a fresh seed); it is known by the search trial's number. Over its ``seeds``
+complete fresh runs, every metric of ``METRICS`` gets ``<metric>_mean`` and a Student-t
+interval ``<metric>_mean_low`` / ``<metric>_mean_high`` = mean -+ t(0.975, n - 1) * sd /
+sqrt(n) (none with one seed). The search run is never averaged in: it was selected as the
+best of many noisy runs, so it would carry the winner's curse into the mean; its own
+values stay in the row's plain columns. The KD gain is paired by seed: each run's gain is
+against the label-only baseline trained on that run's seed.
 
 The single-run front (``analysis.front``) is drawn on search trials alone, so a lucky
 repeat cannot enter it; ``confirmed_front`` is drawn on the means, a configuration without
-repeats taking its single run.
+fresh runs standing in with its search run and marked ``confirmed: False``
+(``harness.sweep.confirm`` confirms such members in a next round).
 """
 
 from __future__ import annotations
@@ -57,8 +60,8 @@ def mean_interval(values, confidence: float = stats.CONFIDENCE) -> tuple[float, 
 
 def by_configuration(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration with a complete search run: that run's fields (its
-    parameters, size and compute), ``seeds`` (complete runs) and the means and intervals
-    over seeds of ``METRICS``."""
+    parameters, size, compute and scores), ``seeds`` (complete fresh runs) and the means and
+    intervals over those of ``METRICS`` (NaN without fresh runs)."""
     complete = stats.add_intervals(complete_trials(frame))  # adds kd_gain_test
     if complete.empty:
         return pd.DataFrame()
@@ -69,22 +72,28 @@ def by_configuration(frame: pd.DataFrame) -> pd.DataFrame:
         if configuration not in first_runs.index:
             continue  # repeats of a trial that is not complete: nothing to attach them to
         row = first_runs.loc[configuration].to_dict()
-        row["seeds"] = len(runs)
+        fresh = runs[runs["trial"] != configuration]
+        row["seeds"] = len(fresh)
         for metric in METRICS:
             (row[f"{metric}_mean"], row[f"{metric}_mean_low"],
-             row[f"{metric}_mean_high"]) = mean_interval(column(runs, metric))
+             row[f"{metric}_mean_high"]) = mean_interval(column(fresh, metric))
         rows.append(row)
     return pd.DataFrame(rows).drop(columns="configuration").reset_index(drop=True)
 
 
 def confirmed_front(summary: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
-    """The front of configurations (``by_configuration``'s rows) on mean dev accuracy
-    against ``x``, cheapest first; empty when no configuration ran on more than one seed."""
+    """The front of configurations (``by_configuration``'s rows) on mean dev accuracy over
+    fresh runs against ``x``, cheapest first, a configuration without fresh runs standing in
+    with its search run (``confirmed`` False); empty when no configuration has a fresh run."""
     check_axis(x)
-    if summary.empty or not (column(summary, "seeds") > 1).any():
+    if summary.empty or not (column(summary, "seeds") > 0).any():
         return pd.DataFrame()
-    on_front = pareto_mask(column(summary, f"{ACCURACY}_mean"), column(summary, x))
-    return summary[on_front].sort_values([x, "trial"], kind="stable").reset_index(drop=True)
+    confirmed = column(summary, "seeds") > 0
+    accuracy = np.where(confirmed, column(summary, f"{ACCURACY}_mean"),
+                        column(summary, ACCURACY))
+    on_front = pareto_mask(accuracy, column(summary, x))
+    front = summary.assign(confirmed=confirmed)[on_front]
+    return front.sort_values([x, "trial"], kind="stable").reset_index(drop=True)
 
 
 def with_seed_columns(front: pd.DataFrame, summary: pd.DataFrame,

@@ -218,13 +218,17 @@ class TrackingConfig:
 
 @dataclass(frozen=True)
 class ConfirmConfig:
-    """After the search, the front's configurations are trained again on other seeds, each
-    with its own label-only baseline, until each has ``seeds`` runs (the search's own run
-    counts as one; 0 or 1: no confirmation). ``best_per_size`` adds the best k search trials
-    (on dev) of every student size to the configurations confirmed."""
+    """After the search, the front's configurations are trained again on ``seeds`` fresh seeds
+    each (0: no confirmation), each run with its own label-only baseline; their means are
+    over those fresh runs alone (the search run was chosen as the best of many, so it is
+    shown beside them, never averaged in). Then, round after round, every configuration the
+    front on the means would hold without fresh runs is confirmed too, until that front
+    holds confirmed configurations only or ``max_rounds`` rounds have run.
+    ``best_per_size`` adds the best k search trials (on dev) of every student size."""
 
-    seeds: int = 1
+    seeds: int = 0
     best_per_size: int = 0
+    max_rounds: int = 3
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ FIELD_RULES = {
     "transfer.ngram_prob": in_unit_interval("transfer.ngram_prob"),
     "transfer.max_ngram": above_zero("n-gram lengths"),
     "confirm.best_per_size": not_negative("trial counts"),
+    "confirm.max_rounds": above_zero("round counts"),
 }
 
 

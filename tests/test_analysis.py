@@ -316,8 +316,9 @@ def test_plotted_front_is_the_reports_front(frame):
     (bars,) = [c for c in ax.containers if c.lines[0].get_marker() == "o"]  # its intervals
     np.testing.assert_array_equal(bars.lines[0].get_xydata(), expected)
     np.testing.assert_array_equal(
-        plotted_line(ax, "confirmed front: mean over seeds (95% intervals over seeds)"),
-        points(report.confirmed, "flops_per_example", "dev_accuracy_mean"))
+        plotted_line(ax, "confirmed front: mean over fresh seeds (95% intervals over seeds)"),
+        points(report.confirmed[report.confirmed["confirmed"]], "flops_per_example",
+               "dev_accuracy_mean"))
     (trials,) = [c for c in ax.collections
                  if c.get_label() == f"KD student: trials ({len(complete)})"]
     assert sorted(map(tuple, np.asarray(trials.get_offsets()))) == sorted(

@@ -51,14 +51,18 @@ def baseline_seeds(cache: Path) -> dict[str, set[int]]:
 
 
 def test_the_front_is_repeated_on_other_seeds_with_their_own_baselines(in_tmp, cache_dir):
-    code, storage = run_smoke(in_tmp, 4, "--confirm-seeds", "3")
+    code, storage = run_smoke(in_tmp, 4, "--confirm-seeds", "2")
     assert code == 0
     study = load(storage)
     search = [t for t in study.trials if "repeat_of" not in t.user_attrs]
     assert len(search) == 4 and all(t.state.is_finished() for t in search)
     front = set(pareto_front(search_rows(study_frame(study)))["trial"])
     repeats = repeats_of(study)
-    assert set(repeats) == front  # exactly the front's configurations
+    # The single-run front in the first round; later rounds add only members of the front
+    # on the means that had no fresh run.
+    assert {n for n, runs in repeats.items() if runs[0].user_attrs["confirm_round"] == 1} == front
+    confirmed = confirmed_front(by_configuration(study_frame(study)))
+    assert confirmed["confirmed"].all()  # the front on the means holds confirmed members only
     for number, runs in repeats.items():
         first = study.trials[number]
         assert sorted(t.user_attrs["seed"] for t in runs) == [first.user_attrs["seed"] + 1,
@@ -69,21 +73,21 @@ def test_the_front_is_repeated_on_other_seeds_with_their_own_baselines(in_tmp, c
                 "num_layers", "hidden_size", "num_heads", "intermediate_size")}, sort_keys=True)
             assert trial.user_attrs["seed"] in baseline_seeds(cache_dir)[shape]  # its own
     counted = len(study.trials)
-    assert run_smoke(in_tmp, 4, "--confirm-seeds", "3")[0] == 0  # the same command again
+    assert run_smoke(in_tmp, 4, "--confirm-seeds", "2")[0] == 0  # the same command again
     assert len(load(storage).trials) == counted  # adds nothing
 
 
 def test_a_finished_study_can_be_confirmed_later_and_reports_the_confirmed_front(in_tmp):
     code, storage = run_smoke(in_tmp, 3, "--confirm-seeds", "0")
     assert code == 0 and not repeats_of(load(storage))
-    assert run_smoke(in_tmp, 3, "--confirm-seeds", "2")[0] == 0  # confirm is not fingerprinted
+    assert run_smoke(in_tmp, 3, "--confirm-seeds", "1")[0] == 0  # confirm is not fingerprinted
     study = load(storage)
     assert len([t for t in study.trials if "repeat_of" not in t.user_attrs]) == 3
     assert all(len(runs) == 1 for runs in repeats_of(study).values()) and repeats_of(study)
     out = in_tmp / "report"
     assert pareto_main(["--study-name", "smoke-test", "--storage", storage, "--out", str(out)]) == 0
     table = pd.read_csv(out / "pareto.csv")
-    assert set(table["seeds"]) == {2}
+    assert set(table["seeds"]) == {1}  # one fresh run each, the search run beside it
     assert {"dev_accuracy_mean", "dev_accuracy_mean_low", "kd_gain_mean", "held"} <= set(table)
     page = (out / "pareto.md").read_text()
     assert "## Front confirmed over seeds" in page and "held on the mean" in page
@@ -92,7 +96,7 @@ def test_a_finished_study_can_be_confirmed_later_and_reports_the_confirmed_front
 
 def test_two_workers_run_each_repeat_once(tmp_path, cache_dir, smoke_shared):
     storage = f"journal:{tmp_path / 'study.journal'}"
-    workers = [start_worker(tmp_path, storage, "smoke-test", 3, "--confirm-seeds", "3",
+    workers = [start_worker(tmp_path, storage, "smoke-test", 3, "--confirm-seeds", "2",
                             cache=cache_dir) for _ in range(2)]
     finish(*workers)
     study = load(storage)
@@ -146,7 +150,7 @@ def test_repeats_are_queued_most_compute_first(tmp_path):
             values=[0.7 + flops / 1e9, flops], params=params, distributions=DISTRIBUTIONS,
             user_attrs={"dev_accuracy": 0.7 + flops / 1e9, "flops_per_example": flops,
                         "num_layers": 2, "hidden_size": hidden, "seed": 0}))
-    config = load_study_config(SMOKE, ["confirm.seeds=3"])
+    config = load_study_config(SMOKE, ["confirm.seeds=2"])
     assert queue_repeats(study, config) == 6
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert [(t.user_attrs["repeat_of"], t.user_attrs["seed"]) for t in waiting] == [
@@ -191,10 +195,11 @@ def test_means_and_intervals_over_seeds_against_a_hand_computation(tmp_path):
     frame = study_frame(study)
     summary = by_configuration(frame).set_index("trial")
     assert list(summary.index) == [0, 1, 2]
-    assert list(summary["seeds"]) == [3, 3, 1]
+    assert list(summary["seeds"]) == [2, 2, 0]  # fresh runs: the search run is not one
     for number in (0, 1):
-        runs = [t for t in study.trials if t.number == number
-                or t.user_attrs.get("repeat_of") == number]
+        runs = [t for t in study.trials if t.user_attrs.get("repeat_of") == number]
+        assert summary.loc[number, "dev_accuracy"] == study.trials[number].user_attrs[
+            "dev_accuracy"]  # the search run's own value, beside the means
         for metric in ("dev_accuracy", "test_accuracy", "kd_gain", "teacher_agreement"):
             values = [t.user_attrs[metric] for t in runs]
             if metric == "teacher_agreement":  # constant in the synthetic study
@@ -208,10 +213,44 @@ def test_means_and_intervals_over_seeds_against_a_hand_computation(tmp_path):
                  for t in runs]  # paired by seed: each run against its own baseline
         assert summary.loc[number, "kd_gain_test_mean"] == pytest.approx(
             statistics.fmean(gains), abs=1e-12)
-    assert math.isnan(summary.loc[2, "dev_accuracy_mean_low"])  # one seed: no interval
-    rows = list(zip(summary.index, summary["dev_accuracy_mean"], summary["flops_per_example"]))
+    assert math.isnan(summary.loc[2, "dev_accuracy_mean"])  # no fresh run: no mean
+    # On the means front, configuration 2 (no fresh run) stands in with its search run.
+    stand_in = summary["dev_accuracy_mean"].fillna(summary["dev_accuracy"])
+    rows = list(zip(summary.index, stand_in, summary["flops_per_example"]))
     dominated = {i for i, acc, cost in rows for _, other_acc, other_cost in rows
                  if other_acc >= acc and other_cost <= cost
                  and (other_acc > acc or other_cost < cost)}
     expected = {i for i, _, _ in rows} - dominated
-    assert set(confirmed_front(by_configuration(frame))["trial"]) == expected
+    front = confirmed_front(by_configuration(frame)).set_index("trial")
+    assert set(front.index) == expected
+    assert all(front.loc[n, "confirmed"] == (n != 2) for n in front.index)
+
+
+def test_a_means_front_member_without_fresh_runs_is_confirmed_in_the_next_round(tmp_path):
+    study = optuna.create_study(study_name="rounds", directions=["maximize", "minimize"],
+                                storage=open_storage(f"journal:{tmp_path / 'rounds.journal'}"))
+    # Single runs: 0 and 1 on the front, 2 just behind 1 at the same cost.
+    for hidden, dev, flops in [(128, 0.80, 1e6), (256, 0.85, 2e6), (384, 0.84, 2e6)]:
+        params = {"T": 2.0, "T_s": 2.0, "alpha": 0.5, "num_layers": 2, "hidden_size": hidden}
+        study.add_trial(optuna.trial.create_trial(
+            values=[dev, flops], params=params, distributions=DISTRIBUTIONS,
+            user_attrs={"dev_accuracy": dev, "flops_per_example": flops, "num_layers": 2,
+                        "hidden_size": hidden, "seed": 0}))
+    config = load_study_config(SMOKE, ["confirm.seeds=2"])
+    assert queue_repeats(study, config) == 4  # round 1: the single-run front, 2 seeds each
+    assert queue_repeats(study, config) == 0  # nothing more while they wait
+    # The repeats run: 1 falls to 0.70 on fresh seeds, which puts 2 on the means front.
+    fresh = {0: 0.79, 1: 0.70}
+    for trial in [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]:
+        first = study.trials[trial.user_attrs["repeat_of"]]
+        attrs = {**first.user_attrs, **trial.user_attrs, "dev_accuracy": fresh[first.number]}
+        study.add_trial(optuna.trial.create_trial(
+            values=[attrs["dev_accuracy"], attrs["flops_per_example"]], params=first.params,
+            distributions=DISTRIBUTIONS, user_attrs=attrs))
+        study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    capped = load_study_config(SMOKE, ["confirm.seeds=2", "confirm.max_rounds=1"])
+    assert queue_repeats(study, capped) == 0  # the cap binds: 2 stays unconfirmed
+    assert queue_repeats(study, config) == 2
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert {(t.user_attrs["repeat_of"], t.user_attrs["seed"], t.user_attrs["confirm_round"])
+            for t in waiting} == {(2, 1, 2), (2, 2, 2)}

@@ -257,7 +257,7 @@ def test_a_pair_task_is_learned_from_both_texts(tmp_path, cache_dir):
         "data.test_split=null", "data.max_train_examples=null", "data.max_eval_examples=null",
         "teacher.epochs=20", "teacher.lr=1e-3", "student.num_layers=2", "student.hidden_size=64",
         "pipeline.baseline.epochs=1", "pipeline.distill.epochs=25", "pipeline.distill.lr=1e-3",
-        "pipeline.budget=unequal"])
+        "pipeline.budget=unequal", "pipeline.alpha=0.3"])
     shared = prepare_shared(config, torch.device("cpu"), cache_dir)
     assert shared.text.tokens["train"].type_ids is not None  # segment ids reach the BERT models
     dev = shared.data.dev

@@ -301,7 +301,7 @@ def local_workers_threads() -> int:
 @pytest.mark.slow
 def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, smoke_shared):
     storage = f"journal:{tmp_path / 'study.journal'}"
-    driver = start_worker(tmp_path, storage, "local", 8, "--workers", "2", "--confirm-seeds", "2")
+    driver = start_worker(tmp_path, storage, "local", 8, "--workers", "2", "--confirm-seeds", "1")
     output = finish(driver)[0]
     # Workers may race past the total or queue a repeat twice: refused before training.
     trials = [t for t in load(storage, "local") if t.user_attrs.get("fail_reason") not in REFUSED]
@@ -321,7 +321,7 @@ def test_local_workers_share_one_study_and_the_driver_reports_it_once(tmp_path, 
     # Re-run for its report, the finished study starts no worker.
     logged = log.read_text()
     again = finish(start_worker(tmp_path, storage, "local", 8, "--workers", "2",
-                                "--confirm-seeds", "2"))[0]
+                                "--confirm-seeds", "1"))[0]
     assert "workers of" not in again and "Pareto report" in again
     assert log.read_text() == logged
 

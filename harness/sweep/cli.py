@@ -68,8 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--confirm-seeds", type=_at_least(0), metavar="N",
-                        help="runs per front configuration, the search's own included "
-                             "(default: the study's confirm.seeds; 0 or 1: no confirmation)")
+                        help="fresh runs per front configuration, beside its search run "
+                             "(default: the study's confirm.seeds; 0: no confirmation)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a study-file value, e.g. --set pipeline.distill.epochs=1")
     parser.add_argument("--heartbeat-seconds", type=_at_least(1), default=60,

@@ -1,7 +1,10 @@
-"""Confirming the front over seeds: after the search, every configuration on the Pareto
+"""Confirming the front on fresh seeds: after the search, every configuration on the Pareto
 front (and, with ``confirm.best_per_size: k``, the best k of each student size) is trained
-again on other seeds until it has ``confirm.seeds`` runs, each repeat with its own
-label-only baseline on its seed, so the report can say which members hold up.
+again on ``confirm.seeds`` fresh seeds, each repeat with its own label-only baseline on its
+seed. Then the front on the means (fresh runs only; a configuration without them stands in
+with its search run) is drawn again, and its members without fresh runs are confirmed in
+a next round, until it holds confirmed configurations only (at most ``confirm.max_rounds``
+rounds; a repeat records its round in ``confirm_round``).
 
 Repeats are ordinary trials of the study, queued with Optuna's ``enqueue_trial`` with the
 first run's parameters and the user attributes ``repeat_of`` (the first run's trial
@@ -14,16 +17,21 @@ other is refused before training (``fail_reason: duplicate repeat``).
 
 from __future__ import annotations
 
+import logging
+
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from harness.config import StudyConfig
-from harness.sweep.front import front_trials
+from harness.sweep.front import front_trials, pareto_mask
 
 REPEAT_OF = "repeat_of"
 SEED = "seed"
+ROUND = "confirm_round"
 DUPLICATE = "duplicate repeat"
 LIVE = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+
+log = logging.getLogger(__name__)
 
 
 def is_repeat(trial: FrozenTrial) -> bool:
@@ -36,7 +44,9 @@ def search_trials(study: optuna.Study, states=None) -> list[FrozenTrial]:
 
 def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) -> list[FrozenTrial]:
     """The complete search trials whose configurations are confirmed: the front of dev
-    accuracy against FLOPs (the report's), then the best ``best_per_size`` of each size."""
+    accuracy against FLOPs (the report's), the best ``best_per_size`` of each size and,
+    once the repeats queued so far have run, the unconfirmed members of the front on the
+    means."""
     complete = [t for t in search_trials(study, (TrialState.COMPLETE,))
                 if "dev_accuracy" in t.user_attrs and "flops_per_example" in t.user_attrs]
     chosen = {t.number: t for t in front_trials(complete)}
@@ -48,7 +58,26 @@ def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) ->
     for trials in by_size.values():
         best = sorted(trials, key=lambda t: (-t.user_attrs["dev_accuracy"], t.number))
         chosen.update((t.number, t) for t in best[:study_config.confirm.best_per_size])
+    repeats = [t for t in study.get_trials(deepcopy=False) if is_repeat(t)]
+    if repeats and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in repeats):
+        chosen.update((t.number, t) for t in unconfirmed_on_means_front(complete, repeats))
     return sorted(chosen.values(), key=lambda t: t.number)
+
+
+def unconfirmed_on_means_front(complete: list[FrozenTrial],
+                               repeats: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The search trials on the front of mean dev accuracy (over complete fresh runs; a
+    trial without any stands in with its own run) against FLOPs that have no repeat yet."""
+    fresh: dict[int, list[float]] = {}
+    for repeat in repeats:
+        if repeat.state == TrialState.COMPLETE and "dev_accuracy" in repeat.user_attrs:
+            fresh.setdefault(repeat.user_attrs[REPEAT_OF], []).append(
+                repeat.user_attrs["dev_accuracy"])
+    means = [sum(fresh[t.number]) / len(fresh[t.number]) if t.number in fresh
+             else t.user_attrs["dev_accuracy"] for t in complete]
+    on_front = pareto_mask(means, [t.user_attrs["flops_per_example"] for t in complete])
+    repeated = {t.user_attrs[REPEAT_OF] for t in repeats}
+    return [t for t, front in zip(complete, on_front) if front and t.number not in repeated]
 
 
 def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
@@ -59,8 +88,17 @@ def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
     its own (diverged) would fail again.
     """
     missing = missing_repeats(study, study_config)
+    rounds = [t.user_attrs.get(ROUND, 1) for t in study.get_trials(deepcopy=False)
+              if is_repeat(t)]
+    this_round = max(rounds, default=0) + 1
+    if missing and this_round > study_config.confirm.max_rounds:
+        log.warning("confirm.max_rounds (%d) binds: %d configurations on the front on the "
+                    "means stay unconfirmed", study_config.confirm.max_rounds,
+                    len({first.number for first, _ in missing}))
+        return 0
     for first, seed in missing:
-        study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed},
+        study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed,
+                                                      ROUND: this_round},
                             skip_if_exists=False)
     return len(missing)
 
@@ -69,7 +107,7 @@ def missing_repeats(study: optuna.Study, study_config: StudyConfig) -> list[tupl
     """(first run, seed) of every repeat the configurations to confirm lack, most compute
     first: several workers then end the confirmation together, the small repeats filling
     in around the large ones (longest-processing-time order)."""
-    if study_config.confirm.seeds <= 1:
+    if study_config.confirm.seeds <= 0:
         return []
     have = {(t.user_attrs[REPEAT_OF], t.user_attrs[SEED])
             for t in study.get_trials(deepcopy=False) if is_repeat(t)}
@@ -78,7 +116,7 @@ def missing_repeats(study: optuna.Study, study_config: StudyConfig) -> list[tupl
                         key=lambda t: (-t.user_attrs["flops_per_example"], t.number)):
         first_seed = first.user_attrs.get(SEED, study_config.seed)
         missing += [(first, seed)
-                    for seed in range(first_seed + 1, first_seed + study_config.confirm.seeds)
+                    for seed in range(first_seed + 1, first_seed + 1 + study_config.confirm.seeds)
                     if (first.number, seed) not in have]
     return missing
 

@@ -77,7 +77,7 @@ def next_step(study: optuna.Study, study_config: StudyConfig, counts: TrialCount
             else Step.WAIT
     if queue_repeats(study, study_config):
         counts = trial_counts(study)
-        log.info("confirming the front over %d seeds: %d repeats to run",
+        log.info("confirming the front on %d fresh seeds: %d repeats to run",
                  study_config.confirm.seeds, counts.repeats_waiting + counts.repeats_running)
     if counts.repeats_waiting:
         return Step.RUN
