@@ -77,6 +77,7 @@ class TrialResult:
     baseline_steps: int
     baseline_best_step: int
     transfer_examples: int  # teacher-labelled transfer examples distilled on
+    flops_share: float  # flops_per_example / the teacher's, both on the study's data
     budget_matched: bool  # both arms had the same maximum steps (harness.budget)
     teacher_dev_accuracy: float
     teacher_test_accuracy: float
@@ -131,6 +132,7 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
         distill_best_step=distilled.result.best_step, baseline_lr=baseline.lr,
         baseline_steps=baseline.steps, baseline_best_step=baseline.best_step,
         transfer_examples=distilled.transfer_examples,
+        flops_share=cost.flops_per_example / teacher_cost.flops_per_example,
         budget_matched=equal_budgets(pipeline, len(student.text.tokens["train"])),
         teacher_dev_accuracy=shared.teacher_scores["dev"].accuracy,
         teacher_test_accuracy=shared.teacher_scores["test"].accuracy,

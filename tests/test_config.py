@@ -123,7 +123,8 @@ def test_shared_optimiser_settings_keep_the_sections_flat():
     # default-v4 as created by the releases before the shared optimiser settings: a study
     # of that name in a user's storage resumes only while this holds.
     default_v4 = load_study_config(REPO / "studies" / "default.yaml", [
-        "name=default-v4", "pipeline.hard_label_temperature=student"])
+        "name=default-v4", "pipeline.hard_label_temperature=student",
+        "objectives.constraints={flops_per_example: 2.4e+8}"])
     assert config_fingerprint(default_v4) == (
         "cdf080a873d0a932374c51e88964af240346dc9e539d6233ddc4ce902c264a34")
 

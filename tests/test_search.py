@@ -8,8 +8,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from harness.compute import ComputeCost
 from harness.config import PrunerConfig
-from harness.sweep.search import should_stop_early, suggest_trial_config
+from harness.study_file import load_study_config
+from harness.sweep.search import (architecture_costs, constraint_violations, over_budget,
+                                  should_stop_early, suggest_trial_config)
+
+from .conftest import SMOKE
 
 SIZE = (2, 128)
 OTHER = (4, 256)
@@ -134,3 +139,20 @@ def test_a_pretrained_student_source_samples_no_resized_size():
     resized = suggest_trial_config(optuna.trial.FixedTrial(
         {"student_source": RESIZED_TEACHER, "T": 2.0, "num_layers": 3, "hidden_size": 64}), config)
     assert (resized.num_layers, resized.hidden_size) == (3, 64)
+
+
+def test_a_compute_bound_as_a_share_of_the_teachers_flops():
+    untrained = ComputeCost(flops_per_example=2_000, train_flops_per_example=6_000, seq_len=8,
+                            params=500, non_embedding_params=100, latency_ms=1.5)
+    costs = architecture_costs(untrained, teacher_flops_per_example=8_000)
+    assert costs == {"flops_per_example": 2_000, "params": 500, "latency_ms": 1.5,
+                     "flops_share": 0.25}
+    shared_bound = load_study_config(SMOKE, ["objectives.metrics=[dev_accuracy]",
+                                             "objectives.constraints.flops_share=0.2"])
+    assert over_budget(shared_bound, costs) == {"flops_share": pytest.approx(0.05)}
+    loose = load_study_config(SMOKE, ["objectives.metrics=[dev_accuracy]",
+                                      "objectives.constraints.flops_share=0.25"])
+    assert over_budget(loose, costs) == {}
+    # After training, the stored share (harness.pipeline.TrialResult) is checked the same way.
+    assert constraint_violations(shared_bound, {"flops_share": 0.25}) == {
+        "flops_share": pytest.approx(0.05)}

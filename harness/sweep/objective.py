@@ -22,8 +22,8 @@ from harness.sweep import tracking
 from harness.sweep.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, refuse_duplicate,
                                    search_trials)
 from harness.sweep.provenance import provenance
-from harness.sweep.search import (constraint_violations, objective_values, over_budget,
-                                  stop_if_behind, suggest_trial_config)
+from harness.sweep.search import (architecture_costs, constraint_violations, objective_values,
+                                  over_budget, stop_if_behind, suggest_trial_config)
 from harness.sweep.workers import worker_identity
 from harness.train import Diverged
 
@@ -65,7 +65,8 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         trial, study_config, student, len(shared.text.tokens["train"])))
     student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
-        refuse_over_budget(trial, study_config, student, shared.device)
+        refuse_over_budget(trial, study_config, student, shared.device,
+                           shared.teacher_cost.flops_per_example)
         result = run_trial(study_config, trial_config, shared, hooks, save_student_to=student_dir)
     except optuna.TrialPruned as pruned:
         trial.set_user_attr("prune_reason", str(pruned))
@@ -97,18 +98,19 @@ def early_stop(trial: optuna.Trial, study_config: StudyConfig, student: Student,
 
 
 def refuse_over_budget(trial: optuna.Trial, study_config: StudyConfig, student: Student,
-                       device: torch.device) -> None:
+                       device: torch.device, teacher_flops_per_example: int) -> None:
     """Prune, untrained, a student whose architecture breaks a compute constraint; the
     constraint values mark it infeasible, so the sampler learns to avoid its region."""
     if not study_config.objectives.constraints:
         return
-    cost = untrained_cost(student, device, study_config.pipeline.latency_repeats)
-    over = over_budget(study_config, cost)
+    untrained = untrained_cost(student, device, study_config.pipeline.latency_repeats)
+    costs = architecture_costs(untrained, teacher_flops_per_example)
+    over = over_budget(study_config, costs)
     for metric, excess in over.items():
         trial.set_constraint(metric, excess)
     if over:
         raise optuna.TrialPruned("over budget before training: " + ", ".join(
-            f"{metric} {getattr(cost, metric):g} > {study_config.objectives.constraints[metric]:g}"
+            f"{metric} {costs[metric]:g} > {study_config.objectives.constraints[metric]:g}"
             for metric in over))
 
 

@@ -63,17 +63,24 @@ def constraint_violations(study_config: StudyConfig, stored: dict) -> dict[str, 
             for metric, limit in study_config.objectives.constraints.items()}
 
 
-def over_budget(study_config: StudyConfig, untrained: ComputeCost) -> dict[str, float]:
-    """Constraints the untrained student already breaks, by how much. FLOPs, parameters and
-    latency are the architecture's; train_flops is known only after training."""
-    return {metric: float(getattr(untrained, metric)) - limit
+def architecture_costs(untrained: ComputeCost, teacher_flops_per_example: int) -> dict[str, float]:
+    """The compute metrics an untrained student already has: FLOPs (also as a share of the
+    teacher's), parameters and latency; train_flops is known only after training."""
+    return {"flops_per_example": untrained.flops_per_example, "params": untrained.params,
+            "latency_ms": untrained.latency_ms,
+            "flops_share": untrained.flops_per_example / teacher_flops_per_example}
+
+
+def over_budget(study_config: StudyConfig, costs: dict[str, float]) -> dict[str, float]:
+    """Constraints the untrained student's ``architecture_costs`` already break, by how much."""
+    return {metric: float(costs[metric]) - limit
             for metric, limit in study_config.objectives.constraints.items()
-            if metric in ("flops_per_example", "params", "latency_ms")
-            and getattr(untrained, metric) > limit}
+            if metric in costs and costs[metric] > limit}
 
 
 def make_sampler(study_config: StudyConfig, seed: int) -> SearchOnly:
-    """The study file's sampler, seeded, blind to the front's repeats (``harness.sweep.confirm``)."""
+    """The study file's sampler, seeded, blind to the front's repeats
+    (``harness.sweep.confirm``)."""
     return SearchOnly(_sampler(study_config, seed))
 
 
