@@ -48,7 +48,7 @@ def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArti
     A trial that recorded no worker for ``orphan_grace_seconds`` is failed and re-queued.
     """
     reap_dead_local_trials(study, orphan_grace_seconds)
-    states: list[optuna.trial.TrialState] = []  # of the trials this worker ran, refusals aside
+    states: list[optuna.trial.TrialState | None] = []  # this worker's trials; None: refused
     waiting_on, front_size = "", 0
     with tqdm(total=n_trials, desc="trials", unit="trial", disable=not progress) as bar:
         while True:
