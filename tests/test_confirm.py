@@ -254,3 +254,10 @@ def test_a_means_front_member_without_fresh_runs_is_confirmed_in_the_next_round(
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert {(t.user_attrs["repeat_of"], t.user_attrs["seed"], t.user_attrs["confirm_round"])
             for t in waiting} == {(2, 1, 2), (2, 2, 2)}
+    # A larger confirm.seeds on a re-run: the extra seeds of confirmed configurations join
+    # the last round, so the cap on rounds does not refuse them.
+    more = load_study_config(SMOKE, ["confirm.seeds=3", "confirm.max_rounds=2"])
+    assert queue_repeats(study, more) == 2
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    assert {(t.user_attrs["repeat_of"], t.user_attrs["seed"], t.user_attrs["confirm_round"])
+            for t in waiting} == {(2, 1, 2), (2, 2, 2), (0, 3, 2), (1, 3, 2)}

@@ -88,13 +88,14 @@ def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
     its own (diverged) would fail again.
     """
     missing = missing_repeats(study, study_config)
-    rounds = [t.user_attrs.get(ROUND, 1) for t in study.get_trials(deepcopy=False)
-              if is_repeat(t)]
-    this_round = max(rounds, default=0) + 1
-    if missing and this_round > study_config.confirm.max_rounds:
+    repeats = [t for t in study.get_trials(deepcopy=False) if is_repeat(t)]
+    # More seeds for configurations already confirmed (a larger confirm.seeds on a re-run)
+    # join the last round; a configuration confirmed for the first time opens the next.
+    new = {first.number for first, _ in missing} - {t.user_attrs[REPEAT_OF] for t in repeats}
+    this_round = max((t.user_attrs.get(ROUND, 1) for t in repeats), default=0) + bool(new)
+    if new and this_round > study_config.confirm.max_rounds:
         log.warning("confirm.max_rounds (%d) binds: %d configurations on the front on the "
-                    "means stay unconfirmed", study_config.confirm.max_rounds,
-                    len({first.number for first, _ in missing}))
+                    "means stay unconfirmed", study_config.confirm.max_rounds, len(new))
         return 0
     for first, seed in missing:
         study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed,
