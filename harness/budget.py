@@ -9,20 +9,24 @@ teacher trains.
 from __future__ import annotations
 
 from harness.config import ConfigError, PipelineConfig
-from harness.train import train_settings
+from harness.train import TrainSettings, train_settings
 
 DISTILLED_PHASES = ("intermediate", "distill", "finetune")
 
 
+def phase_settings(pipeline: PipelineConfig, names: tuple[str, ...]) -> list[TrainSettings]:
+    """The settings of the phases ``names`` that the study turns on (epochs > 0)."""
+    phases = [getattr(pipeline, name) for name in names]
+    return [train_settings(pipeline, phase.epochs, phase.lr, seed=0) for phase in phases
+            if phase.epochs > 0]
+
+
 def arm_steps(pipeline: PipelineConfig, train_examples: int) -> tuple[int, int]:
     """(baseline, distilled arm) maximum optimiser steps on ``train_examples`` examples."""
-    def steps(name: str) -> int:
-        phase = getattr(pipeline, name)
-        if phase.epochs <= 0:  # a phase the study turns off trains no step
-            return 0
-        return train_settings(pipeline, phase.epochs, phase.lr, seed=0).total_steps(train_examples)
-
-    return steps("baseline"), sum(steps(name) for name in DISTILLED_PHASES)
+    baseline, distilled = (phase_settings(pipeline, names)
+                           for names in (("baseline",), DISTILLED_PHASES))
+    return tuple(sum(settings.total_steps(train_examples) for settings in arm)
+                 for arm in (baseline, distilled))
 
 
 def equal_budgets(pipeline: PipelineConfig, train_examples: int) -> bool:

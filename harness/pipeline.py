@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from harness.artifacts import build_once, write_folder_atomically
-from harness.budget import equal_budgets
+from harness.budget import DISTILLED_PHASES, equal_budgets, phase_settings
 from harness.compute import ComputeCost, measure_compute
 from harness.config import ModelShape, PipelineConfig, StudyConfig, TrialConfig
 from harness.data import TokenizedData, TokenizedSplit
@@ -143,10 +143,8 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
 def reported_evaluations(study_config: StudyConfig, train_examples: int) -> int:
     """How many ``on_evaluation`` calls (dev evaluations) a complete trial makes on a
     training split of ``train_examples``."""
-    pipeline = study_config.pipeline
-    return sum(train_settings(pipeline, phase.epochs, phase.lr, seed=0).evaluations(train_examples)
-               for phase in (pipeline.intermediate, pipeline.distill, pipeline.finetune)
-               if phase.epochs > 0)
+    return sum(settings.evaluations(train_examples)
+               for settings in phase_settings(study_config.pipeline, DISTILLED_PHASES))
 
 
 def untrained_cost(student: Student, device: torch.device, latency_repeats: int) -> ComputeCost:
