@@ -34,7 +34,7 @@ def replay(trials: list[optuna.trial.FrozenTrial], epochs: int, pruner) -> tuple
     """(trials the rule lets finish, distillation epochs the rule spends)."""
     kept, spent = [], 0
     for trial in trials:
-        curve = trial.user_attrs["epoch_dev_accuracy"]
+        curve = trial.user_attrs["select_accuracies"]
         size = (trial.user_attrs["num_layers"], trial.user_attrs["hidden_size"])
         stopped_at = next((epoch for epoch in range(1, epochs)  # never at the last epoch
                            if should_stop_early(kept, size, epoch, curve[epoch - 1], pruner)),

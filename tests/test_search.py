@@ -26,7 +26,7 @@ def _trial(accuracies, size=SIZE, state=TrialState.COMPLETE):
     return optuna.trial.create_trial(
         state=state, values=values,
         user_attrs={"num_layers": size[0], "hidden_size": size[1],
-                    "epoch_dev_accuracy": list(accuracies)})
+                    "select_accuracies": list(accuracies)})
 
 
 # Epoch 2 accuracies 0.5, 0.8, 0.82: median 0.8, mean 0.707. Epoch 1 accuracies are all
@@ -78,7 +78,7 @@ def test_trials_of_other_sizes_are_ignored():
     assert not should_stop_early(same + others, SIZE, 2, 0.5, MEDIAN)
     # The same trials as peers of that size would stop it: the filter is what decides.
     assert should_stop_early(same + others, SIZE, 2, 0.49, MEDIAN)
-    relabelled = same + [_trial(t.user_attrs["epoch_dev_accuracy"]) for t in others]
+    relabelled = same + [_trial(t.user_attrs["select_accuracies"]) for t in others]
     assert should_stop_early(relabelled, SIZE, 2, 0.5, MEDIAN)
     # Only other-size trials: too few peers, never stops.
     assert not should_stop_early(others, SIZE, 2, 0.0, MEDIAN)

@@ -23,7 +23,8 @@ WORD = "film"
 def small_csv(tmp_path_factory, cache_dir):
     """2,000 builtin snippets, half of them naming a film as "film": the label. A task any
     student can learn, given the steps to learn it."""
-    corpus = load_text_data(DataConfig(), cache_dir).train.texts
+    data = load_text_data(DataConfig(), cache_dir)
+    corpus = data.train.texts + data.select.texts
     with_word = [t for t in corpus if WORD in t.split()][:1000]
     without = [t for t in corpus if WORD not in t.lower()][:1000]
     assert len(with_word) == len(without) == 1000
@@ -48,7 +49,7 @@ def test_random_init_students_learn_a_small_dataset_on_the_default_schedule(smal
         "intermediate_size: 512}"])
     shared = prepare_shared(study, torch.device("cpu"), cache_dir)
     train = len(shared.text.tokens["train"])
-    assert 1500 <= train <= 1700
+    assert 1400 <= train <= 1500  # 2,000 less dev and test (1/10 each), less select (1/10)
     assert study.pipeline.schedule.min_steps * study.pipeline.batch_size > 5 * train
     labels = shared.text.tokens["dev"].labels
     majority = max(labels.float().mean().item(), 1 - labels.float().mean().item())
@@ -62,7 +63,7 @@ def test_random_init_students_learn_a_small_dataset_on_the_default_schedule(smal
     assert evaluation.test_accuracy > 0.85
     one_epoch = -(-train // study.pipeline.batch_size)
     # Same rule for both: the same learning rate and budget; each ran well past one epoch
-    # and ended on its best dev weights.
+    # and ended on its best weights on the select split.
     assert result.distill_lr == result.baseline_lr
     for steps, best in ((result.distill_steps, result.distill_best_step),
                         (result.baseline_steps, result.baseline_best_step)):

@@ -159,7 +159,7 @@ def test_a_student_over_the_compute_budget_is_pruned_untrained(in_tmp, smoke_con
         assert trial.user_attrs["prune_reason"].startswith("over budget before training")
         assert trial.constraints == {"flops_per_example": flops[(trial.params["num_layers"],
                                                                  trial.params["hidden_size"])] - limit}
-        assert "epoch_dev_accuracy" not in trial.user_attrs and not trial.intermediate_values
+        assert "select_accuracies" not in trial.user_attrs and not trial.intermediate_values
     for trial in fits:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert trial.user_attrs["flops_per_example"] == flops[(trial.params["num_layers"],

@@ -64,8 +64,8 @@ def check_runs_match_storage(root: Path, study: optuna.Study) -> None:
                       "teacher_agreement", "train_flops"):
             assert summary["summary"][field] == pytest.approx(trial.user_attrs[field]), field
         rows = [r["history"]["item"] for r in records if r["type"] == "history"]
-        epochs = [row["distill/dev_accuracy"] for row in rows if "distill/dev_accuracy" in row]
-        assert epochs == pytest.approx(trial.user_attrs["epoch_dev_accuracy"])
+        epochs = [row["distill/select_accuracy"] for row in rows if "distill/select_accuracy" in row]
+        assert epochs == pytest.approx(trial.user_attrs["select_accuracies"])
 
 
 def test_offline_runs_read_back_and_match_the_storage(tmp_path, monkeypatch, cache_dir,

@@ -168,7 +168,7 @@ def test_fractional_epochs_count_steps_hooks_and_examples(epochs, n, batch_size)
     assert [e for e, _ in hook_epochs] == list(range(1, expected_passes + 1))
     assert [s for _, s in hook_epochs] == [min(k * steps_per_pass, expected_steps)
                                            for k in range(1, expected_passes + 1)]
-    assert result.dev_accuracies == tuple(0.5 + e / 100 for e, _ in hook_epochs)
+    assert result.select_accuracies == tuple(0.5 + e / 100 for e, _ in hook_epochs)
     assert result.examples_seen == sum(len(b) for b in fed)
     # Each full pass feeds every example once.
     for k in range(expected_steps // steps_per_pass):
@@ -183,7 +183,7 @@ def test_zero_epochs_trains_nothing():
     result = train_phase("test", _tiny_bert(), _split(10, seed=6),
                          lambda m, b: calls.append(1), settings, torch.device("cpu"), PAD_ID,
                          on_evaluation=lambda e: calls.append(e))
-    assert (result.steps, result.examples_seen, result.dev_accuracies) == (0, 0, ())
+    assert (result.steps, result.examples_seen, result.select_accuracies) == (0, 0, ())
     assert calls == []
 
 
@@ -236,6 +236,6 @@ def test_patience_stops_after_evaluations_without_a_better_dev_accuracy():
     evaluate, seen = _scripted(model, [0.5, 0.8, 0.8, 0.7, 0.9, 0.9])
     result = train_phase("test", model, _split(10, seed=7), cross_entropy_loss, settings,
                          torch.device("cpu"), PAD_ID, on_evaluation=evaluate)
-    assert result.dev_accuracies == (0.5, 0.8, 0.8, 0.7)
+    assert result.select_accuracies == (0.5, 0.8, 0.8, 0.7)
     assert (result.steps, result.best_step) == (8, 4)
     assert torch.equal(model.state_dict()["classifier.weight"], seen[1]["classifier.weight"])

@@ -4,8 +4,8 @@ early-stopping rule of multi-objective studies.
 Early stopping: Optuna's ``Trial.report``/``should_prune`` raise NotImplementedError in
 multi-objective studies, so there:
 
-    stop a trial after dev evaluation e when its dev accuracy is below the median dev
-    accuracy at evaluation e of the completed trials of the same student size (num_layers,
+    stop a trial after evaluation e when its select accuracy (harness.data) is below the
+    median select accuracy at evaluation e of the completed trials of the same student size (num_layers,
     hidden_size), once at least ``pruner.n_startup_trials`` such trials exist.
 
 Comparing within a size keeps a small, cheap student from being stopped only for being
@@ -108,32 +108,32 @@ def make_pruner(study_config: StudyConfig) -> optuna.pruners.BasePruner:
 
 
 def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int, int],
-                      evaluation: int, dev_accuracy: float, config: PrunerConfig) -> bool:
+                      evaluation: int, select_accuracy: float, config: PrunerConfig) -> bool:
     """The multi-objective rule in this module's docstring."""
     if config.name == "none" or evaluation <= config.n_warmup_epochs:
         return False
-    peers = [t.user_attrs["epoch_dev_accuracy"][evaluation - 1] for t in finished
+    peers = [t.user_attrs["select_accuracies"][evaluation - 1] for t in finished
              if t.state == optuna.trial.TrialState.COMPLETE and not is_repeat(t)
              and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
-             and len(t.user_attrs.get("epoch_dev_accuracy", ())) >= evaluation]
+             and len(t.user_attrs.get("select_accuracies", ())) >= evaluation]
     enough = peers and len(peers) >= config.n_startup_trials  # no peers: no median to fall below
-    return bool(enough) and dev_accuracy < statistics.median(peers)
+    return bool(enough) and select_accuracy < statistics.median(peers)
 
 
 def stop_if_behind(trial: optuna.Trial, study_config: StudyConfig, size: tuple[int, int],
-                   last_evaluation: int, evaluation: int, dev_accuracy: float) -> None:
+                   last_evaluation: int, evaluation: int, select_accuracy: float) -> None:
     """Raise ``optuna.TrialPruned`` when the trial should stop after ``evaluation``: Optuna's
     pruner with one objective, this module's rule with several."""
     if len(study_config.objectives.metrics) == 1:
-        trial.report(dev_accuracy, evaluation)
+        trial.report(select_accuracy, evaluation)
         if trial.should_prune():
             raise optuna.TrialPruned(f"MedianPruner at evaluation {evaluation} "
-                                     f"(dev accuracy {dev_accuracy:.4f})")
+                                     f"(select accuracy {select_accuracy:.4f})")
         return
     # Stopping at the last evaluation would save nothing and lose a finished result.
     if evaluation >= last_evaluation:
         return
     finished = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if should_stop_early(finished, size, evaluation, dev_accuracy, study_config.pruner):
+    if should_stop_early(finished, size, evaluation, select_accuracy, study_config.pruner):
         raise optuna.TrialPruned(f"below the median of size {size} at evaluation {evaluation} "
-                                 f"(dev accuracy {dev_accuracy:.4f})")
+                                 f"(select accuracy {select_accuracy:.4f})")

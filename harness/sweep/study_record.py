@@ -100,6 +100,7 @@ _ADDED_FIELDS = (
     ("teacher.schedule", dataclasses.asdict(ScheduleConfig())),
     ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
     ("transfer", dataclasses.asdict(TransferConfig())), ("pipeline.budget", "matched"),
+    ("data.group_column", None), ("data.select_fraction", 0.0),
 )
 
 

@@ -8,7 +8,7 @@ disk, a network error, wandb missing) is logged as a warning and never reaches t
     run = start_trial_run(mode, project, entity, tags, run_dir, study_name,
                           trial_number, job_type="trial", config=trial_config)
     run.log({"kd/loss": 0.4, "kd/loss_kd": 0.3, "kd/loss_ce": 0.1, "kd/lr": 1e-4}, step=10)
-    run.log({"distill/evaluation": 1, "distill/dev_accuracy": 0.81})
+    run.log({"distill/evaluation": 1, "distill/select_accuracy": 0.81})
     run.finish(summary=stored_fields, state="complete")   # or "pruned"/"failed", reason
     trial.set_user_attr("wandb_run_id", run.run_id)       # (caller) joins Optuna and W&B
     log_study_front(mode, project, entity, tags, run_dir, study_name, front, png_path)
