@@ -120,11 +120,11 @@ def test_shared_optimiser_settings_keep_the_sections_flat():
                 "schedule"} <= set(stored[section])
     assert (stored["teacher"]["lr"], stored["teacher"]["batch_size"]) == (3e-5, 16)
     assert stored["pipeline"]["batch_size"] == 8 and "optimizer" not in stored["pipeline"]
-    # default-v4 as created by the releases before the shared optimiser settings: a study
-    # of that name in a user's storage resumes only while this holds.
+    # default-v4 as created by the releases before the shared optimiser settings (and the
+    # select split): a study of that name in a user's storage resumes only while this holds.
     default_v4 = load_study_config(REPO / "studies" / "default.yaml", [
         "name=default-v4", "pipeline.hard_label_temperature=student",
-        "objectives.constraints={flops_per_example: 2.4e+8}"])
+        "objectives.constraints={flops_per_example: 2.4e+8}", "data.select_fraction=0"])
     assert config_fingerprint(default_v4) == (
         "cdf080a873d0a932374c51e88964af240346dc9e539d6233ddc4ce902c264a34")
 

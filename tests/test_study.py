@@ -359,7 +359,7 @@ def test_single_objective_study_keeps_the_students_of_the_printed_front(in_tmp, 
     # Four sizes, one each (grid): the printed front (dev accuracy vs FLOPs) holds the
     # cheapest student, the single objective's best is the most accurate one.
     grid = ["search.T={choices: [2.0]}", "search.T_s={choices: [2.0]}",
-            "search.alpha={choices: [0.2]}", "search.num_layers={choices: [1, 2]}",
+            "search.alpha={choices: [0.5]}", "search.num_layers={choices: [1, 2]}",
             "sampler.name=grid", "objectives.metrics=[dev_accuracy]", "pruner.name=none"]
     code, storage = run_smoke(in_tmp, 4, *[arg for item in grid for arg in ("--set", item)])
     assert code == 0
