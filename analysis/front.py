@@ -137,6 +137,22 @@ def mark_indistinguishable(front: pd.DataFrame, y: str = ACCURACY,
     return out
 
 
+def label_only_front(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
+    """The front of label-only baselines (``baseline_dev_accuracy`` against ``x``), cheapest
+    first: per student (size, and init and source where stored) its best baseline, since
+    trials of one student share baselines; what distillation has to beat at each cost."""
+    check_axis(x)
+    complete = stats.add_intervals(complete_trials(frame))
+    if complete.empty or any(name not in complete.columns for name in SIZE):
+        return pd.DataFrame()
+    keys = SIZE + [name for name in ("init", SOURCE) if name in complete.columns]
+    best = [group.assign(_acc=column(group, "baseline_dev_accuracy"))
+            .sort_values(["_acc", "trial"], ascending=[False, True], kind="stable").iloc[0]
+            for _, group in complete.groupby(keys, sort=True, dropna=False)]
+    students = pd.DataFrame(best).drop(columns="_acc").reset_index(drop=True)
+    return pareto_front(students, x, y="baseline_dev_accuracy")
+
+
 def front_table(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
     """Front of complete trials on dev accuracy vs ``x``, with intervals and marks."""
     check_axis(x)

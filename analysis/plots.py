@@ -25,7 +25,8 @@ from matplotlib.ticker import PercentFormatter
 
 from analysis import stats
 from analysis.frame import column, complete_trials
-from analysis.front import AXIS_LABELS, TEACHER_COLUMNS, check_axis, pareto_front, teacher_reference
+from analysis.front import (AXIS_LABELS, TEACHER_COLUMNS, check_axis, label_only_front,
+                            pareto_front, teacher_reference)
 from analysis.seeds import by_configuration, confirmed_front, search_rows
 
 Y_LABEL = "dev accuracy"
@@ -36,9 +37,9 @@ def _draw_front(ax, frame: pd.DataFrame, x: str, color, label: str) -> None:
     complete = complete_trials(frame)
     ax.scatter(column(complete, x), column(complete, "dev_accuracy"), s=18,
                color=color, alpha=0.35, label=f"{label}: trials ({len(complete)})")
-    front = pareto_front(frame, x)
+    front = pareto_front(stats.add_intervals(frame), x)  # cluster-robust where grouped
     xs, ys = column(front, x), column(front, "dev_accuracy")
-    low, high = stats.accuracy_interval(ys, column(front, "dev_examples"))
+    low, high = column(front, "dev_accuracy_ci_low"), column(front, "dev_accuracy_ci_high")
     # The front is attained from each member's cost up to the next member's: steps "post".
     ax.step(xs, ys, where="post", color=color, linewidth=1.8,
             label=f"{label}: Pareto front (95% intervals)")
@@ -65,14 +66,20 @@ def _draw_teacher(ax, frame: pd.DataFrame, x: str, color="black", label="teacher
 
 
 def _draw_baselines(ax, frame: pd.DataFrame, x: str) -> None:
-    """Label-only baselines: one point per distinct (cost, baseline accuracy)."""
+    """Label-only baselines: one point per distinct (cost, baseline accuracy), and their
+    front as a step line: what distillation has to beat at each cost."""
     complete = complete_trials(frame)
     points = pd.DataFrame({"x": column(complete, x),
                            "y": column(complete, "baseline_dev_accuracy")})
     points = points.dropna().drop_duplicates()
-    if not points.empty:
-        ax.scatter(points["x"], points["y"], marker="x", s=40, color="tab:red",
-                   label="label-only baseline (same size)")
+    if points.empty:
+        return
+    ax.scatter(points["x"], points["y"], marker="x", s=40, color="tab:red",
+               label="label-only baseline (same size)")
+    front = label_only_front(search_rows(frame), x)
+    if not front.empty:
+        ax.step(column(front, x), column(front, "baseline_dev_accuracy"), where="post",
+                color="tab:red", linewidth=1.4, linestyle="--", label="label-only front")
 
 
 def _finish(ax, x: str, title: str | None) -> None:

@@ -4,13 +4,16 @@
     print(render_text(report))               # the front, for the terminal
     page = render_markdown(report, storage)  # the pareto.md page
 
-Accuracies are printed in percent with their 95% Wilson interval; KD gains in accuracy
-points with the paired interval (see ``analysis.stats``). ``front_rows``, ``size_rows``
-and ``budget_rows`` give each table's headers and cells, for a notebook to lay out itself.
+Accuracies are printed in percent with their 95% interval over examples (cluster-robust
+where the data groups its examples, Wilson otherwise); KD gains in accuracy points with the
+paired interval (see ``analysis.stats``). ``answer_lines`` says, per compute band, whether
+distillation pays. ``front_rows``, ``label_only_rows``, ``size_rows`` and ``budget_rows``
+give each table's headers and cells, for a notebook to lay out itself.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,8 +23,9 @@ from analysis import stats
 from analysis.frame import column, complete_trials, state_counts, state_summary
 from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets, check_axis,
                             default_ref_cost, front_table, hypervolume, kd_gain_by_size,
-                            teacher_reference)
-from analysis.seeds import by_configuration, confirmed_front, search_rows, with_seed_columns
+                            label_only_front, teacher_reference)
+from analysis.seeds import (by_configuration, confirmed_front, kd_answer, search_rows,
+                            with_seed_columns)
 from harness.config import RESIZED_TEACHER
 
 
@@ -41,6 +45,9 @@ class Report:
     front: pd.DataFrame       # single runs, cheapest first, with intervals and
                               # ``indistinguishable`` (and seeds, means and ``held``)
     confirmed: pd.DataFrame   # the front on means over seeds; empty with no repeats
+    label_only: pd.DataFrame  # the front of label-only baselines, cheapest first
+    answer: pd.DataFrame      # per band of the teacher's FLOPs: does KD pay (kd_answer)
+    intervals: str            # how intervals over examples were computed, in words
     sizes: pd.DataFrame       # best trial per (num_layers, hidden_size)
     budgets: pd.DataFrame     # best trial per fraction of the teacher's FLOPs
     teacher: dict[str, float]
@@ -67,9 +74,24 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
     return Report(study_name=name, x=x, counts=state_counts(frame),
                   summary=state_summary(frame), searched=len(complete),
                   front=with_seed_columns(front, configurations, confirmed),
-                  confirmed=confirmed,
+                  confirmed=confirmed, label_only=label_only_front(search, x),
+                  answer=kd_answer(frame), intervals=interval_method(front),
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
+
+
+def interval_method(front: pd.DataFrame) -> str:
+    """The report's intervals over examples, in words (the front's rows decide)."""
+    if (front.get("interval_method") == "cluster-robust").all():
+        groups = [len(json.loads(front.iloc[0][f"{split}_clusters"])["sizes"])
+                  if isinstance(front.iloc[0][f"{split}_clusters"], str) else 0
+                  for split in ("dev", "test")]
+        return (f"cluster-robust (CR1, Student-t on G - 1) over the data's groups: {groups[0]} "
+                f"dev and {groups[1]} test groups, whose examples are correlated")
+    if (front.get("interval_method") == "Wilson/Newcombe").all():
+        return "Wilson (accuracies) and Newcombe's paired interval (KD gains): examples " \
+               "taken as independent, as the data has no groups"
+    return "cluster-robust where a trial stored groups, Wilson / Newcombe elsewhere"
 
 
 # ---- cell formatting -------------------------------------------------------------------
@@ -158,6 +180,44 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def answer_lines(report: Report) -> list[str]:
+    """One line per band of the teacher's FLOPs: the best confirmed distilled student, the
+    best label-only one, their means over fresh seeds and the KD gain between them."""
+    lines = []
+    for _, row in report.answer.iterrows():
+        band = f"<= 1/{1 / row['band']:.0f} of the teacher's FLOPs"
+        if not np.isfinite(_get(row, "kd_trial")):
+            lines.append(f"{band}: no configuration with fresh runs fits")
+            continue
+        students = []
+        for prefix, what in (("kd", "distilled"), ("label", "label-only")):
+            size = _size({"num_layers": row[f"{prefix}_num_layers"],
+                          "hidden_size": row[f"{prefix}_hidden_size"]})
+            students.append(
+                f"{what} {size} (trial {_get(row, f'{prefix}_trial'):.0f}, "
+                f"{_get(row, f'{prefix}_seeds'):.0f} fresh seeds) dev "
+                + percent(*(_get(row, f"{prefix}_dev_{end}") for end in ("mean", "low", "high"))))
+        verdict = {"pays": "KD pays", "costs": "KD costs",
+                   "not shown": "no difference shown"}[row["verdict"]]
+        lines.append(
+            f"{band}: {students[0]} vs {students[1]}: KD gain "
+            f"{points(*(_get(row, 'gain' + end) for end in ('', '_low', '_high')))} dev, "
+            f"{points(*(_get(row, 'gain_test' + end) for end in ('', '_low', '_high')))} "
+            f"test points: {verdict}")
+    return lines
+
+
+def label_only_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the label-only front (single runs, as the search trained them)."""
+    headers = ["layers x hidden", "init", "a trial of it", AXIS_LABELS[report.x],
+               "label-only dev acc % [95% CI]", "label-only test acc % [95% CI]"]
+    rows = [[_size(row), str(row.get("init", "")), f"{_get(row, 'trial'):.0f}",
+             number(_get(row, report.x)), _interval(row, "baseline_dev_accuracy"),
+             _interval(row, "baseline_test_accuracy")]
+            for _, row in report.label_only.iterrows()]
+    return headers, rows
+
+
 def confirmed_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the front on means over seeds (intervals over seeds)."""
     headers = ["configuration (trial)", "layers x hidden", "T", "T_s", "alpha",
@@ -236,11 +296,24 @@ NOTES = """\
 
 - The front is chosen on **dev accuracy** (maximised) against the compute axis (minimised).
   Test accuracy is reported beside it and never used to choose anything.
-- Accuracies: {conf:.0f}% Wilson score interval over the dev (or test) examples.
+- Accuracies: {conf:.0f}% interval over the dev (or test) examples. Where the data groups
+  its examples (the builtin data: snippets of one movie), examples of a group are
+  correlated and the interval is cluster-robust: the sandwich variance summed over groups
+  with the factor G / (G - 1) (CR1), Student-t on G - 1 degrees of freedom. Otherwise the
+  Wilson score interval. The report's header says which was used.
 - KD gain: the student minus its label-only baseline of the same size, on the same
-  examples. Its interval is Newcombe's paired interval (hybrid score, continuity-corrected
-  correlation; Newcombe 1998, method 10) built from the discordant counts: examples only
-  the KD student got right (b) and only the baseline got right (c); gain = (b - c) / n.
+  examples. Its interval is cluster-robust on the per-group differences where the data has
+  groups, else Newcombe's paired interval (hybrid score, continuity-corrected correlation;
+  Newcombe 1998, method 10) built from the discordant counts: examples only the KD student
+  got right (b) and only the baseline got right (c); gain = (b - c) / n.
+- Does KD pay, per band of the teacher's FLOPs: among configurations with fresh runs that
+  fit the band, the best on mean dev accuracy distilled and the best on mean label-only
+  dev accuracy; the KD gain between them is paired by seed where they are one
+  configuration, else Welch's interval between their fresh runs. "KD pays" / "KD costs"
+  where the dev interval excludes 0. Both were chosen on their dev means, so the test
+  gain beside is the check no choice has seen.
+- Label-only front: per student, its best label-only baseline, as the search trained it
+  (single runs); the distilled front has to beat it at each cost.
 - `~` marks a front member whose dev accuracy is not distinguishable from an adjacent
   front member: the {conf:.0f}% interval of their difference (Newcombe's hybrid score
   interval, treating the two as independent samples, which is conservative) contains 0.
@@ -283,6 +356,7 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
         lines.append(f"- Storage: `{storage}`")
     lines += [
         f"- Trials: {report.summary} (failed, pruned and unfinished trials are left out)",
+        f"- Intervals over examples: {report.intervals}",
         f"- Front: dev accuracy against {axis}: {len(report.front)} of "
         f"{report.searched} complete search trials (repeats over seeds are summarised apart)",
         f"- Hypervolume: {number(report.hypervolume, 4)} (accuracy x {axis}; reference point "
@@ -299,6 +373,12 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
                   f"{held} of the {len(report.front)} single-run front members hold their "
                   "place on the means; `NO` above marks those dominated there.", "",
                   markdown_table(*confirmed_rows(report)), ""]
+    if not report.answer.empty:
+        lines += ["## Does distillation pay? (fresh-seed means, per band of the teacher's "
+                  "FLOPs)", "", *[f"- {line}" for line in answer_lines(report)], ""]
+    if not report.label_only.empty:
+        lines += ["## Label-only front (the best baseline of each student)", "",
+                  markdown_table(*label_only_rows(report)), ""]
     if not report.sizes.empty:
         lines += ["## KD gain per student size", "", markdown_table(*size_rows(report)), ""]
     lines += ["## Best student under compute budgets", "",
@@ -321,6 +401,9 @@ def render_text(report: Report) -> str:
     if not report.confirmed.empty:
         lines += [f"Front on the means over seeds ({len(report.confirmed)} configurations):",
                   text_table(*confirmed_rows(report))]
+    if not report.answer.empty:
+        lines += ["Does distillation pay? (means over fresh seeds)", *answer_lines(report)]
+    lines.append(f"intervals over examples: {report.intervals}")
     return "\n".join(lines)
 
 

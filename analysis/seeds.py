@@ -27,7 +27,10 @@ from analysis.frame import column, complete_trials
 from analysis.front import ACCURACY, check_axis, pareto_mask
 from harness.sweep.confirm import REPEAT_OF
 
-METRICS = ("dev_accuracy", "test_accuracy", "kd_gain", "kd_gain_test", "teacher_agreement")
+METRICS = ("dev_accuracy", "test_accuracy", "kd_gain", "kd_gain_test", "teacher_agreement",
+           "baseline_dev_accuracy", "baseline_test_accuracy")
+#: Shares of the teacher's forward FLOPs per example that ``kd_answer`` answers for.
+BANDS = (1 / 10, 1 / 3)
 
 
 def search_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -94,6 +97,83 @@ def confirmed_front(summary: pd.DataFrame, x: str = "flops_per_example") -> pd.D
     on_front = pareto_mask(accuracy, column(summary, x))
     front = summary.assign(confirmed=confirmed)[on_front]
     return front.sort_values([x, "trial"], kind="stable").reset_index(drop=True)
+
+
+def kd_answer(frame: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
+    """Does distillation pay within each band of compute? One row per band (``band``: a
+    share of the teacher's FLOPs per example): among configurations with fresh runs that
+    cost at most that share, the best distilled one (``kd_*``: highest mean dev accuracy over
+    fresh seeds) and the best label-only one (``label_*``: highest mean baseline dev
+    accuracy), their means, and the KD gain between them on dev and on test
+    (``gain``/``gain_test`` with ``_low``/``_high``): over the paired per-seed gains where
+    both are one configuration, else Welch's interval between the two sets of fresh runs.
+    ``verdict``: "pays" or "costs" where the dev interval excludes 0, else "not shown"."""
+    summary = by_configuration(frame)
+    rows = []
+    for band in bands:
+        row = {"band": band}
+        if not summary.empty:
+            share = column(summary, "flops_per_example") / column(summary,
+                                                                  "teacher_flops_per_example")
+            fits = summary[(column(summary, "seeds") > 0) & (share <= band)]
+            if not fits.empty:
+                kd = fits.iloc[int(np.nanargmax(column(fits, "dev_accuracy_mean")))]
+                label = fits.iloc[int(np.nanargmax(column(fits, "baseline_dev_accuracy_mean")))]
+                row.update(_answer(frame, kd, label))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _answer(frame: pd.DataFrame, kd: pd.Series, label: pd.Series) -> dict:
+    complete = stats.add_intervals(complete_trials(frame))  # adds kd_gain_test
+    complete = complete.assign(configuration=configuration_of(complete))
+
+    def fresh(configuration, metric: str) -> np.ndarray:
+        runs = complete[(complete["configuration"] == configuration)
+                        & (complete["trial"] != configuration)]
+        return column(runs, metric)
+
+    row = {}
+    for prefix, chosen, accuracy in (("kd", kd, "dev_accuracy"),
+                                     ("label", label, "baseline_dev_accuracy")):
+        row.update({f"{prefix}_trial": chosen["trial"], f"{prefix}_seeds": chosen["seeds"],
+                    f"{prefix}_num_layers": chosen.get("num_layers"),
+                    f"{prefix}_hidden_size": chosen.get("hidden_size"),
+                    f"{prefix}_flops_per_example": chosen["flops_per_example"]})
+        for split in ("dev", "test"):
+            name = accuracy.replace("dev", split)
+            row.update({f"{prefix}_{split}_{end}": chosen[f"{name}_mean{suffix}"]
+                        for end, suffix in (("mean", ""), ("low", "_low"), ("high", "_high"))})
+    for split, gain in (("dev", "gain"), ("test", "gain_test")):
+        if kd["trial"] == label["trial"]:
+            mean, low, high = mean_interval(fresh(kd["trial"], "kd_gain" if split == "dev"
+                                                  else "kd_gain_test"))
+        else:
+            mean, low, high = welch_interval(fresh(kd["trial"], f"{split}_accuracy"),
+                                             fresh(label["trial"], f"baseline_{split}_accuracy"))
+        row.update({gain: mean, f"{gain}_low": low, f"{gain}_high": high})
+    row["verdict"] = ("pays" if row["gain_low"] > 0 else "costs" if row["gain_high"] < 0
+                      else "not shown")
+    return row
+
+
+def welch_interval(first, second, confidence: float = stats.CONFIDENCE):
+    """(difference of means, low, high) of two independent samples: Welch's t interval
+    (NaN bounds unless both have two values or more)."""
+    first = np.asarray(first, dtype=np.float64)
+    second = np.asarray(second, dtype=np.float64)
+    first, second = first[np.isfinite(first)], second[np.isfinite(second)]
+    if first.size == 0 or second.size == 0:
+        return np.nan, np.nan, np.nan
+    difference = float(first.mean() - second.mean())
+    if first.size < 2 or second.size < 2:
+        return difference, np.nan, np.nan
+    a, b = first.var(ddof=1) / first.size, second.var(ddof=1) / second.size
+    if a + b == 0:
+        return difference, difference, difference
+    df = (a + b) ** 2 / (a ** 2 / (first.size - 1) + b ** 2 / (second.size - 1))
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, df) * np.sqrt(a + b)
+    return difference, difference - half, difference + half
 
 
 def with_seed_columns(front: pd.DataFrame, summary: pd.DataFrame,

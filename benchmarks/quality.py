@@ -2,10 +2,11 @@
 
     python benchmarks/quality.py                                   # seeds 0-4, both students
     python benchmarks/quality.py --students "2x128" --seeds 0 1 2 3 4 5
+    python benchmarks/quality.py --set data.select_fraction=0 ...  # checkpoints chosen on dev
 
 Everything comes from studies/default.yaml (the builtin teacher, fine-tuned once and
-cached; the step-budget schedule with the best dev checkpoint; the width learning-rate
-rule; T = T_s = 4, alpha = 0.7, the seed's loss), with a transfer set of 2 copies per
+cached; the step-budget schedule with the best checkpoint on the select split; the width
+learning-rate rule; T = T_s = 4, alpha = 0.7, the study's loss), with a transfer set of 2 copies per
 training example built once. Per student (2 x 128 and 2 x 384) and seed:
 
 - label-only baseline from random weights (the reference every gain is paired against);
@@ -17,7 +18,8 @@ training example built once. Per student (2 x 128 and 2 x 384) and seed:
 Every distillation has the same step budget and learning-rate rule as its baseline.
 Prints, per variant, mean dev accuracy (and its share of the teacher's), mean test gain
 over the random-init label-only baseline of the same seed with its standard deviation,
-teacher agreement and train FLOPs.
+teacher agreement and train FLOPs; then, per variant and arm, the dev-minus-test gap and
+the KD gain on dev and on test (what choosing checkpoints on one split does to it).
 """
 
 from __future__ import annotations
@@ -56,13 +58,15 @@ def main() -> int:
     parser.add_argument("--students", nargs="+", choices=list(STUDENTS), default=list(STUDENTS))
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="study-file overrides, as harness.study's")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="earlier --out files whose rows join this run's summary (gains "
                              f"are paired with the {REFERENCE!r} rows of the same seed, from "
                              "this run or these files)")
     args = parser.parse_args()
     study = load_study_config(REPO / "studies" / "default.yaml", [
-        "transfer.copies=2", "student.init=teacher-pruned"])
+        "transfer.copies=2", "student.init=teacher-pruned", *args.overrides])
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
     teacher = {k: dataclasses.asdict(v) for k, v in shared.teacher_scores.items()}
     print(f"teacher: dev {teacher['dev']['accuracy']:.4f}, test {teacher['test']['accuracy']:.4f}",
@@ -87,6 +91,7 @@ def main() -> int:
     for earlier in args.merge:
         rows += json.loads(earlier.read_text())["rows"]
     print(summary(rows, teacher["dev"]["accuracy"]))
+    print(selection_summary(rows))
     return 0
 
 
@@ -127,6 +132,27 @@ def summary(rows: list[dict], teacher_dev: float) -> str:
                 f"{statistics.mean(r['test_accuracy'] for r in chosen):.4f} | {_mean_sd(gains)} | "
                 f"{statistics.mean(r['teacher_agreement'] for r in chosen):.4f} | "
                 f"{statistics.mean(r['train_flops'] for r in chosen) / 1e9:.0f} |")
+    return "\n".join(lines)
+
+
+def selection_summary(rows: list[dict]) -> str:
+    """Per student, variant and arm: dev minus test accuracy; per variant the KD gain on
+    dev and on test, each paired by seed (points, mean ± sd)."""
+    lines = ["| student | variant | seeds | baseline dev - test | KD dev - test | KD gain, dev "
+             "| KD gain, test |", "|---|---|---|---|---|---|---|"]
+    for student in STUDENTS:
+        for variant in VARIANTS:
+            chosen = [r for r in rows if r["student"] == student and r["variant"] == variant]
+            if not chosen:
+                continue
+            def points(first: str, second: str) -> str:
+                return _mean_sd([100 * (r[first] - r[second]) for r in chosen])
+            lines.append(
+                f"| {student} | {variant} | {len(chosen)} | "
+                f"{points('baseline_dev_accuracy', 'baseline_test_accuracy')} | "
+                f"{points('dev_accuracy', 'test_accuracy')} | "
+                f"{points('dev_accuracy', 'baseline_dev_accuracy')} | "
+                f"{points('test_accuracy', 'baseline_test_accuracy')} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,7 @@
-"""Scores from predicted logits: accuracy, F1, Matthews correlation, agreement and paired
-counts. F1 and the Matthews correlation are the GLUE tasks' reported metrics (MRPC and QQP
-report F1 of the positive class, CoLA the Matthews correlation)."""
+"""Scores from predicted logits: accuracy, F1, Matthews correlation, agreement, paired
+counts and, where the data groups its examples, the counts per group. F1 and the Matthews
+correlation are the GLUE tasks' reported metrics (MRPC and QQP report F1 of the positive
+class, CoLA the Matthews correlation)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,33 @@ def discordant_counts(logits: torch.Tensor, other_logits: torch.Tensor,
 
 
 @dataclass(frozen=True)
+class ClusterCounts:
+    """Per group of a split's examples (groups in sorted order): its examples and how many
+    of them the distilled student and its baseline got right. Examples of one group (the
+    snippets of one movie) are correlated, so intervals over examples need these
+    (``analysis.stats.cluster_robust_interval``), not only the totals."""
+
+    sizes: tuple[int, ...]
+    correct: tuple[int, ...]
+    baseline_correct: tuple[int, ...]
+
+
+def cluster_counts(logits: torch.Tensor, baseline_logits: torch.Tensor, labels: torch.Tensor,
+                   groups: tuple[str, ...]) -> ClusterCounts:
+    names = sorted(set(groups))
+    index = {name: i for i, name in enumerate(names)}
+    ids = torch.tensor([index[group] for group in groups], dtype=torch.int64)
+
+    def per_group(values: torch.Tensor) -> tuple[int, ...]:
+        totals = torch.zeros(len(names), dtype=torch.int64).index_add_(0, ids, values.long())
+        return tuple(totals.tolist())
+
+    return ClusterCounts(sizes=per_group(torch.ones_like(labels)),
+                         correct=per_group(logits.argmax(-1) == labels),
+                         baseline_correct=per_group(baseline_logits.argmax(-1) == labels))
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """A distilled student against its label-only baseline and the teacher, on dev and
     test; the field names are the stored attributes'."""
@@ -75,13 +103,20 @@ class Evaluation:
     baseline_only_correct_dev: int
     kd_only_correct_test: int
     baseline_only_correct_test: int
+    dev_clusters: ClusterCounts | None  # None where the data has no groups
+    test_clusters: ClusterCounts | None
 
 
 def evaluate_against_baseline(logits: dict[str, torch.Tensor],
                               baseline_logits: dict[str, torch.Tensor],
                               teacher_logits: dict[str, torch.Tensor],
-                              labels: dict[str, torch.Tensor]) -> Evaluation:
-    """Each argument maps "dev" and "test" to that split's logits (or labels)."""
+                              labels: dict[str, torch.Tensor],
+                              groups: dict[str, tuple[str, ...] | None]) -> Evaluation:
+    """Each argument maps "dev" and "test" to that split's logits (or labels, or each
+    example's group: None where the data has none)."""
+    clusters = {split: None if groups[split] is None else cluster_counts(
+        logits[split], baseline_logits[split], labels[split], groups[split])
+        for split in ("dev", "test")}
     dev, test = score(logits["dev"], labels["dev"]), score(logits["test"], labels["test"])
     baseline_dev = score(baseline_logits["dev"], labels["dev"])
     kd_dev, base_dev = discordant_counts(logits["dev"], baseline_logits["dev"], labels["dev"])
@@ -97,4 +132,5 @@ def evaluate_against_baseline(logits: dict[str, torch.Tensor],
         baseline_teacher_agreement=agreement(baseline_logits["test"], teacher_logits["test"]),
         dev_examples=dev.examples, test_examples=test.examples,
         kd_only_correct_dev=kd_dev, baseline_only_correct_dev=base_dev,
-        kd_only_correct_test=kd_test, baseline_only_correct_test=base_test)
+        kd_only_correct_test=kd_test, baseline_only_correct_test=base_test,
+        dev_clusters=clusters["dev"], test_clusters=clusters["test"])

@@ -27,7 +27,7 @@ from harness.artifacts import build_once, write_folder_atomically
 from harness.budget import DISTILLED_PHASES, equal_budgets, phase_settings
 from harness.compute import ComputeCost, measure_compute
 from harness.config import ModelShape, PipelineConfig, StudyConfig, TrialConfig
-from harness.data import TokenizedData, TokenizedSplit
+from harness.data import TextData, TokenizedData, TokenizedSplit
 from harness.evaluation import Evaluation, evaluate_against_baseline
 from harness.labels import train_on_labels
 from harness.losses import make_projection
@@ -115,7 +115,7 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
 
     phases = (matched, distilled, finetuned)
     logits = split_logits(model, student.text, device, pipeline.eval_batch_size)
-    evaluation = evaluate(logits, baseline, shared.teacher_logits, student.text)
+    evaluation = evaluate(logits, baseline, shared.teacher_logits, student.text, shared.data)
     cost = measure_compute(model, student.text.seq_len, device, pipeline.latency_repeats)
     if save_student_to is not None:
         save_student(model, student.text.tokenizer, logits, save_student_to)
@@ -329,10 +329,13 @@ def with_transfer_set(labelled: TrainingExamples, transfer_set: TransferSet | No
 
 
 def evaluate(logits: dict[str, torch.Tensor], baseline: Baseline,
-             teacher_logits: dict[str, torch.Tensor], text: TokenizedData) -> Evaluation:
-    """The distilled student's logits against its label-only baseline and the teacher."""
+             teacher_logits: dict[str, torch.Tensor], text: TokenizedData,
+             data: TextData) -> Evaluation:
+    """The distilled student's logits against its label-only baseline and the teacher, with
+    counts per group of examples where the data has groups."""
     return evaluate_against_baseline(logits, baseline.logits, teacher_logits,
-                                     {name: text.tokens[name].labels for name in SPLITS})
+                                     {name: text.tokens[name].labels for name in SPLITS},
+                                     {name: data.split(name).groups for name in SPLITS})
 
 
 def save_student(model, tokenizer, logits: dict[str, torch.Tensor], folder: Path) -> None:
