@@ -197,13 +197,13 @@ def answer_lines(report: Report) -> list[str]:
                 f"{what} {size} (trial {_get(row, f'{prefix}_trial'):.0f}, "
                 f"{_get(row, f'{prefix}_seeds'):.0f} fresh seeds) dev "
                 + percent(*(_get(row, f"{prefix}_dev_{end}") for end in ("mean", "low", "high"))))
-        verdict = {"pays": "KD pays", "costs": "KD costs",
-                   "not shown": "no difference shown"}[row["verdict"]]
+        verdicts = {"pays": "KD pays", "costs": "KD costs", "not shown": "no difference shown"}
         lines.append(
             f"{band}: {students[0]} vs {students[1]}: KD gain "
             f"{points(*(_get(row, 'gain' + end) for end in ('', '_low', '_high')))} dev, "
             f"{points(*(_get(row, 'gain_test' + end) for end in ('', '_low', '_high')))} "
-            f"test points: {verdict}")
+            f"test points: {verdicts[row['verdict']]} on dev, "
+            f"{verdicts[row['verdict_test']]} on test")
     return lines
 
 
@@ -310,8 +310,8 @@ NOTES = """\
   fit the band, the best on mean dev accuracy distilled and the best on mean label-only
   dev accuracy; the KD gain between them is paired by seed where they are one
   configuration, else Welch's interval between their fresh runs. "KD pays" / "KD costs"
-  where the dev interval excludes 0. Both were chosen on their dev means, so the test
-  gain beside is the check no choice has seen.
+  where a split's interval excludes 0, said for dev and for test. Both students were
+  chosen on their dev means, so the test verdict is the one no choice has seen.
 - Label-only front: per student, its best label-only baseline, as the search trained it
   (single runs); the distilled front has to beat it at each cost.
 - `~` marks a front member whose dev accuracy is not distinguishable from an adjacent

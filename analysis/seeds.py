@@ -107,7 +107,8 @@ def kd_answer(frame: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
     accuracy), their means, and the KD gain between them on dev and on test
     (``gain``/``gain_test`` with ``_low``/``_high``): over the paired per-seed gains where
     both are one configuration, else Welch's interval between the two sets of fresh runs.
-    ``verdict``: "pays" or "costs" where the dev interval excludes 0, else "not shown"."""
+    ``verdict`` / ``verdict_test``: "pays" or "costs" where that split's interval excludes
+    0, else "not shown"."""
     summary = by_configuration(frame)
     rows = []
     for band in bands:
@@ -152,8 +153,9 @@ def _answer(frame: pd.DataFrame, kd: pd.Series, label: pd.Series) -> dict:
             mean, low, high = welch_interval(fresh(kd["trial"], f"{split}_accuracy"),
                                              fresh(label["trial"], f"baseline_{split}_accuracy"))
         row.update({gain: mean, f"{gain}_low": low, f"{gain}_high": high})
-    row["verdict"] = ("pays" if row["gain_low"] > 0 else "costs" if row["gain_high"] < 0
-                      else "not shown")
+    for gain, verdict in (("gain", "verdict"), ("gain_test", "verdict_test")):
+        row[verdict] = ("pays" if row[f"{gain}_low"] > 0 else "costs"
+                        if row[f"{gain}_high"] < 0 else "not shown")
     return row
 
 
