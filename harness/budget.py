@@ -4,6 +4,12 @@ of optimiser steps, or ``kd_gain`` measures extra training as well as distillati
 steps follow from each phase's epochs, the schedule's ``min_steps`` floor (once per phase)
 and the size of the training split, so the check runs once the data is loaded, before the
 teacher trains.
+
+With a teacher-labelled transfer set the distillation phase makes its ``epochs`` passes
+over the labelled examples and the transfer examples on top (each labelled example is seen
+as often as without the set), and the baseline of a matched study gets the distilled arm's
+steps as its budget (``baseline_budget``): it trains as long, stopping on its own select
+split where its schedule says so.
 """
 
 from __future__ import annotations
@@ -14,24 +20,44 @@ from harness.train import TrainSettings, train_settings
 DISTILLED_PHASES = ("intermediate", "distill", "finetune")
 
 
-def phase_settings(pipeline: PipelineConfig, names: tuple[str, ...]) -> list[TrainSettings]:
+def phase_settings(pipeline: PipelineConfig,
+                   names: tuple[str, ...]) -> dict[str, TrainSettings]:
     """The settings of the phases ``names`` that the study turns on (epochs > 0)."""
-    phases = [getattr(pipeline, name) for name in names]
-    return [train_settings(pipeline, phase.epochs, phase.lr, seed=0) for phase in phases
-            if phase.epochs > 0]
+    phases = {name: getattr(pipeline, name) for name in names}
+    return {name: train_settings(pipeline, phase.epochs, phase.lr, seed=0)
+            for name, phase in phases.items() if phase.epochs > 0}
 
 
-def arm_steps(pipeline: PipelineConfig, train_examples: int) -> tuple[int, int]:
-    """(baseline, distilled arm) maximum optimiser steps on ``train_examples`` examples."""
-    baseline, distilled = (phase_settings(pipeline, names)
-                           for names in (("baseline",), DISTILLED_PHASES))
-    return tuple(sum(settings.total_steps(train_examples) for settings in arm)
-                 for arm in (baseline, distilled))
+def phase_examples(name: str, train_examples: int, transfer_examples: int) -> int:
+    """The examples phase ``name`` trains on: the transfer set joins distillation alone."""
+    return train_examples + (transfer_examples if name == "distill" else 0)
 
 
-def equal_budgets(pipeline: PipelineConfig, train_examples: int) -> bool:
-    baseline, distilled = arm_steps(pipeline, train_examples)
-    return baseline == distilled
+def arm_steps(pipeline: PipelineConfig, train_examples: int,
+              transfer_examples: int = 0) -> tuple[int, int]:
+    """(baseline, distilled arm) maximum optimiser steps, each phase's from its own epochs,
+    on ``train_examples`` labelled and ``transfer_examples`` transfer examples."""
+    baseline, distilled = (
+        sum(settings.total_steps(phase_examples(name, train_examples, transfer_examples))
+            for name, settings in phase_settings(pipeline, names).items())
+        for names in (("baseline",), DISTILLED_PHASES))
+    return baseline, distilled
+
+
+def baseline_budget(pipeline: PipelineConfig, train_examples: int,
+                    transfer_examples: int) -> int | None:
+    """The baseline's budget in steps where its epochs do not give it: the distilled arm's,
+    in a matched study distilling on a transfer set; None otherwise."""
+    if transfer_examples == 0 or pipeline.budget == "unequal":
+        return None
+    return arm_steps(pipeline, train_examples, transfer_examples)[1]
+
+
+def equal_budgets(pipeline: PipelineConfig, train_examples: int,
+                  transfer_examples: int = 0) -> bool:
+    baseline, distilled = arm_steps(pipeline, train_examples, transfer_examples)
+    budget = baseline_budget(pipeline, train_examples, transfer_examples)
+    return (baseline if budget is None else budget) == distilled
 
 
 def check_equal_budgets(pipeline: PipelineConfig, train_examples: int) -> None:

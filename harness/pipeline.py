@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from harness.artifacts import build_once, write_folder_atomically
-from harness.budget import DISTILLED_PHASES, equal_budgets, phase_settings
+from harness.budget import (DISTILLED_PHASES, baseline_budget, equal_budgets, phase_examples,
+                            phase_settings)
 from harness.compute import ComputeCost, measure_compute
 from harness.config import ModelShape, PipelineConfig, StudyConfig, TrialConfig
 from harness.data import TextData, TokenizedData, TokenizedSplit
@@ -100,16 +101,16 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
     started = time.perf_counter()
     pipeline, device = study_config.pipeline, shared.device
     student = resolve_student(study_config, trial_config, shared)
-    baseline = train_baseline(pipeline, student, shared.teacher_key, shared.cache, device)
+    labelled = labelled_examples(student.text, shared.teacher_logits)
+    transferred = with_transfer_set(labelled, shared.transfer, trial_config.transfer_copies)
+    baseline = train_baseline(pipeline, student, transferred.transfer_examples,
+                              shared.teacher_key, shared.cache, device)
     model = initial_student(student, baseline).to(device)
     training = StudentTraining(pipeline, student, model, shared.teacher, device, hooks,
                                hidden_projection(model, shared.teacher, student.seed, device))
-    labelled = labelled_examples(student.text, shared.teacher_logits)
 
     matched = match_intermediate_layers(training, labelled, first_evaluation=0)
-    distilled = distill(training, trial_config, with_transfer_set(
-        labelled, shared.transfer, trial_config.transfer_copies),
-        first_evaluation=matched.evaluations)
+    distilled = distill(training, trial_config, transferred, first_evaluation=matched.evaluations)
     finetuned = fine_tune(training, labelled,
                           first_evaluation=matched.evaluations + distilled.evaluations)
 
@@ -133,18 +134,21 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
         baseline_steps=baseline.steps, baseline_best_step=baseline.best_step,
         transfer_examples=distilled.transfer_examples,
         flops_share=cost.flops_per_example / teacher_cost.flops_per_example,
-        budget_matched=equal_budgets(pipeline, len(student.text.tokens["train"])),
+        budget_matched=equal_budgets(pipeline, len(labelled.split),
+                                     transferred.transfer_examples),
         teacher_dev_accuracy=shared.teacher_scores["dev"].accuracy,
         teacher_test_accuracy=shared.teacher_scores["test"].accuracy,
         teacher_flops_per_example=teacher_cost.flops_per_example,
         teacher_params=teacher_cost.params, teacher_latency_ms=teacher_cost.latency_ms)
 
 
-def reported_evaluations(study_config: StudyConfig, train_examples: int) -> int:
-    """How many ``on_evaluation`` calls (dev evaluations) a complete trial makes on a
-    training split of ``train_examples``."""
-    return sum(settings.evaluations(train_examples)
-               for settings in phase_settings(study_config.pipeline, DISTILLED_PHASES))
+def reported_evaluations(study_config: StudyConfig, train_examples: int,
+                         transfer_examples: int) -> int:
+    """How many ``on_evaluation`` calls (select evaluations) a complete trial makes on a
+    training split of ``train_examples`` and ``transfer_examples`` transfer examples."""
+    return sum(settings.evaluations(phase_examples(name, train_examples, transfer_examples))
+               for name, settings in phase_settings(study_config.pipeline,
+                                                    DISTILLED_PHASES).items())
 
 
 def untrained_cost(student: Student, device: torch.device, latency_repeats: int) -> ComputeCost:
@@ -167,15 +171,17 @@ class Baseline:
     model: PreTrainedModel | None
 
 
-def train_baseline(pipeline: PipelineConfig, student: Student, teacher_key: str, cache: Path,
-                   device: torch.device) -> Baseline:
+def train_baseline(pipeline: PipelineConfig, student: Student, transfer_examples: int,
+                   teacher_key: str, cache: Path, device: torch.device) -> Baseline:
     """The same student trained on labels alone, on the same schedule rule and budget as
-    its distillation: the "without distillation" reference; built once per
+    its distillation (on ``transfer_examples`` transfer examples too, where it has them:
+    ``harness.budget``): the "without distillation" reference; built once per
     (architecture, init, teacher, data, phase settings, seed).
 
     A pre-trained checkpoint's baseline is that checkpoint fine-tuned on labels."""
-    settings = train_settings(pipeline, pipeline.baseline.epochs, student.lr.baseline,
-                              student.seed)
+    settings = dataclasses.replace(
+        train_settings(pipeline, pipeline.baseline.epochs, student.lr.baseline, student.seed),
+        steps=baseline_budget(pipeline, len(student.text.tokens["train"]), transfer_examples))
     fields = {"teacher": teacher_key, "shape": dataclasses.asdict(student.shape),
               "init": student.baseline_init, "settings": dataclasses.asdict(settings),
               "precision": precision(device), **student.baseline_origin()}
@@ -277,8 +283,8 @@ def fine_tune(training: StudentTraining, examples: TrainingExamples,
 def train_student(training: StudentTraining, name: str, epochs: float, lr: float,
                   loss: StudentLoss, examples: TrainingExamples,
                   first_evaluation: int) -> StudentPhase:
-    """One phase of the student's training on ``examples``, on the budget of the labelled
-    training split; select accuracy after each evaluation goes to the hooks."""
+    """One phase of the student's training on ``examples`` (its epochs are passes over all of
+    them: ``harness.budget``); select accuracy after each evaluation goes to the hooks."""
     if epochs <= 0:  # a phase the study file turns off
         return StudentPhase(PhaseResult(steps=0, examples_seen=0, select_accuracies=(),
                                         wall_seconds=0.0), teacher_examples=0, lr=lr)
@@ -303,8 +309,7 @@ def train_student(training: StudentTraining, name: str, epochs: float, lr: float
             loss_function(loss, training.teacher, projection, examples.teacher_logits),
             train_settings(training.pipeline, epochs, lr, training.student.seed), device,
             text.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
-            on_evaluation=evaluate, log_step=hooks.log,
-            budget_examples=len(text.tokens["train"]))
+            on_evaluation=evaluate, log_step=hooks.log)
     return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0, lr,
                         examples.transfer_examples)
 

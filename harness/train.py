@@ -47,9 +47,13 @@ class TrainSettings:
     eval_every: int | None = None  # steps between evaluations; None: after every epoch
     patience: int | None = None  # evaluations without a better select accuracy before stopping
     keep_best: bool = False  # end on the weights of the best evaluation
+    # The budget in steps where it is not the epochs' (harness.budget.baseline_budget)
+    steps: int | None = None
 
     def total_steps(self, examples: int) -> int:
         """The budget in optimiser steps for a training split of ``examples``."""
+        if self.steps is not None:
+            return self.steps
         return max(1, self.min_steps, math.ceil(self.epochs * self._steps_per_epoch(examples)))
 
     def steps_between_evaluations(self, examples: int) -> int:
@@ -112,20 +116,16 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 settings: TrainSettings, device: torch.device, pad_id: int,
                 extra_parameters: Sequence[torch.nn.Parameter] = (),
                 on_evaluation: EvaluationHook | None = None,
-                log_step: StepLogger | None = None,
-                budget_examples: int | None = None) -> PhaseResult:
+                log_step: StepLogger | None = None) -> PhaseResult:
     """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``.
 
-    The budget (and an epoch, for evaluations) counts ``budget_examples`` (default: the
-    split's), so a split grown by a transfer set trains for as many steps as its baseline.
     ``on_evaluation`` (the select evaluation) runs every ``eval_every`` steps, or after every
     epoch, and after the last step; without it there is nothing to stop on or keep."""
     started = time.perf_counter()
     if settings.epochs <= 0:
         return PhaseResult(0, 0, (), 0.0)
-    budget_examples = budget_examples or len(split)
-    total_steps = settings.total_steps(budget_examples)
-    eval_every = settings.steps_between_evaluations(budget_examples)
+    total_steps = settings.total_steps(len(split))
+    eval_every = settings.steps_between_evaluations(len(split))
     parameters = [p for p in model.parameters() if p.requires_grad] + list(extra_parameters)
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=settings.weight_decay,
                                   fused=True)

@@ -30,6 +30,10 @@ class TransferSet:
     key: str
     reused: bool  # came from the cache
 
+    def examples(self, copies: int) -> int:
+        """How many transfer examples a trial distilling on ``copies`` copies has."""
+        return copies * self.copy_size + len(self.tokens) - self.copies * self.copy_size
+
     def for_trial(self, copies: int) -> tuple[TokenizedSplit, torch.Tensor]:
         """The examples (and teacher logits) of a trial distilling on ``copies`` copies."""
         kept = [(0, copies * self.copy_size), (self.copies * self.copy_size, len(self.tokens))]

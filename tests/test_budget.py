@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness.budget import arm_steps, check_equal_budgets
+from harness.budget import arm_steps, baseline_budget, check_equal_budgets, equal_budgets
 from harness.config import ConfigError, PhaseConfig, PipelineConfig, ScheduleConfig
 from harness.study import main
 from harness.study_file import load_study_config
@@ -47,6 +47,25 @@ def test_each_arms_steps_from_its_phases(settings, examples, expected):
                for phase in (settings.intermediate, settings.distill, settings.finetune)
                if phase.epochs > 0]
     assert arm_steps(settings, examples)[1] == sum(by_hand)
+
+
+@pytest.mark.parametrize("settings, transfer, expected", [
+    # 100 labelled and 60 transfer examples in batches of 8: 13 steps a pass over the labelled
+    # examples, 20 over both. Distillation's epochs pass over both; the other phases over the
+    # labelled ones; the baseline of a matched study trains the distilled arm's steps.
+    (pipeline(2, 2, batch_size=8), 60, (26, 40, 40)),
+    (pipeline(2, 1, finetune=1, batch_size=8), 60, (26, 33, 33)),
+    (pipeline(3, 1, intermediate=1, finetune=1, batch_size=8), 60, (39, 46, 46)),
+    (pipeline(2, 2, min_steps=45, batch_size=8), 60, (45, 45, 45)),
+    (dataclasses.replace(pipeline(2, 2, batch_size=8), budget="unequal"), 60, (26, 40, None)),
+    (pipeline(2, 2, batch_size=8), 0, (26, 26, None)),
+])
+def test_a_transfer_set_adds_its_examples_to_distillation_and_the_baseline_follows(
+        settings, transfer, expected):
+    baseline, distilled, budget = expected
+    assert arm_steps(settings, 100, transfer) == (baseline, distilled)
+    assert baseline_budget(settings, 100, transfer) == budget
+    assert equal_budgets(settings, 100, transfer) == (settings.budget == "matched")
 
 
 def test_an_unequal_budget_is_refused_naming_the_keys_and_both_counts():

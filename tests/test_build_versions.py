@@ -46,16 +46,19 @@ RECORDED = {
     ("data", 1): "1cc720146e578057",
     # The select split: groups stored with the builtin's rows (data 2), a fourth split
     # tokenized (tokens 3), checkpoints of the teacher and baselines chosen on it (teacher 4,
-    # baseline 5); importance's code only reached the new split's name (re-recorded).
+    # baseline 5); importance's code only reached the new split's name (re-recorded). A
+    # baseline's settings then gained ``steps`` (a budget matched to a distillation on a
+    # transfer set: in its key, so no old baseline is reused for it) and a phase's budget
+    # counts its own split: teacher, baseline and transfer builds unchanged, re-recorded.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "821e8880fc37c9b2",
-    ("baseline", 5): "652535095c3e0865",
+    ("teacher", 4): "7655e1a804eb9431",
+    ("baseline", 5): "4abc9b8beb020561",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
     ("importance", 1): "e6ef53239d32e5af",
-    ("transfer", 1): "1f800a980de69f2e",
+    ("transfer", 1): "b61e00cc0062c942",
 }
 
 

@@ -196,7 +196,7 @@ def test_with_alpha_zero_the_distilled_arm_is_its_baseline(smoke_config, smoke_s
     shared = prepare_shared(config, torch.device("cpu"), cache_dir)  # importance, if pruned
     result = run_trial(config, trial, shared, save_student_to=tmp_path / "student")
     student = resolve_student(config, trial, shared)
-    baseline = train_baseline(config.pipeline, student, shared.teacher_key, shared.cache,
+    baseline = train_baseline(config.pipeline, student, 0, shared.teacher_key, shared.cache,
                               shared.device)
     distilled = load_file(str(tmp_path / "student" / "logits.safetensors"))
     for split in ("dev", "test"):

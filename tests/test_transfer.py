@@ -3,6 +3,7 @@ examples against a float64 hand computation, and a smoke study that distils on i
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
@@ -118,8 +119,11 @@ def test_smoke_study_distils_pruned_students_on_a_transfer_set_built_once(in_tmp
         assert attrs["init"] == "teacher-pruned"
         assert attrs["transfer_examples"] == 2 * train_examples
         assert attrs["transfer_copies"] == 2
-        # Equal budgets: the transfer set does not add steps to the distillation.
-        assert attrs["distill_steps"] == attrs["baseline_steps"]
+        # The distillation's 2 epochs are passes over the labelled examples and the transfer
+        # examples on top; the baseline trains as many steps (harness.budget).
+        batches = math.ceil(3 * train_examples / 32)
+        assert attrs["distill_steps"] == attrs["baseline_steps"] == 2 * batches
+        assert attrs["budget_matched"] is True
         assert attrs["train_flops"] > attrs["transfer_examples"] * attrs["teacher_flops_per_example"]
 
 

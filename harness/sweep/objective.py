@@ -61,8 +61,10 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         trial.set_user_attr("wandb_run_id", run.run_id)
     student = resolve_student(study_config, trial_config, shared)
     # A repeat is never stopped early: its configuration already made the front.
+    transfer_examples = (0 if shared.transfer is None
+                         else shared.transfer.examples(trial_config.transfer_copies))
     hooks = TrialHooks(log=run.log, on_evaluation=None if repeat else early_stop(
-        trial, study_config, student, len(shared.text.tokens["train"])))
+        trial, study_config, student, len(student.text.tokens["train"]), transfer_examples))
     student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
         refuse_over_budget(trial, study_config, student, shared.device,
@@ -89,12 +91,13 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
 
 
 def early_stop(trial: optuna.Trial, study_config: StudyConfig, student: Student,
-               train_examples: int):
+               train_examples: int, transfer_examples: int):
     """The hook that stops a search trial behind its peers (``harness.sweep.search``),
     comparing it with trials of the same student size (a pre-trained student's own)."""
     return functools.partial(stop_if_behind, trial, study_config,
                              (student.shape.num_layers, student.shape.hidden_size),
-                             reported_evaluations(study_config, train_examples))
+                             reported_evaluations(study_config, train_examples,
+                                                  transfer_examples))
 
 
 def refuse_over_budget(trial: optuna.Trial, study_config: StudyConfig, student: Student,
