@@ -97,6 +97,11 @@ class TeacherConfig(OptimizerConfig):
     epochs: float = 2.0
     lr: float = 5e-5
     trust_remote_code: bool = False
+    # False: the source is a classifier already fine-tuned on the task, used as it is (its
+    # head's labels matched to the data's by name, or through label_map: its label -> the
+    # data's); the optimiser settings then go unused.
+    fine_tune: bool = True
+    label_map: dict[str, str] | None = None
 
 
 StudentInit = Literal["teacher-layers", "teacher-pruned", "random", "baseline"]

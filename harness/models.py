@@ -169,8 +169,11 @@ def hub_revision(source: str, key: str = "teacher.source") -> str | None:
 
 def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
                  seed: int, revision: str | None = None) -> PreTrainedModel:
-    """The pre-trained teacher with a fresh classification head for ``label_names``, at
-    hub commit ``revision`` when given (see ``hub_revision``)."""
+    """The pre-trained teacher with a fresh classification head for ``label_names`` (or,
+    with ``teacher.fine_tune: false``, its own head put in the data's label order), at hub
+    commit ``revision`` when given (see ``hub_revision``)."""
+    if not config.fine_tune:
+        return load_fine_tuned_teacher(config, label_names, revision)
     labels = _label_config(label_names)
     if config.source == "architecture":
         torch.manual_seed(seed)
@@ -198,6 +201,67 @@ def load_pretrained(source: str, key: str, label_names: tuple[str, ...], seed: i
         raise ModelError(f"{key}: cannot load {source!r} ({type(error).__name__}: "
                          f"{str(error)[:300]}); offline, use builtin:minilm-l6 or a local "
                          "model folder") from error
+
+
+def load_fine_tuned_teacher(config: TeacherConfig, label_names: tuple[str, ...],
+                            revision: str | None) -> PreTrainedModel:
+    """A classifier already fine-tuned on the task, its head's rows reordered (and cut) to
+    ``label_names``, so that it predicts in the data's label order."""
+    if config.source == "architecture":
+        raise ModelError("teacher.fine_tune: false needs a fine-tuned classifier as "
+                         "teacher.source, not an architecture")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            resolve_source(config.source, "teacher.source"), revision=revision,
+            use_safetensors=True, trust_remote_code=config.trust_remote_code)
+    except ModelError:
+        raise
+    except Exception as error:  # hub and file errors come in many types
+        raise ModelError(f"teacher.source: cannot load {config.source!r} as a classifier "
+                         f"({type(error).__name__}: {str(error)[:300]})") from error
+    rows = teacher_label_rows(model.config.id2label, label_names, config.label_map)
+    heads = [module for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and "classifier" in name
+             and module.out_features == model.config.num_labels]
+    if len(heads) != 1:
+        raise ModelError(f"teacher.fine_tune: cannot find the one classification layer of "
+                         f"{config.source!r} ({len(heads)} candidates)")
+    (head,) = heads
+    index = torch.tensor(rows)
+    with torch.no_grad():  # transformers has no call to reorder a head's classes
+        head.weight = torch.nn.Parameter(head.weight[index].clone())
+        if head.bias is not None:
+            head.bias = torch.nn.Parameter(head.bias[index].clone())
+    head.out_features = len(rows)
+    for key, value in _label_config(label_names).items():
+        setattr(model.config, key, value)
+    return model
+
+
+def teacher_label_rows(id2label: dict, label_names: tuple[str, ...],
+                       label_map: dict[str, str] | None) -> list[int]:
+    """For each of the data's ``label_names``, the row of the teacher's head that predicts
+    it: through ``label_map`` (the teacher's label -> the data's), else by name, ignoring
+    case. A data label no teacher label names is refused, naming both lists."""
+    teacher_labels = {int(i): str(name) for i, name in id2label.items()}
+    target_of = ({teacher: data for teacher, data in label_map.items()} if label_map
+                 else {name: name for name in teacher_labels.values()})
+    unknown = sorted(set(target_of) - set(teacher_labels.values()))
+    if unknown:
+        raise ModelError(f"teacher.label_map: {unknown} are not labels of the teacher, whose "
+                         f"labels are {sorted(teacher_labels.values())}")
+    rows = []
+    for name in label_names:
+        matches = [i for i, label in sorted(teacher_labels.items())
+                   if target_of.get(label, "").lower() == name.lower()]
+        if len(matches) != 1:
+            raise ModelError(
+                f"teacher.label_map: the teacher's labels "
+                f"{[teacher_labels[i] for i in sorted(teacher_labels)]} do not name each of "
+                f"the data's labels {list(label_names)} once; map them, e.g. teacher.label_map: "
+                f"{{{teacher_labels[min(teacher_labels)]}: {label_names[0]}, ...}}")
+        rows.append(matches[0])
+    return rows
 
 
 def check_teacher_source(config: TeacherConfig) -> None:

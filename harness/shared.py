@@ -26,7 +26,7 @@ from harness.config import (StudyConfig, matching_keys, most_transfer_copies, st
                             student_sources)
 from harness.data import TextData, TokenizedData, TokenizedSplit, load_text_data, tokenized_data
 from harness.evaluation import Scores, score
-from harness.labels import train_on_labels
+from harness.labels import save_with_logits, train_on_labels
 from harness.models import (ModelError, ModelShape, check_teacher_source, family, hub_revision,
                             load_saved_model, load_source_tokenizer, load_teacher, load_tokenizer,
                             resolve_source, shape_of, source_config, tokenizer_id)
@@ -227,6 +227,8 @@ def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str
         "batch_size": teacher.batch_size, "warmup_ratio": teacher.warmup_ratio,
         "weight_decay": teacher.weight_decay, "max_grad_norm": teacher.max_grad_norm,
         "schedule": dataclasses.asdict(teacher.schedule), "seed": study_config.seed,
+        # Only where set, so the keys of fine-tuned teachers stay as they were.
+        **({} if teacher.fine_tune else {"fine_tune": False, "label_map": teacher.label_map}),
     }
 
 
@@ -251,17 +253,23 @@ def _source_identity(source: str, revision: str | None, key: str = "teacher.sour
 def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel, text: TokenizedData,
                    device: torch.device, folder: Path) -> None:
     config = study_config.teacher
-    log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse it",
-             config.source, config.epochs)
-    result, logits = train_on_labels(
-        "teacher", teacher, text, train_settings(config, config.epochs, config.lr,
-                                                 study_config.seed),
-        study_config.pipeline.eval_batch_size, device, ("train", "dev", "test"), folder)
-    log.info("teacher: %d steps, ended on the weights of step %d", result.steps,
-             result.best_step)
+    splits, eval_batch_size = ("train", "dev", "test"), study_config.pipeline.eval_batch_size
+    if config.fine_tune:
+        log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse "
+                 "it", config.source, config.epochs)
+        result, logits = train_on_labels(
+            "teacher", teacher, text, train_settings(config, config.epochs, config.lr,
+                                                     study_config.seed),
+            eval_batch_size, device, splits, folder)
+        steps, best_step = result.steps, result.best_step
+        log.info("teacher: %d steps, ended on the weights of step %d", steps, best_step)
+    else:
+        log.info("teacher %s is used as it is (teacher.fine_tune: false)", config.source)
+        logits = save_with_logits(teacher, text, eval_batch_size, device, splits, folder)
+        steps = best_step = 0
     metrics = {name: dataclasses.asdict(score(logits[name], text.tokens[name].labels))
                for name in ("dev", "test")}
-    metrics.update(steps=result.steps, best_step=result.best_step)
+    metrics.update(steps=steps, best_step=best_step)
     log.info("teacher dev accuracy %.4f, test accuracy %.4f",
              metrics["dev"]["accuracy"], metrics["test"]["accuracy"])
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))

@@ -101,6 +101,7 @@ _ADDED_FIELDS = (
     ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
     ("transfer", dataclasses.asdict(TransferConfig())), ("pipeline.budget", "matched"),
     ("data.group_column", None), ("data.select_fraction", 0.0),
+    ("teacher.fine_tune", True), ("teacher.label_map", None),
 )
 
 
