@@ -50,10 +50,12 @@ RECORDED = {
     # baseline's settings then gained ``steps`` (a budget matched to a distillation on a
     # transfer set: in its key, so no old baseline is reused for it) and a phase's budget
     # counts its own split: teacher, baseline and transfer builds unchanged, re-recorded.
+    # Then teacher.fine_tune: false (a branch of its own, keyed apart) and the save of a
+    # model with its logits split out of train_on_labels: re-recorded.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "7655e1a804eb9431",
-    ("baseline", 5): "4abc9b8beb020561",
+    ("teacher", 4): "98d4694774366600",
+    ("baseline", 5): "f0c35c65055244ea",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
