@@ -252,16 +252,20 @@ class TransferConfig:
     """A teacher-labelled transfer set for the distillation phase (Tang et al. 2019,
     "Distilling Task-Specific Knowledge from BERT into Simple Neural Networks"): ``copies``
     augmented copies of every training example, made by seeded rules on its word-pieces
-    (each replaced by the mask token with ``mask_prob``; with ``ngram_prob``, only a random
-    n-gram of 1 to ``max_ngram`` of them kept, single texts only), and the texts of a local
-    ``unlabeled`` file (CSV/JSON/JSONL/Parquet with the data's text columns). The teacher
-    labels them once; on them the student learns from the KD term alone."""
+    (each replaced, with ``neighbour_prob``, by one of its ``neighbours`` nearest word-pieces
+    in the teacher's input-embedding space, as TinyBERT's augmentation does with GloVe;
+    then each replaced by the mask token with ``mask_prob``; with ``ngram_prob``, only a
+    random n-gram of 1 to ``max_ngram`` of them kept, single texts only), and the texts of a
+    local ``unlabeled`` file (CSV/JSON/JSONL/Parquet with the data's text columns). The
+    teacher labels them once; on them the student learns from the KD term alone."""
 
     copies: int = 0
     mask_prob: float = 0.1
     ngram_prob: float = 0.25
     max_ngram: int = 5
     unlabeled: str | None = None
+    neighbour_prob: float = 0.0
+    neighbours: int = 15
 
 
 @dataclass(frozen=True)

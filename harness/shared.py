@@ -32,7 +32,7 @@ from harness.models import (ModelError, ModelShape, check_teacher_source, family
                             resolve_source, shape_of, source_config, tokenizer_id)
 from harness.pruning import CALIBRATION_EXAMPLES, activation_importance
 from harness.train import precision, predict_logits, train_settings
-from harness.transfer import TransferSet, augmented_copy, unlabeled_texts
+from harness.transfer import TransferSet, augmented_copy, neighbour_table, unlabeled_texts
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +145,17 @@ def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
     def build(folder: Path) -> None:
         log.info("labelling the transfer set with the teacher once (%d copies%s)", copies,
                  f", {len(unlabeled)} unlabelled texts" if unlabeled is not None else "")
-        parts = [augmented_copy(train, k, config, text.tokenizer.mask_token_id,
-                                text.tokenizer.all_special_ids, study_config.seed)
-                 for k in range(copies)]
+        special_ids = text.tokenizer.all_special_ids
+        neighbours = None
+        if config.neighbour_prob > 0:
+            # Only word-pieces the training texts use: a view then reads like the data (no
+            # unused or special vocabulary entries).
+            used = torch.unique(train.ids)
+            candidates = used[~torch.isin(used, torch.tensor(special_ids))]
+            neighbours = neighbour_table(teacher.get_input_embeddings().weight.detach().cpu(),
+                                         candidates, config.neighbours)
+        parts = [augmented_copy(train, k, config, text.tokenizer.mask_token_id, special_ids,
+                                study_config.seed, neighbours) for k in range(copies)]
         tokens = TokenizedSplit.concatenate(parts + ([unlabeled] if unlabeled is not None else []))
         tensors = {**tokens.tensors(),
                    "logits": predict_logits(teacher, tokens, study_config.pipeline.eval_batch_size,

@@ -63,6 +63,8 @@ FIELD_RULES = {
     "transfer.mask_prob": in_unit_interval("transfer.mask_prob"),
     "transfer.ngram_prob": in_unit_interval("transfer.ngram_prob"),
     "transfer.max_ngram": above_zero("n-gram lengths"),
+    "transfer.neighbour_prob": in_unit_interval("transfer.neighbour_prob"),
+    "transfer.neighbours": above_zero("neighbourhood sizes"),
     "confirm.best_per_size": not_negative("trial counts"),
     "confirm.max_rounds": above_zero("round counts"),
 }

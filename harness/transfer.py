@@ -42,15 +42,39 @@ class TransferSet:
         return tokens, logits
 
 
+def neighbour_table(embeddings: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
+    """(vocabulary, k) word-piece ids: row i holds the ``k`` ``candidates`` nearest to
+    word-piece i by cosine similarity of ``embeddings`` (itself excluded), for i among the
+    candidates; any other row holds i itself."""
+    k = min(k, len(candidates) - 1)
+    table = torch.arange(len(embeddings))[:, None].repeat(1, max(k, 1))
+    if k < 1:
+        return table
+    unit = torch.nn.functional.normalize(embeddings[candidates].double(), dim=-1)
+    for rows in torch.arange(len(candidates)).split(1024):  # a few MB of similarities at once
+        similarity = unit[rows] @ unit.T
+        similarity[torch.arange(len(rows)), rows] = -torch.inf
+        table[candidates[rows]] = candidates[similarity.topk(k, dim=-1).indices]
+    return table
+
+
 def augmented_copy(split: TokenizedSplit, copy: int, rules: TransferConfig, mask_id: int | None,
-                   special_ids: list[int], seed: int) -> TokenizedSplit:
+                   special_ids: list[int], seed: int,
+                   neighbours: torch.Tensor | None = None) -> TokenizedSplit:
     """Copy ``copy`` of every example of ``split``: each word-piece (not the template's
-    special tokens) replaced by ``mask_id`` with ``rules.mask_prob``, then, with
-    ``rules.ngram_prob``, a random n-gram of the example's word-pieces kept between its
-    leading and trailing special tokens (single texts; a pair keeps both texts)."""
+    special tokens) replaced with ``rules.neighbour_prob`` by a random one of its
+    ``neighbours`` (a ``neighbour_table``), then by ``mask_id`` with ``rules.mask_prob``,
+    then, with ``rules.ngram_prob``, a random n-gram of the example's word-pieces kept
+    between its leading and trailing special tokens (single texts; a pair keeps both)."""
     generator = torch.Generator().manual_seed(seed * 10_007 + copy)
     ids = split.ids.clone()
     special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype))
+    if neighbours is not None and rules.neighbour_prob > 0:
+        # A generator of its own, so copies made without neighbours stay as they were.
+        drawn = torch.Generator().manual_seed(seed * 10_007 + copy + 1_000_003)
+        replaced = (torch.rand(len(ids), generator=drawn) < rules.neighbour_prob) & ~special
+        choice = torch.randint(neighbours.shape[1], (len(ids),), generator=drawn)
+        ids[replaced] = neighbours[ids[replaced], choice[replaced]]
     masked = (torch.rand(len(ids), generator=generator) < rules.mask_prob) & ~special
     if masked.any():
         ids[masked] = mask_id

@@ -14,7 +14,7 @@ import torch
 from harness.config import TransferConfig
 from harness.data import TokenizedSplit
 from harness.student_loss import LogitKD, logit_losses
-from harness.transfer import UNLABELED, augmented_copy
+from harness.transfer import UNLABELED, augmented_copy, neighbour_table
 from tests.test_study import load, run_smoke
 
 CLS, SEP, MASK = 101, 102, 103
@@ -64,6 +64,44 @@ def test_ngram_sampling_keeps_a_contiguous_run_between_the_special_tokens():
             assert any(inner[i:i + len(kept)] == kept for i in range(len(inner)))
     eligible = sum(len(e) > 3 for e in _examples(split))  # 2+ word-pieces to choose from
     assert 0.4 * eligible < shortened < 0.6 * eligible
+
+
+def test_the_neighbour_table_holds_each_word_pieces_nearest_candidates():
+    g = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(3000, 16, generator=g)
+    candidates = torch.arange(1000, 2000)
+    table = neighbour_table(embeddings, candidates, 5)
+    unit = embeddings / embeddings.norm(dim=-1, keepdim=True)
+    for token in (1000, 1234, 1999):  # by brute force, in float64
+        similarity = {int(c): float(unit[token].double() @ unit[c].double())
+                      for c in candidates if c != token}
+        nearest = sorted(similarity, key=similarity.get, reverse=True)[:5]
+        assert table[token].tolist() == nearest
+    assert torch.equal(table[5], torch.full((5,), 5))  # not a candidate: left as it is
+
+
+def test_neighbour_replacement_keeps_length_and_never_emits_special_tokens():
+    split = _split()
+    g = torch.Generator().manual_seed(1)
+    embeddings = torch.randn(3000, 16, generator=g)
+    candidates = torch.unique(split.ids)
+    candidates = candidates[~torch.isin(candidates, torch.tensor(SPECIALS))]
+    table = neighbour_table(embeddings, candidates, 4)
+    rules = TransferConfig(mask_prob=0.0, ngram_prob=0.0, neighbour_prob=0.4)
+    copy = augmented_copy(split, 0, rules, MASK, SPECIALS, seed=0, neighbours=table)
+    assert torch.equal(copy.offsets, split.offsets)  # every example keeps its length
+    words = ~torch.isin(split.ids, torch.tensor(SPECIALS))
+    assert torch.equal(copy.ids[~words], split.ids[~words])  # the template untouched
+    assert not torch.isin(copy.ids[words], torch.tensor(SPECIALS)).any()
+    changed = copy.ids[words] != split.ids[words]
+    before, after = split.ids[words][changed], copy.ids[words][changed]
+    assert all(int(a) in table[int(b)].tolist() for b, a in zip(before, after))
+    rate, n = changed.double().mean().item(), int(words.sum())
+    assert abs(rate - 0.4) < 4 * (0.4 * 0.6 / n) ** 0.5
+    # Without neighbour replacement a copy is what it was before the rule existed.
+    plain = TransferConfig(mask_prob=0.2, ngram_prob=0.3)
+    assert torch.equal(augmented_copy(split, 0, plain, MASK, SPECIALS, seed=3, neighbours=table).ids,
+                       augmented_copy(split, 0, plain, MASK, SPECIALS, seed=3).ids)
 
 
 def test_copies_are_seeded_and_differ_from_each_other():

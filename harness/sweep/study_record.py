@@ -99,7 +99,11 @@ _ADDED_FIELDS = (
     ("data.text_columns", None), ("student.source", RESIZED_TEACHER),
     ("teacher.schedule", dataclasses.asdict(ScheduleConfig())),
     ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
-    ("transfer", dataclasses.asdict(TransferConfig())), ("pipeline.budget", "matched"),
+    # The transfer section's later fields first, so that the section compares as it was.
+    ("transfer.neighbour_prob", 0.0), ("transfer.neighbours", 15),
+    ("transfer", {name: value for name, value in dataclasses.asdict(TransferConfig()).items()
+                  if name not in ("neighbour_prob", "neighbours")}),
+    ("pipeline.budget", "matched"),
     ("data.group_column", None), ("data.select_fraction", 0.0),
     ("teacher.fine_tune", True), ("teacher.label_map", None),
 )
