@@ -18,6 +18,8 @@ interval, retention and speed-up columns come from ``analysis.stats.add_interval
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -171,6 +173,17 @@ def teacher_reference(frame: pd.DataFrame) -> dict[str, float]:
         if values.size:
             found[name] = float(values[0])
     return found if "teacher_dev_accuracy" in found else {}
+
+
+def teacher_members(frame: pd.DataFrame) -> tuple[float, ...]:
+    """An ensemble teacher's members' dev accuracies (``teacher.ensemble``), or ()."""
+    complete = complete_trials(frame)
+    if "teacher_member_dev_accuracies" not in complete.columns:
+        return ()
+    for stored in complete["teacher_member_dev_accuracies"]:
+        if isinstance(stored, str):  # JSON text in the frame (analysis.frame)
+            return tuple(json.loads(stored))
+    return ()
 
 
 def kd_gain_by_size(frame: pd.DataFrame) -> pd.DataFrame:

@@ -23,7 +23,7 @@ from analysis import stats
 from analysis.frame import column, complete_trials, state_counts, state_summary
 from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets, check_axis,
                             default_ref_cost, front_table, hypervolume, kd_gain_by_size,
-                            label_only_front, teacher_reference)
+                            label_only_front, teacher_members, teacher_reference)
 from analysis.seeds import (by_configuration, confirmed_front, kd_answer, search_rows,
                             with_seed_columns)
 from harness.config import RESIZED_TEACHER
@@ -51,6 +51,7 @@ class Report:
     sizes: pd.DataFrame       # best trial per (num_layers, hidden_size)
     budgets: pd.DataFrame     # best trial per fraction of the teacher's FLOPs
     teacher: dict[str, float]
+    teacher_members: tuple[float, ...]  # an ensemble teacher's members' dev accuracies
     hypervolume: float        # in accuracy x axis units, reference (0, ref_cost)
     ref_cost: float
 
@@ -77,7 +78,8 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
                   confirmed=confirmed, label_only=label_only_front(search, x),
                   answer=kd_answer(frame), intervals=interval_method(front),
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
-                  teacher=teacher_reference(frame), hypervolume=area, ref_cost=ref_cost)
+                  teacher=teacher_reference(frame), teacher_members=teacher_members(frame),
+                  hypervolume=area, ref_cost=ref_cost)
 
 
 def interval_method(front: pd.DataFrame) -> str:
@@ -253,7 +255,11 @@ def _teacher_cells(report: Report) -> list[str]:
             f"{split}_examples", np.nan)
         low, high = stats.accuracy_interval(acc, n)
         cells.append(percent(acc, float(low), float(high)))
-    return ["teacher (reference)", "", "", "", "", number(cost), "1x", cells[0], "100.0",
+    members = report.teacher_members
+    name = "teacher (reference)" if not members else (
+        f"teacher: ensemble of {len(members)} (reference; members' dev acc "
+        f"{', '.join(percent(m) for m in members)})")
+    return [name, "", "", "", "", number(cost), "1x", cells[0], "100.0",
             "", cells[1], ""]
 
 

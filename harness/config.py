@@ -102,6 +102,9 @@ class TeacherConfig(OptimizerConfig):
     # data's); the optimiser settings then go unused.
     fine_tune: bool = True
     label_map: dict[str, str] | None = None
+    # K > 1: K fine-tunes on seeds seed, seed + 1, ...; their probabilities averaged are the
+    # teacher's (its logits: their log). Member 0, the seed's, runs where a model is needed.
+    ensemble: int = 1
 
 
 StudentInit = Literal["teacher-layers", "teacher-pruned", "random", "baseline"]

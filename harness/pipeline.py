@@ -85,6 +85,9 @@ class TrialResult:
     teacher_flops_per_example: int
     teacher_params: int
     teacher_latency_ms: float
+    # An ensemble teacher's members (teacher.ensemble), each member's accuracy; else empty.
+    teacher_member_dev_accuracies: tuple[float, ...]
+    teacher_member_test_accuracies: tuple[float, ...]
 
     def stored_fields(self) -> dict:
         parts = [dataclasses.asdict(self.trial), dataclasses.asdict(self.shape),
@@ -139,7 +142,9 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
         teacher_dev_accuracy=shared.teacher_scores["dev"].accuracy,
         teacher_test_accuracy=shared.teacher_scores["test"].accuracy,
         teacher_flops_per_example=teacher_cost.flops_per_example,
-        teacher_params=teacher_cost.params, teacher_latency_ms=teacher_cost.latency_ms)
+        teacher_params=teacher_cost.params, teacher_latency_ms=teacher_cost.latency_ms,
+        teacher_member_dev_accuracies=tuple(m["dev"] for m in shared.teacher_members),
+        teacher_member_test_accuracies=tuple(m["test"] for m in shared.teacher_members))
 
 
 def reported_evaluations(study_config: StudyConfig, train_examples: int,

@@ -62,6 +62,7 @@ class SharedArtifacts:
     teacher_key: str
     teacher_logits: dict[str, torch.Tensor]  # split -> (n, classes) float32
     teacher_scores: dict[str, Scores]  # "dev", "test"
+    teacher_members: tuple[dict[str, float], ...]  # an ensemble's: each member's accuracies
     teacher_cost: ComputeCost
     transfer: TransferSet | None  # the teacher-labelled transfer set, where the study has one
     device: torch.device
@@ -87,7 +88,7 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
     fields = {**teacher_fields(study_config, data, text.key, revision),
               "precision": precision(device)}
     artifact = build_once(cache, "teacher", fields, lambda folder: _build_teacher(
-        study_config, copy.deepcopy(pretrained), text, device, folder))
+        study_config, pretrained, text, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
     teacher = load_saved_model(artifact.path / "model",
                                study_config.teacher.trust_remote_code).to(device).eval()
@@ -102,6 +103,9 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
         teacher_key=artifact.key, teacher_logits=logits,
         teacher_scores={name: score(logits[name], text.tokens[name].labels)
                         for name in ("dev", "test")},
+        teacher_members=tuple(
+            {split: member[split]["accuracy"] for split in ("dev", "test")} for member in
+            json.loads((artifact.path / "metrics.json").read_text()).get("members", [])),
         teacher_cost=measure_compute(teacher, text.seq_len, device), transfer=transfer,
         device=device, cache=cache,
         reused={"tokens": text.reused, "teacher": artifact.reused,
@@ -237,6 +241,7 @@ def teacher_fields(study_config: StudyConfig, data: TextData, tokenizer_key: str
         "schedule": dataclasses.asdict(teacher.schedule), "seed": study_config.seed,
         # Only where set, so the keys of fine-tuned teachers stay as they were.
         **({} if teacher.fine_tune else {"fine_tune": False, "label_map": teacher.label_map}),
+        **({} if teacher.ensemble == 1 else {"ensemble": teacher.ensemble}),
     }
 
 
@@ -258,26 +263,55 @@ def _source_identity(source: str, revision: str | None, key: str = "teacher.sour
     return f"{resolve_source(source, key)}@sha256:{digest.hexdigest()[:20]}"
 
 
-def _build_teacher(study_config: StudyConfig, teacher: PreTrainedModel, text: TokenizedData,
+def _build_teacher(study_config: StudyConfig, pretrained: PreTrainedModel, text: TokenizedData,
                    device: torch.device, folder: Path) -> None:
     config = study_config.teacher
     splits, eval_batch_size = ("train", "dev", "test"), study_config.pipeline.eval_batch_size
+    members = []
     if config.fine_tune:
-        log.info("fine-tuning the teacher once (%s, %g epochs); later trials and workers reuse "
-                 "it", config.source, config.epochs)
-        result, logits = train_on_labels(
-            "teacher", teacher, text, train_settings(config, config.epochs, config.lr,
-                                                     study_config.seed),
-            eval_batch_size, device, splits, folder)
-        steps, best_step = result.steps, result.best_step
-        log.info("teacher: %d steps, ended on the weights of step %d", steps, best_step)
+        log.info("fine-tuning the teacher once (%s, %g epochs%s); later trials and workers "
+                 "reuse it", config.source, config.epochs,
+                 f", {config.ensemble} seeds" if config.ensemble > 1 else "")
+        for member in range(config.ensemble):
+            # Member 0 is the teacher itself (model/, logits.safetensors); the others only
+            # add their logits to the ensemble's.
+            result, logits = train_on_labels(
+                "teacher" if member == 0 else f"teacher, seed +{member}",
+                copy.deepcopy(pretrained), text,
+                train_settings(config, config.epochs, config.lr, study_config.seed + member),
+                eval_batch_size, device, splits,
+                folder if member == 0 else folder / "members" / str(member))
+            members.append(logits)
+            log.info("teacher%s: %d steps, ended on the weights of step %d",
+                     f" (seed +{member})" if member else "", result.steps, result.best_step)
+            if member == 0:
+                steps, best_step = result.steps, result.best_step
     else:
         log.info("teacher %s is used as it is (teacher.fine_tune: false)", config.source)
-        logits = save_with_logits(teacher, text, eval_batch_size, device, splits, folder)
+        logits = save_with_logits(copy.deepcopy(pretrained), text, eval_batch_size, device,
+                                  splits, folder)
         steps = best_step = 0
-    metrics = {name: dataclasses.asdict(score(logits[name], text.tokens[name].labels))
-               for name in ("dev", "test")}
+    metrics = {}
+    if len(members) > 1:
+        (folder / "members" / "0").mkdir(parents=True)
+        (folder / "logits.safetensors").replace(folder / "members" / "0" / "logits.safetensors")
+        logits = ensemble_logits(members)
+        save_file(logits, str(folder / "logits.safetensors"))
+        metrics["members"] = [{name: dataclasses.asdict(score(member[name],
+                                                              text.tokens[name].labels))
+                               for name in ("dev", "test")} for member in members]
+    metrics.update({name: dataclasses.asdict(score(logits[name], text.tokens[name].labels))
+                    for name in ("dev", "test")})
     metrics.update(steps=steps, best_step=best_step)
     log.info("teacher dev accuracy %.4f, test accuracy %.4f",
              metrics["dev"]["accuracy"], metrics["test"]["accuracy"])
     (folder / "metrics.json").write_text(json.dumps(metrics, indent=1))
+
+
+def ensemble_logits(members: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The logits of an ensemble whose probabilities are its members' averaged: the log of
+    that average (softmax gives it back; at a temperature T it is the average sharpened or
+    softened as one model's probabilities would be)."""
+    return {split: torch.log(torch.stack([member[split].double().softmax(-1)
+                                          for member in members]).mean(0)).float()
+            for split in members[0]}

@@ -42,6 +42,7 @@ FIELD_RULES = {
     "teacher.warmup_ratio": in_unit_interval("warmup_ratio"),
     "teacher.weight_decay": not_negative("weight decay"),
     "teacher.max_grad_norm": above_zero("gradient norms"),
+    "teacher.ensemble": above_zero("ensemble sizes"),
     **{f"{section}.schedule.{name}": rule for section in ("teacher", "pipeline")
        for name, rule in (("min_steps", not_negative("step counts")),
                           ("eval_every", above_zero("step counts")),
@@ -242,6 +243,13 @@ def _check_semantics(config: StudyConfig) -> None:
     if text_columns is not None and not 1 <= len(text_columns) <= 2:
         raise ConfigError(f"data.text_columns: expected one or two column names (a sentence "
                           f"pair), got {list(text_columns)}")
+    if config.teacher.ensemble > 1 and not config.teacher.fine_tune:
+        raise ConfigError("teacher.ensemble: an ensemble is of fine-tunes; with "
+                          "teacher.fine_tune: false there is one teacher")
+    if config.teacher.ensemble > 1 and (config.transfer.copies > 0 or config.transfer.unlabeled
+                                        or "transfer_copies" in config.search):
+        raise ConfigError("teacher.ensemble: a transfer set is labelled by one teacher, not an "
+                          "ensemble, as yet; use teacher.ensemble: 1 with transfer:")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():

@@ -54,10 +54,12 @@ RECORDED = {
     # model with its logits split out of train_on_labels: re-recorded.
     # Neighbour replacement in transfer copies: a rule of its own generator, off by
     # default (copies without it are as before; its settings are in the key): re-recorded.
+    # teacher.ensemble: K > 1 fine-tunes members on seeds seed + k (keyed apart); K = 1
+    # builds the teacher as before: re-recorded.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "98d4694774366600",
-    ("baseline", 5): "f0c35c65055244ea",
+    ("teacher", 4): "3018d5c7a534d008",
+    ("baseline", 5): "a46dcb56590c9064",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",

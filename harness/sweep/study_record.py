@@ -105,7 +105,7 @@ _ADDED_FIELDS = (
                   if name not in ("neighbour_prob", "neighbours")}),
     ("pipeline.budget", "matched"),
     ("data.group_column", None), ("data.select_fraction", 0.0),
-    ("teacher.fine_tune", True), ("teacher.label_map", None),
+    ("teacher.fine_tune", True), ("teacher.label_map", None), ("teacher.ensemble", 1),
 )
 
 
