@@ -49,3 +49,17 @@ def test_an_ensemble_it_cannot_serve_is_refused(extra, message):
            **{k: v for k, v in extra.items() if k != "teacher"}}
     with pytest.raises(ConfigError, match=rf"^teacher\.ensemble: {message}"):
         study_config_from_dict(raw)
+
+
+def test_the_reports_teacher_row_lists_an_ensembles_members(tmp_path):
+    import json
+
+    from analysis.frame import study_frame
+    from analysis.report import build_report, front_rows
+    from tests.synthetic import create_synthetic_study
+
+    frame = study_frame(create_synthetic_study(f"journal:{tmp_path / 's.journal'}", "s"))
+    assert front_rows(build_report(frame))[1][0][0] == "teacher (reference)"
+    frame["teacher_member_dev_accuracies"] = json.dumps([0.801, 0.7925])
+    (teacher_row, *_) = front_rows(build_report(frame))[1]
+    assert teacher_row[0] == ("teacher: ensemble of 2 (reference; members' dev acc 80.1, 79.2)")
