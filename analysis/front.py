@@ -141,8 +141,10 @@ def mark_indistinguishable(front: pd.DataFrame, y: str = ACCURACY,
 
 def label_only_front(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFrame:
     """The front of label-only baselines (``baseline_dev_accuracy`` against ``x``), cheapest
-    first: per student (size, and init and source where stored) its best baseline, since
-    trials of one student share baselines; what distillation has to beat at each cost."""
+    first: per student (size, and init and source where stored) its best baseline (trials
+    of one student share baselines, except where the transfer copies, searched, change
+    the baseline's budget: then the best of those budgets); what distillation has to beat
+    at each cost."""
     check_axis(x)
     complete = stats.add_intervals(complete_trials(frame))
     if complete.empty or any(name not in complete.columns for name in SIZE):

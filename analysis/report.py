@@ -317,12 +317,20 @@ NOTES = """\
   dev accuracy; the KD gain between them is paired by seed where they are one
   configuration, else Welch's interval between their fresh runs. "KD pays" / "KD costs"
   where a split's interval excludes 0, said for dev and for test. Both students were
-  chosen on their dev means, so the test verdict is the one no choice has seen.
+  chosen as the best of a band on their dev means, which leans those means up (less than
+  a single run's: each is already a mean over fresh seeds); the test means were not
+  chosen on, though a lucky seed helps dev and test alike. The label-only candidates are
+  the configurations confirmed on fresh seeds, which the confirmation picks from the
+  distilled front: a strong label-only student whose distilled twin never made the front
+  has no fresh runs and is not among them (the label-only front below shows such students
+  on their single runs).
 - Label-only front: per student, its best label-only baseline, as the search trained it
   (single runs); the distilled front has to beat it at each cost.
 - `~` marks a front member whose dev accuracy is not distinguishable from an adjacent
   front member: the {conf:.0f}% interval of their difference (Newcombe's hybrid score
-  interval, treating the two as independent samples, which is conservative) contains 0.
+  interval, treating the two as independent samples) contains 0. It ignores the data's
+  groups, so where examples are correlated it can be too narrow. The teacher row's
+  interval is Wilson's: no per-group counts are stored for the teacher.
 - Exact duplicates (same accuracy and cost) are all kept on the front.
 - Confirmed front (when the study confirms with `confirm.seeds` > 0): each configuration
   of the single-run front was trained again on `confirm.seeds` fresh seeds, each run

@@ -23,7 +23,7 @@ import optuna
 
 from analysis.front import default_ref_cost, hypervolume
 from harness.study_file import load_study_config
-from harness.sweep.search import should_stop_early
+from harness.sweep.search import curve as accuracy_curve, should_stop_early
 from harness.sweep.storage import open_storage
 from harness.study import main as run_study_command
 
@@ -34,7 +34,7 @@ def replay(trials: list[optuna.trial.FrozenTrial], epochs: int, pruner) -> tuple
     """(trials the rule lets finish, distillation epochs the rule spends)."""
     kept, spent = [], 0
     for trial in trials:
-        curve = trial.user_attrs["select_accuracies"]
+        curve = accuracy_curve(trial)
         size = (trial.user_attrs["num_layers"], trial.user_attrs["hidden_size"])
         stopped_at = next((epoch for epoch in range(1, epochs)  # never at the last epoch
                            if should_stop_early(kept, size, epoch, curve[epoch - 1], pruner)),

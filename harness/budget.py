@@ -14,6 +14,9 @@ split where its schedule says so.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from harness.config import ConfigError, PipelineConfig
 from harness.train import TrainSettings, train_settings
 
@@ -42,6 +45,17 @@ def arm_steps(pipeline: PipelineConfig, train_examples: int,
             for name, settings in phase_settings(pipeline, names).items())
         for names in (("baseline",), DISTILLED_PHASES))
     return baseline, distilled
+
+
+def on_labelled_passes(settings: TrainSettings, train_examples: int,
+                       transfer_examples: int) -> TrainSettings:
+    """``settings`` for a phase that trains on transfer examples too, evaluating (where its
+    schedule says every epoch) once a pass over the labelled examples, as its baseline
+    does, so that both arms choose among the same steps."""
+    if transfer_examples == 0 or settings.eval_every is not None:
+        return settings
+    return dataclasses.replace(settings,
+                               eval_every=math.ceil(train_examples / settings.batch_size))
 
 
 def baseline_budget(pipeline: PipelineConfig, train_examples: int,

@@ -216,12 +216,12 @@ class SamplerConfig:
 @dataclass(frozen=True)
 class PrunerConfig:
     # "median": Optuna's MedianPruner in single-objective studies; in multi-objective
-    # studies (where Optuna cannot prune) harness.sweep.search's rule: stop a trial whose dev
-    # accuracy after a dev evaluation is below the median of finished trials of its size
-    # there.
+    # studies (where Optuna cannot prune) harness.sweep.search's rule: stop a trial whose
+    # select accuracy after an evaluation is below the median of finished trials of its
+    # size there.
     name: Literal["median", "none"] = "median"
     n_startup_trials: int = 3
-    # Dev evaluations (not epochs: a schedule's eval_every may evaluate more often) before
+    # Evaluations (not epochs: a schedule's eval_every may evaluate more often) before
     # a trial may be stopped; the file key keeps the name studies were written with.
     n_warmup_epochs: int = 0
 

@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel
 
 from harness.artifacts import build_once, write_folder_atomically
-from harness.budget import (DISTILLED_PHASES, baseline_budget, equal_budgets, phase_examples,
-                            phase_settings)
+from harness.budget import (DISTILLED_PHASES, baseline_budget, equal_budgets,
+                            on_labelled_passes, phase_examples, phase_settings)
 from harness.compute import ComputeCost, measure_compute
 from harness.config import ModelShape, PipelineConfig, StudyConfig, TrialConfig
 from harness.data import TextData, TokenizedData, TokenizedSplit
@@ -151,9 +151,12 @@ def reported_evaluations(study_config: StudyConfig, train_examples: int,
                          transfer_examples: int) -> int:
     """How many ``on_evaluation`` calls (select evaluations) a complete trial makes on a
     training split of ``train_examples`` and ``transfer_examples`` transfer examples."""
-    return sum(settings.evaluations(phase_examples(name, train_examples, transfer_examples))
-               for name, settings in phase_settings(study_config.pipeline,
-                                                    DISTILLED_PHASES).items())
+    total = 0
+    for name, settings in phase_settings(study_config.pipeline, DISTILLED_PHASES).items():
+        examples = phase_examples(name, train_examples, transfer_examples)
+        total += on_labelled_passes(settings, train_examples,
+                                    examples - train_examples).evaluations(examples)
+    return total
 
 
 def untrained_cost(student: Student, device: torch.device, latency_repeats: int) -> ComputeCost:
@@ -312,7 +315,10 @@ def train_student(training: StudentTraining, name: str, epochs: float, lr: float
         result = train_phase(
             name, model, examples.split,
             loss_function(loss, training.teacher, projection, examples.teacher_logits),
-            train_settings(training.pipeline, epochs, lr, training.student.seed), device,
+            on_labelled_passes(train_settings(training.pipeline, epochs, lr,
+                                              training.student.seed),
+                               len(examples.split) - examples.transfer_examples,
+                               examples.transfer_examples), device,
             text.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
             on_evaluation=evaluate, log_step=hooks.log)
     return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0, lr,

@@ -11,11 +11,13 @@ from pathlib import Path
 import optuna
 import pytest
 
-from harness.budget import arm_steps, baseline_budget, check_equal_budgets, equal_budgets
+from harness.budget import (arm_steps, baseline_budget, check_equal_budgets, equal_budgets,
+                            on_labelled_passes)
 from harness.config import ConfigError, PhaseConfig, PipelineConfig, ScheduleConfig
 from harness.study import main
 from harness.study_file import load_study_config
 from harness.sweep.storage import open_storage
+from harness.train import train_settings
 
 from .conftest import REPO, SMOKE
 
@@ -66,6 +68,19 @@ def test_a_transfer_set_adds_its_examples_to_distillation_and_the_baseline_follo
     assert arm_steps(settings, 100, transfer) == (baseline, distilled)
     assert baseline_budget(settings, 100, transfer) == budget
     assert equal_budgets(settings, 100, transfer) == (settings.budget == "matched")
+
+
+def test_with_a_transfer_set_both_arms_evaluate_at_the_same_steps():
+    # 1,000 labelled and 2,000 transfer examples in batches of 32, 2 epochs: 188 steps each.
+    settings = train_settings(pipeline(2, 2), 2, 1e-3, seed=0)
+    distill = on_labelled_passes(settings, 1000, 2000)
+    baseline = dataclasses.replace(settings, steps=baseline_budget(pipeline(2, 2), 1000, 2000))
+    assert distill.total_steps(3000) == baseline.total_steps(1000) == 188
+    assert distill.steps_between_evaluations(3000) == baseline.steps_between_evaluations(1000) == 32
+    assert distill.evaluations(3000) == baseline.evaluations(1000) == 6
+    assert on_labelled_passes(settings, 1000, 0) is settings
+    every = dataclasses.replace(settings, eval_every=50)
+    assert on_labelled_passes(every, 1000, 2000) is every
 
 
 def test_an_unequal_budget_is_refused_naming_the_keys_and_both_counts():

@@ -156,3 +156,13 @@ def test_a_compute_bound_as_a_share_of_the_teachers_flops():
     # After training, the stored share (harness.pipeline.TrialResult) is checked the same way.
     assert constraint_violations(shared_bound, {"flops_share": 0.25}) == {
         "flops_share": pytest.approx(0.05)}
+
+
+def test_trials_of_a_study_made_before_the_select_split_still_count_as_peers():
+    # They stored the same curve (on dev, their rule) as epoch_dev_accuracy.
+    old = [optuna.trial.create_trial(
+        state=TrialState.COMPLETE, values=[0.0, 1.0],
+        user_attrs={"num_layers": SIZE[0], "hidden_size": SIZE[1],
+                    "epoch_dev_accuracy": t.user_attrs["select_accuracies"]}) for t in PEERS]
+    assert should_stop_early(old, SIZE, 2, 0.75, MEDIAN)
+    assert not should_stop_early(old, SIZE, 2, 0.8, MEDIAN)

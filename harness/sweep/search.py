@@ -112,12 +112,19 @@ def should_stop_early(finished: list[optuna.trial.FrozenTrial], size: tuple[int,
     """The multi-objective rule in this module's docstring."""
     if config.name == "none" or evaluation <= config.n_warmup_epochs:
         return False
-    peers = [t.user_attrs["select_accuracies"][evaluation - 1] for t in finished
+    peers = [curve(t)[evaluation - 1] for t in finished
              if t.state == optuna.trial.TrialState.COMPLETE and not is_repeat(t)
              and (t.user_attrs.get("num_layers"), t.user_attrs.get("hidden_size")) == size
-             and len(t.user_attrs.get("select_accuracies", ())) >= evaluation]
+             and len(curve(t)) >= evaluation]
     enough = peers and len(peers) >= config.n_startup_trials  # no peers: no median to fall below
     return bool(enough) and select_accuracy < statistics.median(peers)
+
+
+def curve(trial: optuna.trial.FrozenTrial) -> list[float]:
+    """A trial's accuracy after each evaluation; trials of studies made before the select
+    split stored it (on dev, their rule) as ``epoch_dev_accuracy``."""
+    return trial.user_attrs.get("select_accuracies",
+                                trial.user_attrs.get("epoch_dev_accuracy", []))
 
 
 def stop_if_behind(trial: optuna.Trial, study_config: StudyConfig, size: tuple[int, int],
