@@ -319,11 +319,9 @@ NOTES = """\
   where a split's interval excludes 0, said for dev and for test. Both students were
   chosen as the best of a band on their dev means, which leans those means up (less than
   a single run's: each is already a mean over fresh seeds); the test means were not
-  chosen on, though a lucky seed helps dev and test alike. The label-only candidates are
-  the configurations confirmed on fresh seeds, which the confirmation picks from the
-  distilled front: a strong label-only student whose distilled twin never made the front
-  has no fresh runs and is not among them (the label-only front below shows such students
-  on their single runs).
+  chosen on, though a lucky seed helps dev and test alike. The candidates are the
+  configurations confirmed on fresh seeds: the distilled front's, the label-only front's
+  (one trial per student) and those the rounds added.
 - Label-only front: per student, its best label-only baseline, as the search trained it
   (single runs); the distilled front has to beat it at each cost.
 - `~` marks a front member whose dev accuracy is not distinguishable from an adjacent

@@ -17,7 +17,7 @@ from scipy import stats as scipy_stats
 
 import harness.sweep.search
 from analysis.frame import study_frame
-from analysis.front import pareto_front
+from analysis.front import label_only_front, pareto_front
 from analysis.pareto import main as pareto_main
 from analysis.seeds import by_configuration, confirmed_front, search_rows
 from harness.study_file import load_study_config
@@ -58,9 +58,11 @@ def test_the_front_is_repeated_on_other_seeds_with_their_own_baselines(in_tmp, c
     assert len(search) == 4 and all(t.state.is_finished() for t in search)
     front = set(pareto_front(search_rows(study_frame(study)))["trial"])
     repeats = repeats_of(study)
-    # The single-run front in the first round; later rounds add only members of the front
-    # on the means that had no fresh run.
-    assert {n for n, runs in repeats.items() if runs[0].user_attrs["confirm_round"] == 1} == front
+    # The single-run front and the label-only front's students in the first round; later
+    # rounds add only members of the front on the means that had no fresh run.
+    label_only = set(label_only_front(search_rows(study_frame(study)))["trial"])
+    assert {n for n, runs in repeats.items()
+            if runs[0].user_attrs["confirm_round"] == 1} == front | label_only
     confirmed = confirmed_front(by_configuration(study_frame(study)))
     assert confirmed["confirmed"].all()  # the front on the means holds confirmed members only
     for number, runs in repeats.items():
@@ -261,3 +263,26 @@ def test_a_means_front_member_without_fresh_runs_is_confirmed_in_the_next_round(
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert {(t.user_attrs["repeat_of"], t.user_attrs["seed"], t.user_attrs["confirm_round"])
             for t in waiting} == {(2, 1, 2), (2, 2, 2), (0, 3, 2), (1, 3, 2)}
+
+
+def test_the_label_only_front_is_confirmed_too(tmp_path):
+    """The answer compares the best distilled and label-only students on fresh seeds, so a
+    student whose baseline is on the label-only front is repeated even where its distilled
+    run is off the distilled front."""
+    study = optuna.create_study(study_name="label-only", directions=["maximize", "minimize"],
+                                storage=open_storage(f"journal:{tmp_path / 'l.journal'}"))
+    # (hidden, dev, baseline dev, FLOPs): 0 dominates 1 distilled, 1's baseline is the best
+    # at its cost; 2 and 3 are one student (one baseline): only the first stands for it.
+    for hidden, dev, baseline, flops in [(128, 0.80, 0.70, 1e6), (192, 0.79, 0.78, 2e6),
+                                         (256, 0.82, 0.76, 3e6), (256, 0.81, 0.76, 3e6)]:
+        params = {"T": 2.0, "T_s": 2.0, "alpha": 0.5, "num_layers": 2, "hidden_size": hidden}
+        study.add_trial(optuna.trial.create_trial(
+            values=[dev, flops], params=params, distributions=DISTRIBUTIONS,
+            user_attrs={"dev_accuracy": dev, "baseline_dev_accuracy": baseline,
+                        "flops_per_example": flops, "num_layers": 2, "hidden_size": hidden,
+                        "init": "random", "seed": 0}))
+    config = load_study_config(SMOKE, ["confirm.seeds=1"])
+    assert queue_repeats(study, config) == 3
+    waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
+    # Distilled front: 0 and 2; label-only front: 0 (0.70 at 1e6) and 1 (0.78 at 2e6).
+    assert sorted(t.user_attrs["repeat_of"] for t in waiting) == [0, 1, 2]

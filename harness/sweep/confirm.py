@@ -1,10 +1,12 @@
 """Confirming the front on fresh seeds: after the search, every configuration on the Pareto
-front (and, with ``confirm.best_per_size: k``, the best k of each student size) is trained
-again on ``confirm.seeds`` fresh seeds, each repeat with its own label-only baseline on its
-seed. Then the front on the means (fresh runs only; a configuration without them stands in
-with its search run) is drawn again, and its members without fresh runs are confirmed in
-a next round, until it holds confirmed configurations only (at most ``confirm.max_rounds``
-rounds; a repeat records its round in ``confirm_round``).
+front (and, with ``confirm.best_per_size: k``, the best k of each student size), and a trial
+of each student on the label-only front (its baselines against FLOPs: the other side of
+the report's "does KD pay" answer), is trained again on ``confirm.seeds`` fresh seeds, each
+repeat with its own label-only baseline on its seed. Then the front on the means (fresh
+runs only; a configuration without them stands in with its search run) is drawn again,
+and its members without fresh runs are confirmed in a next round, until it holds
+confirmed configurations only (at most ``confirm.max_rounds`` rounds; a repeat records
+its round in ``confirm_round``).
 
 Repeats are ordinary trials of the study, queued with Optuna's ``enqueue_trial`` with the
 first run's parameters and the user attributes ``repeat_of`` (the first run's trial
@@ -44,12 +46,12 @@ def search_trials(study: optuna.Study, states=None) -> list[FrozenTrial]:
 
 def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) -> list[FrozenTrial]:
     """The complete search trials whose configurations are confirmed: the front of dev
-    accuracy against FLOPs (the report's), the best ``best_per_size`` of each size and,
-    once the repeats queued so far have run, the unconfirmed members of the front on the
-    means."""
+    accuracy against FLOPs (the report's), a trial of each student on the label-only front,
+    the best ``best_per_size`` of each size and, once the repeats queued so far have run,
+    the unconfirmed members of the front on the means."""
     complete = [t for t in search_trials(study, (TrialState.COMPLETE,))
                 if "dev_accuracy" in t.user_attrs and "flops_per_example" in t.user_attrs]
-    chosen = {t.number: t for t in front_trials(complete)}
+    chosen = {t.number: t for t in front_trials(complete) + label_only_front(complete)}
     by_size: dict[tuple, list[FrozenTrial]] = {}
     for trial in complete:
         size = tuple(trial.user_attrs.get(k)
@@ -62,6 +64,22 @@ def configurations_to_confirm(study: optuna.Study, study_config: StudyConfig) ->
     if repeats and not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in repeats):
         chosen.update((t.number, t) for t in unconfirmed_on_means_front(complete, repeats))
     return sorted(chosen.values(), key=lambda t: t.number)
+
+
+def label_only_front(complete: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The first trial of each student (size, source, init) with its best baseline, where
+    that baseline is on the front of baseline dev accuracy against FLOPs (trials of one
+    student share their baselines: one trial stands for the student)."""
+    best: dict[tuple, FrozenTrial] = {}
+    for trial in complete:
+        if "baseline_dev_accuracy" not in trial.user_attrs:
+            continue
+        student = tuple(trial.user_attrs.get(k)
+                        for k in ("num_layers", "hidden_size", "student_source", "init"))
+        if (student not in best or trial.user_attrs["baseline_dev_accuracy"]
+                > best[student].user_attrs["baseline_dev_accuracy"]):
+            best[student] = trial
+    return front_trials(list(best.values()), "baseline_dev_accuracy")
 
 
 def unconfirmed_on_means_front(complete: list[FrozenTrial],

@@ -38,9 +38,10 @@ def pareto_mask(accuracy, cost) -> np.ndarray:
     return mask
 
 
-def front_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """The ``trials`` on the front of dev accuracy against FLOPs, in their order; a trial
-    missing either never is."""
-    accuracy = [t.user_attrs.get("dev_accuracy", np.nan) for t in trials]
+def front_trials(trials: list[FrozenTrial],
+                 accuracy_name: str = "dev_accuracy") -> list[FrozenTrial]:
+    """The ``trials`` on the front of dev accuracy (or ``accuracy_name``) against FLOPs, in
+    their order; a trial missing either never is."""
+    accuracy = [t.user_attrs.get(accuracy_name, np.nan) for t in trials]
     flops = [t.user_attrs.get("flops_per_example", np.nan) for t in trials]
     return [t for t, on_front in zip(trials, pareto_mask(accuracy, flops)) if on_front]
