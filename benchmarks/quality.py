@@ -6,16 +6,21 @@
 
 Everything comes from studies/default.yaml (the builtin teacher, fine-tuned once and
 cached; the step-budget schedule with the best checkpoint on the select split; the width
-learning-rate rule; T = T_s = 4, alpha = 0.7, the study's loss), with a transfer set of 2 copies per
-training example built once. Per student (2 x 128 and 2 x 384) and seed:
+learning-rate rule; T = T_s = 4, alpha = 0.7, the study's loss), with a transfer set built
+once (as many copies per training example as the variants need). Per student (2 x 128 and
+2 x 384) and seed:
 
 - label-only baseline from random weights (the reference every gain is paired against);
 - KD from random weights;
 - KD from teacher-pruned weights (at 384 wide: the teacher's layers, as teacher-layers);
-- KD from random weights on the transfer set;
-- KD from teacher-pruned weights on the transfer set.
+- KD from random or teacher-pruned weights on the transfer set (2 copies), or on 10 views
+  of every example (``--set transfer.neighbour_prob=...`` for neighbour replacement).
 
-Every distillation has the same step budget and learning-rate rule as its baseline.
+Every distillation has the same rule as its baseline, and the same maximum steps (with a
+transfer set: epochs over the labelled examples plus the transfer ones, for both arms).
+A longer budget for both arms: ``--set pipeline.baseline.epochs=5 --set
+pipeline.distill.epochs=5``; a stronger teacher: ``--set teacher.ensemble=3`` (without a
+transfer-set variant).
 Prints, per variant, mean dev accuracy (and its share of the teacher's), mean test gain
 over the random-init label-only baseline of the same seed with its standard deviation,
 teacher agreement and train FLOPs; then, per variant and arm, the dev-minus-test gap and
@@ -47,6 +52,10 @@ VARIANTS = {
     "KD, teacher-pruned init": ("teacher-pruned", 0),
     "KD + transfer set, random init": ("random", 2),
     "KD + transfer set, teacher-pruned init": ("teacher-pruned", 2),
+    # Ten teacher-labelled views of every example (issue 23's offline views: pass
+    # --set transfer.neighbour_prob=0.3 for embedding-neighbour replacement).
+    "KD + 10 views, random init": ("random", 10),
+    "KD + 10 views, teacher-pruned init": ("teacher-pruned", 10),
 }
 REFERENCE = "KD, random init"
 
@@ -65,8 +74,11 @@ def main() -> int:
                              f"are paired with the {REFERENCE!r} rows of the same seed, from "
                              "this run or these files)")
     args = parser.parse_args()
+    # The transfer set is built once with as many copies as the variants need (a trial
+    # uses the first ones); none when no variant distils on it.
+    copies = max(VARIANTS[variant][1] for variant in args.variants)
     study = load_study_config(REPO / "studies" / "default.yaml", [
-        "transfer.copies=2", "student.init=teacher-pruned", *args.overrides])
+        f"transfer.copies={copies}", "student.init=teacher-pruned", *args.overrides])
     shared = prepare_shared(study, torch.device("cpu"), cache_root())
     teacher = {k: dataclasses.asdict(v) for k, v in shared.teacher_scores.items()}
     print(f"teacher: dev {teacher['dev']['accuracy']:.4f}, test {teacher['test']['accuracy']:.4f}",
