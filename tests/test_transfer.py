@@ -181,3 +181,28 @@ def test_an_unlabeled_file_without_the_text_column_is_refused_before_training(in
     error = capsys.readouterr().err
     assert code == 2 and "transfer.unlabeled" in error and "'text'" in error, error
     assert not Path(storage.removeprefix("journal:")).exists() and not (in_tmp / "runs").exists()
+
+
+def test_a_study_builds_neighbour_views_from_its_teachers_embeddings(smoke_config, tmp_path):
+    import dataclasses
+
+    from harness.shared import prepare_shared
+
+    rules = TransferConfig(copies=1, mask_prob=0.0, ngram_prob=0.0, neighbour_prob=0.5,
+                           neighbours=5)
+    config = dataclasses.replace(smoke_config, transfer=rules)
+    shared = prepare_shared(config, torch.device("cpu"), tmp_path / "cache")
+    train, views = shared.text.tokens["train"], shared.transfer.tokens
+    assert torch.equal(views.offsets, train.offsets)  # one view per example, lengths kept
+    special = torch.tensor(shared.text.tokenizer.all_special_ids)
+    words = ~torch.isin(train.ids, special)
+    assert torch.equal(views.ids[~words], train.ids[~words])
+    assert not torch.isin(views.ids[words], special).any()
+    assert set(views.ids[words].tolist()) <= set(train.ids[words].tolist())  # the data's own
+    changed = (views.ids[words] != train.ids[words]).double().mean().item()
+    assert 0.4 < changed < 0.6
+    # The teacher labelled each view as it is.
+    from harness.train import predict_logits
+
+    labelled = predict_logits(shared.teacher, views, 64, torch.device("cpu"), shared.text.pad_id)
+    torch.testing.assert_close(shared.transfer.teacher_logits, labelled, rtol=0, atol=1e-5)
