@@ -204,5 +204,6 @@ def test_a_study_builds_neighbour_views_from_its_teachers_embeddings(smoke_confi
     # The teacher labelled each view as it is.
     from harness.train import predict_logits
 
-    labelled = predict_logits(shared.teacher, views, 64, torch.device("cpu"), shared.text.pad_id)
+    labelled = predict_logits(shared.teacher, views, config.pipeline.eval_batch_size,
+                              torch.device("cpu"), shared.text.pad_id)
     torch.testing.assert_close(shared.transfer.teacher_logits, labelled, rtol=0, atol=1e-5)
