@@ -76,7 +76,7 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
                   summary=state_summary(frame), searched=len(complete),
                   front=with_seed_columns(front, configurations, confirmed),
                   confirmed=confirmed, label_only=label_only_front(search, x),
-                  answer=kd_answer(frame), intervals=interval_method(front),
+                  answer=kd_answer(frame, configurations), intervals=interval_method(front),
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), teacher_members=teacher_members(frame),
                   hypervolume=area, ref_cost=ref_cost)

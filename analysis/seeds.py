@@ -99,8 +99,9 @@ def confirmed_front(summary: pd.DataFrame, x: str = "flops_per_example") -> pd.D
     return front.sort_values([x, "trial"], kind="stable").reset_index(drop=True)
 
 
-def kd_answer(frame: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
-    """Does distillation pay within each band of compute? One row per band (``band``: a
+def kd_answer(frame: pd.DataFrame, summary: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
+    """Does distillation pay within each band of compute, on ``frame``'s configurations
+    (``summary``: its ``by_configuration``)? One row per band (``band``: a
     share of the teacher's FLOPs per example): among configurations with fresh runs that
     cost at most that share, the best distilled one (``kd_*``: highest mean dev accuracy over
     fresh seeds) and the best label-only one (``label_*``: highest mean baseline dev
@@ -109,7 +110,8 @@ def kd_answer(frame: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
     both are one configuration, else Welch's interval between the two sets of fresh runs.
     ``verdict`` / ``verdict_test``: "pays" or "costs" where that split's interval excludes
     0, else "not shown"."""
-    summary = by_configuration(frame)
+    complete = stats.add_intervals(complete_trials(frame))
+    complete = complete.assign(configuration=configuration_of(complete))
     rows = []
     for band in bands:
         row = {"band": band}
@@ -120,15 +122,13 @@ def kd_answer(frame: pd.DataFrame, bands=BANDS) -> pd.DataFrame:
             if not fits.empty:
                 kd = fits.iloc[int(np.nanargmax(column(fits, "dev_accuracy_mean")))]
                 label = fits.iloc[int(np.nanargmax(column(fits, "baseline_dev_accuracy_mean")))]
-                row.update(_answer(frame, kd, label))
+                row.update(_answer(complete, kd, label))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _answer(frame: pd.DataFrame, kd: pd.Series, label: pd.Series) -> dict:
-    complete = stats.add_intervals(complete_trials(frame))  # adds kd_gain_test
-    complete = complete.assign(configuration=configuration_of(complete))
-
+def _answer(complete: pd.DataFrame, kd: pd.Series, label: pd.Series) -> dict:
+    """One band's row; ``complete``: every complete run with its ``configuration``."""
     def fresh(configuration, metric: str) -> np.ndarray:
         runs = complete[(complete["configuration"] == configuration)
                         & (complete["trial"] != configuration)]
@@ -146,9 +146,9 @@ def _answer(frame: pd.DataFrame, kd: pd.Series, label: pd.Series) -> dict:
             row.update({f"{prefix}_{split}_{end}": chosen[f"{name}_mean{suffix}"]
                         for end, suffix in (("mean", ""), ("low", "_low"), ("high", "_high"))})
     for split, gain in (("dev", "gain"), ("test", "gain_test")):
-        if kd["trial"] == label["trial"]:
-            mean, low, high = mean_interval(fresh(kd["trial"], "kd_gain" if split == "dev"
-                                                  else "kd_gain_test"))
+        if kd["trial"] == label["trial"]:  # the gain paired by seed, as by_configuration has it
+            paired = "kd_gain" if split == "dev" else "kd_gain_test"
+            mean, low, high = (kd[f"{paired}_mean{suffix}"] for suffix in ("", "_low", "_high"))
         else:
             mean, low, high = welch_interval(fresh(kd["trial"], f"{split}_accuracy"),
                                              fresh(label["trial"], f"baseline_{split}_accuracy"))

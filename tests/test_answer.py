@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 from analysis.frame import study_frame
 from analysis.front import label_only_front
 from analysis.report import answer_lines, build_report, render_markdown, render_text
-from analysis.seeds import kd_answer
+from analysis.seeds import by_configuration, kd_answer
 from tests.synthetic import create_synthetic_study
 
 TEACHER_FLOPS = 1e9
@@ -72,7 +72,7 @@ def answered() -> pd.DataFrame:
 
 
 def test_the_answer_per_band_against_scipy(answered):
-    answer = kd_answer(answered).set_index("band")
+    answer = kd_answer(answered, by_configuration(answered)).set_index("band")
     tenth, third = answer.loc[1 / 10], answer.loc[1 / 3]
     # <= 1/10: distilled best is configuration 0, label-only best configuration 1: two
     # sets of fresh runs, Welch's interval.
