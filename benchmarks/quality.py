@@ -3,6 +3,7 @@
     python benchmarks/quality.py                                   # seeds 0-4, both students
     python benchmarks/quality.py --students "2x128" --seeds 0 1 2 3 4 5
     python benchmarks/quality.py --set data.select_fraction=0 ...  # checkpoints chosen on dev
+    python benchmarks/quality.py --passes 5 ...                    # both arms 5 passes
 
 Everything comes from studies/default.yaml (the builtin teacher, fine-tuned once and
 cached; the step-budget schedule with the best checkpoint on the select split; the width
@@ -14,13 +15,17 @@ once (as many copies per training example as the variants need). Per student (2 
 - KD from random weights;
 - KD from teacher-pruned weights (at 384 wide: the teacher's layers, as teacher-layers);
 - KD from random or teacher-pruned weights on the transfer set (2 copies), or on 10 views
-  of every example (``--set transfer.neighbour_prob=...`` for neighbour replacement).
+  of every example (``--set transfer.neighbour_prob=...`` for neighbour replacement);
+- KD from random or teacher-pruned weights on online views (``transfer.online``: a fresh
+  view of every batch, scored by the teacher as the student reads it, by the same rules;
+  its baseline reads the same views).
 
 Every distillation has the same rule as its baseline, and the same maximum steps (with a
 transfer set: epochs over the labelled examples plus the transfer ones, for both arms).
-A longer budget for both arms: ``--set pipeline.baseline.epochs=5 --set
-pipeline.distill.epochs=5``; a stronger teacher: ``--set teacher.ensemble=3`` (without a
-transfer-set variant).
+A longer budget for both arms: ``--passes 5`` (both arms' epochs; the patience in
+evaluations is ``--set pipeline.schedule.patience=N``, also both arms'); a stronger
+teacher: ``--set teacher.ensemble=3`` (without a transfer-set or online-view variant).
+``--plot FILE`` draws each run's test KD gain against its teacher-minus-baseline gap.
 Prints, per variant, mean dev accuracy (and its share of the teacher's), mean test gain
 over the random-init label-only baseline of the same seed with its standard deviation,
 teacher agreement and train FLOPs; then, per variant and arm, the dev-minus-test gap and
@@ -34,6 +39,7 @@ import dataclasses
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,16 +52,27 @@ from harness.study_file import load_study_config
 
 REPO = Path(__file__).resolve().parent.parent
 STUDENTS = {"2x128": dict(num_layers=2, hidden_size=128), "2x384": dict(num_layers=2, hidden_size=384)}
-# variant -> (init, transfer copies); the first one's baseline is the random-init reference
+
+
+@dataclass(frozen=True)
+class Variant:
+    init: str
+    copies: int = 0  # transfer-set copies distilled on
+    online: bool = False  # a fresh view of every batch (transfer.online)
+
+
+# The first one's baseline is the random-init reference.
 VARIANTS = {
-    "KD, random init": ("random", 0),
-    "KD, teacher-pruned init": ("teacher-pruned", 0),
-    "KD + transfer set, random init": ("random", 2),
-    "KD + transfer set, teacher-pruned init": ("teacher-pruned", 2),
+    "KD, random init": Variant("random"),
+    "KD, teacher-pruned init": Variant("teacher-pruned"),
+    "KD + transfer set, random init": Variant("random", copies=2),
+    "KD + transfer set, teacher-pruned init": Variant("teacher-pruned", copies=2),
     # Ten teacher-labelled views of every example (issue 23's offline views: pass
     # --set transfer.neighbour_prob=0.3 for embedding-neighbour replacement).
-    "KD + 10 views, random init": ("random", 10),
-    "KD + 10 views, teacher-pruned init": ("teacher-pruned", 10),
+    "KD + 10 views, random init": Variant("random", copies=10),
+    "KD + 10 views, teacher-pruned init": Variant("teacher-pruned", copies=10),
+    "KD + online views, random init": Variant("random", online=True),
+    "KD + online views, teacher-pruned init": Variant("teacher-pruned", online=True),
 }
 REFERENCE = "KD, random init"
 
@@ -69,29 +86,44 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "quality.json")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="study-file overrides, as harness.study's")
+    parser.add_argument("--passes", type=float, default=None,
+                        help="both arms' epochs (pipeline.baseline and pipeline.distill)")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="a PNG of each run's test KD gain against its teacher's test "
+                             "accuracy minus its baseline's")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="earlier --out files whose rows join this run's summary (gains "
                              f"are paired with the {REFERENCE!r} rows of the same seed, from "
                              "this run or these files)")
     args = parser.parse_args()
+    overrides = ["student.init=teacher-pruned", *args.overrides, *(
+        [] if args.passes is None else [f"pipeline.baseline.epochs={args.passes}",
+                                        f"pipeline.distill.epochs={args.passes}"])]
     # The transfer set is built once with as many copies as the variants need (a trial
-    # uses the first ones); none when no variant distils on it.
-    copies = max(VARIANTS[variant][1] for variant in args.variants)
-    study = load_study_config(REPO / "studies" / "default.yaml", [
-        f"transfer.copies={copies}", "student.init=teacher-pruned", *args.overrides])
-    shared = prepare_shared(study, torch.device("cpu"), cache_root())
-    teacher = {k: dataclasses.asdict(v) for k, v in shared.teacher_scores.items()}
+    # uses the first ones); none when no variant distils on it. Online views are a study
+    # of their own (they cannot be mixed with copies), sharing the teacher.
+    copies = max(VARIANTS[variant].copies for variant in args.variants)
+    studies = {False: load_study_config(REPO / "studies" / "default.yaml",
+                                        [f"transfer.copies={copies}", *overrides])}
+    if any(VARIANTS[variant].online for variant in args.variants):
+        studies[True] = load_study_config(REPO / "studies" / "default.yaml", [
+            "transfer.copies=0", "transfer.online=true", *overrides])
+    shared = {online: prepare_shared(study, torch.device("cpu"), cache_root())
+              for online, study in studies.items()}
+    teacher = {k: dataclasses.asdict(v)
+               for k, v in next(iter(shared.values())).teacher_scores.items()}
     print(f"teacher: dev {teacher['dev']['accuracy']:.4f}, test {teacher['test']['accuracy']:.4f}",
           flush=True)
     rows = []
     for student in args.students:
         for seed in args.seeds:
             for variant in args.variants:
-                init, copies = VARIANTS[variant]
+                chosen = VARIANTS[variant]
+                study = studies[chosen.online]
                 trial = default_trial_config(study, T=4.0, T_s=4.0, alpha=0.7, seed=seed,
-                                             init=init, transfer_copies=copies,
+                                             init=chosen.init, transfer_copies=chosen.copies,
                                              **STUDENTS[student])
-                result = run_trial(study, trial, shared)
+                result = run_trial(study, trial, shared[chosen.online])
                 rows.append({"student": student, "variant": variant, "seed": seed,
                              **result.stored_fields()})
                 got = result.evaluation
@@ -104,6 +136,8 @@ def main() -> int:
         rows += json.loads(earlier.read_text())["rows"]
     print(summary(rows, teacher["dev"]["accuracy"]))
     print(selection_summary(rows))
+    if args.plot is not None:
+        gap_plot(rows).savefig(args.plot, dpi=120)
     return 0
 
 
@@ -166,6 +200,30 @@ def selection_summary(rows: list[dict]) -> str:
                 f"{points('dev_accuracy', 'baseline_dev_accuracy')} | "
                 f"{points('test_accuracy', 'baseline_test_accuracy')} |")
     return "\n".join(lines)
+
+
+def gap_plot(rows: list[dict]):
+    """Each run's test KD gain against its teacher-minus-baseline test gap (points), one
+    colour per student and variant: does distillation pay more where the teacher is
+    further ahead?"""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.add_subplot()
+    for student in STUDENTS:
+        for variant in VARIANTS:
+            chosen = [r for r in rows if r["student"] == student and r["variant"] == variant]
+            if chosen:
+                axes.scatter([100 * (r["teacher_test_accuracy"] - r["baseline_test_accuracy"])
+                              for r in chosen],
+                             [100 * (r["test_accuracy"] - r["baseline_test_accuracy"])
+                              for r in chosen], label=f"{student}, {variant}", s=18)
+    axes.axhline(0, color="grey", linewidth=0.8)
+    axes.set_xlabel("teacher - label-only baseline, test (points)")
+    axes.set_ylabel("KD gain, test (points)")
+    axes.legend(fontsize=6)
+    figure.tight_layout()
+    return figure
 
 
 def _mean_sd(values: list[float]) -> str:

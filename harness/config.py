@@ -260,7 +260,12 @@ class TransferConfig:
     then each replaced by the mask token with ``mask_prob``; with ``ngram_prob``, only a
     random n-gram of 1 to ``max_ngram`` of them kept, single texts only), and the texts of a
     local ``unlabeled`` file (CSV/JSON/JSONL/Parquet with the data's text columns). The
-    teacher labels them once; on them the student learns from the KD term alone."""
+    teacher labels them once; on them the student learns from the KD term alone.
+
+    ``online``: instead, consistent teaching (Beyer et al. 2022): every batch of the
+    distillation phase and of its baseline is replaced by a fresh view made by the same
+    rules (neighbours and masks; no n-grams, views keep their length), the teacher scoring
+    the very view the student reads (``harness.transfer.OnlineViews``)."""
 
     copies: int = 0
     mask_prob: float = 0.1
@@ -269,6 +274,7 @@ class TransferConfig:
     unlabeled: str | None = None
     neighbour_prob: float = 0.0
     neighbours: int = 15
+    online: bool = False
 
 
 @dataclass(frozen=True)

@@ -15,20 +15,22 @@ from safetensors.torch import save_file
 
 from harness.data import TokenizedData
 from harness.models import save_model
-from harness.train import (PhaseResult, TrainSettings, cross_entropy_loss, predict_logits,
-                           select_evaluation, train_phase)
+from harness.train import (BatchViews, PhaseResult, TrainSettings, cross_entropy_loss,
+                           predict_logits, select_evaluation, train_phase)
 
 
 def train_on_labels(name: str, model: torch.nn.Module, text: TokenizedData,
                     settings: TrainSettings, eval_batch_size: int, device: torch.device,
-                    splits: tuple[str, ...], folder: Path) -> tuple[PhaseResult, dict]:
-    """Train ``model`` (on ``device``) on ``text``'s training split; save it and its
-    float32 logits on ``splits`` into ``folder``; the phase's result and those logits."""
+                    splits: tuple[str, ...], folder: Path,
+                    views: BatchViews | None = None) -> tuple[PhaseResult, dict]:
+    """Train ``model`` (on ``device``) on ``text``'s training split (each batch as ``views``
+    makes it, where given); save it and its float32 logits on ``splits`` into ``folder``;
+    the phase's result and those logits."""
     model.to(device)
     result = train_phase(name, model, text.tokens["train"], cross_entropy_loss, settings, device,
                          text.pad_id, on_evaluation=select_evaluation(
                              model, text.tokens["select"], settings, eval_batch_size, device,
-                             text.pad_id))
+                             text.pad_id), views=views)
     return result, save_with_logits(model, text, eval_batch_size, device, splits, folder)
 
 

@@ -38,7 +38,7 @@ from harness.student import BASELINE, Student, resolve_student
 from harness.student_loss import LogitKD, StudentLoss, attention_maps, loss_function
 from harness.train import (PhaseResult, StepLogger, accuracy_on, precision, predict_logits,
                            train_phase, train_settings)
-from harness.transfer import TransferSet
+from harness.transfer import OnlineViews, TransferSet
 
 SPLITS = ("dev", "test")
 
@@ -107,10 +107,11 @@ def run_trial(study_config: StudyConfig, trial_config: TrialConfig, shared: Shar
     labelled = labelled_examples(student.text, shared.teacher_logits)
     transferred = with_transfer_set(labelled, shared.transfer, trial_config.transfer_copies)
     baseline = train_baseline(pipeline, student, transferred.transfer_examples,
-                              shared.teacher_key, shared.cache, device)
+                              shared.teacher_key, shared.cache, device, shared.views)
     model = initial_student(student, baseline).to(device)
     training = StudentTraining(pipeline, student, model, shared.teacher, device, hooks,
-                               hidden_projection(model, shared.teacher, student.seed, device))
+                               hidden_projection(model, shared.teacher, student.seed, device),
+                               shared.views)
 
     matched = match_intermediate_layers(training, labelled, first_evaluation=0)
     distilled = distill(training, trial_config, transferred, first_evaluation=matched.evaluations)
@@ -180,11 +181,13 @@ class Baseline:
 
 
 def train_baseline(pipeline: PipelineConfig, student: Student, transfer_examples: int,
-                   teacher_key: str, cache: Path, device: torch.device) -> Baseline:
+                   teacher_key: str, cache: Path, device: torch.device,
+                   views: OnlineViews | None = None) -> Baseline:
     """The same student trained on labels alone, on the same schedule rule and budget as
     its distillation (on ``transfer_examples`` transfer examples too, where it has them:
-    ``harness.budget``): the "without distillation" reference; built once per
-    (architecture, init, teacher, data, phase settings, seed).
+    ``harness.budget``), on the same online ``views`` where it distils on them: the
+    "without distillation" reference; built once per (architecture, init, teacher, data,
+    phase settings, views, seed).
 
     A pre-trained checkpoint's baseline is that checkpoint fine-tuned on labels."""
     settings = dataclasses.replace(
@@ -192,12 +195,13 @@ def train_baseline(pipeline: PipelineConfig, student: Student, transfer_examples
         steps=baseline_budget(pipeline, len(student.text.tokens["train"]), transfer_examples))
     fields = {"teacher": teacher_key, "shape": dataclasses.asdict(student.shape),
               "init": student.baseline_init, "settings": dataclasses.asdict(settings),
-              "precision": precision(device), **student.baseline_origin()}
+              "precision": precision(device), **student.baseline_origin(),
+              **({} if views is None else {"views": views.identity()})}
 
     def build(folder: Path) -> None:
         result, _ = train_on_labels("baseline", student.build(student.baseline_init),
                                     student.text, settings, pipeline.eval_batch_size, device,
-                                    SPLITS, folder)
+                                    SPLITS, folder, views)
         (folder / "metrics.json").write_text(json.dumps(
             {**dataclasses.asdict(result), "lr": settings.lr}))
 
@@ -235,6 +239,7 @@ class StudentTraining:
     device: torch.device
     hooks: TrialHooks
     projection: torch.nn.Linear | None
+    views: OnlineViews | None  # fresh views of every distillation batch (transfer.online)
 
 
 @dataclass(frozen=True)
@@ -272,13 +277,16 @@ def match_intermediate_layers(training: StudentTraining, examples: TrainingExamp
 def distill(training: StudentTraining, trial_config: TrialConfig, examples: TrainingExamples,
             first_evaluation: int) -> StudentPhase:
     """Logit KD (``alpha * T^2 * KL(q_T || p_Ts) + (1 - alpha) * CE``, ``harness.losses``)
-    plus the trial's hidden-state and attention weights."""
+    plus the trial's hidden-state and attention weights; with online views, on a fresh view
+    of every batch that the teacher scores as the student reads it."""
     hard_label_temperature = 1.0 if training.pipeline.hard_label_temperature == "one" else None
     loss = StudentLoss(LogitKD(trial_config.alpha, trial_config.T, trial_config.T_s,
                                hard_label_temperature),
-                       trial_config.hidden_weight, trial_config.attention_weight)
+                       trial_config.hidden_weight, trial_config.attention_weight,
+                       teacher_on_batch=training.views is not None)
     return train_student(training, "distill", training.pipeline.distill.epochs,
-                         training.student.lr.distill, loss, examples, first_evaluation)
+                         training.student.lr.distill, loss, examples, first_evaluation,
+                         training.views)
 
 
 def fine_tune(training: StudentTraining, examples: TrainingExamples,
@@ -289,8 +297,8 @@ def fine_tune(training: StudentTraining, examples: TrainingExamples,
 
 
 def train_student(training: StudentTraining, name: str, epochs: float, lr: float,
-                  loss: StudentLoss, examples: TrainingExamples,
-                  first_evaluation: int) -> StudentPhase:
+                  loss: StudentLoss, examples: TrainingExamples, first_evaluation: int,
+                  views: OnlineViews | None = None) -> StudentPhase:
     """One phase of the student's training on ``examples`` (its epochs are passes over all of
     them: ``harness.budget``); select accuracy after each evaluation goes to the hooks."""
     if epochs <= 0:  # a phase the study file turns off
@@ -320,7 +328,7 @@ def train_student(training: StudentTraining, name: str, epochs: float, lr: float
                                len(examples.split) - examples.transfer_examples,
                                examples.transfer_examples), device,
             text.pad_id, extra_parameters=list(projection.parameters()) if projection else [],
-            on_evaluation=evaluate, log_step=hooks.log)
+            on_evaluation=evaluate, log_step=hooks.log, views=views)
     return StudentPhase(result, result.examples_seen if loss.runs_teacher else 0, lr,
                         examples.transfer_examples)
 

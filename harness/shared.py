@@ -32,7 +32,8 @@ from harness.models import (ModelError, ModelShape, check_teacher_source, family
                             resolve_source, shape_of, source_config, tokenizer_id)
 from harness.pruning import CALIBRATION_EXAMPLES, activation_importance
 from harness.train import precision, predict_logits, train_settings
-from harness.transfer import TransferSet, augmented_copy, neighbour_table, unlabeled_texts
+from harness.transfer import (OnlineViews, TransferSet, augmented_copy, neighbour_table,
+                              unlabeled_texts)
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class SharedArtifacts:
     teacher_members: tuple[dict[str, float], ...]  # an ensemble's: each member's accuracies
     teacher_cost: ComputeCost
     transfer: TransferSet | None  # the teacher-labelled transfer set, where the study has one
+    views: OnlineViews | None  # fresh views of every distillation batch (transfer.online)
     device: torch.device
     cache: Path
     reused: dict[str, bool]  # artifact kind -> reused from the cache
@@ -107,6 +109,7 @@ def prepare_shared(study_config: StudyConfig, device: torch.device, cache: Path)
             {split: member[split]["accuracy"] for split in ("dev", "test")} for member in
             json.loads((artifact.path / "metrics.json").read_text()).get("members", [])),
         teacher_cost=measure_compute(teacher, text.seq_len, device), transfer=transfer,
+        views=online_views(study_config, text, teacher) if study_config.transfer.online else None,
         device=device, cache=cache,
         reused={"tokens": text.reused, "teacher": artifact.reused,
                 **({"transfer": transfer.reused} if transfer else {})})
@@ -117,17 +120,17 @@ def check_transfer(study_config: StudyConfig, text: TokenizedData,
     """Refuse, before any training, a transfer set the study cannot use; the tokenized texts
     of ``transfer.unlabeled`` (None without that file)."""
     config, copies = study_config.transfer, most_transfer_copies(study_config)
-    if copies == 0 and config.unlabeled is None:
+    if copies == 0 and config.unlabeled is None and not config.online:
         return None
-    if copies > 0 and config.mask_prob > 0 and (
+    if (copies > 0 or config.online) and config.mask_prob > 0 and (
             text.tokenizer.mask_token_id is None):
         raise ModelError("transfer.mask_prob: the teacher's tokenizer has no mask token; set "
                          "transfer.mask_prob: 0")
     for source, student in students.items():
         if student.text.key != text.key:
-            raise ModelError(f"transfer: the transfer set is made of the teacher's word-pieces, "
-                             f"and the student {source!r} has its own tokenizer; drop the "
-                             "transfer section or that student")
+            raise ModelError(f"transfer: the transfer set and online views are made of the "
+                             f"teacher's word-pieces, and the student {source!r} has its own "
+                             "tokenizer; drop the transfer section or that student")
     if config.unlabeled is None:
         return None
     return unlabeled_texts(config.unlabeled, study_config.data, text.tokenizer)
@@ -141,7 +144,9 @@ def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
     if copies == 0 and unlabeled is None:
         return None
     config, train = study_config.transfer, text.tokens["train"]
-    fields = {"teacher": teacher_key, "rules": dataclasses.asdict(config), "copies": copies,
+    # transfer.online decides how trials use views, not what the set holds.
+    rules = {name: value for name, value in dataclasses.asdict(config).items() if name != "online"}
+    fields = {"teacher": teacher_key, "rules": rules, "copies": copies,
               "unlabeled": None if unlabeled is None else hashlib.sha256(
                   unlabeled.ids.numpy().tobytes() + unlabeled.offsets.numpy().tobytes()
               ).hexdigest()[:20], "seed": study_config.seed}
@@ -149,17 +154,10 @@ def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
     def build(folder: Path) -> None:
         log.info("labelling the transfer set with the teacher once (%d copies%s)", copies,
                  f", {len(unlabeled)} unlabelled texts" if unlabeled is not None else "")
-        special_ids = text.tokenizer.all_special_ids
-        neighbours = None
-        if config.neighbour_prob > 0:
-            # Only word-pieces the training texts use: a view then reads like the data (no
-            # unused or special vocabulary entries).
-            used = torch.unique(train.ids)
-            candidates = used[~torch.isin(used, torch.tensor(special_ids))]
-            neighbours = neighbour_table(teacher.get_input_embeddings().weight.detach().cpu(),
-                                         candidates, config.neighbours)
-        parts = [augmented_copy(train, k, config, text.tokenizer.mask_token_id, special_ids,
-                                study_config.seed, neighbours) for k in range(copies)]
+        neighbours = view_neighbours(study_config, text, teacher)
+        parts = [augmented_copy(train, k, config, text.tokenizer.mask_token_id,
+                                text.tokenizer.all_special_ids, study_config.seed, neighbours)
+                 for k in range(copies)]
         tokens = TokenizedSplit.concatenate(parts + ([unlabeled] if unlabeled is not None else []))
         tensors = {**tokens.tensors(),
                    "logits": predict_logits(teacher, tokens, study_config.pipeline.eval_batch_size,
@@ -171,6 +169,26 @@ def prepare_transfer(study_config: StudyConfig, text: TokenizedData,
     return TransferSet(TokenizedSplit.from_tensors(tensors),
                        tensors["logits"].clone(), copy_size=len(train), copies=copies,
                        key=artifact.key, reused=artifact.reused)
+
+
+def online_views(study_config: StudyConfig, text: TokenizedData,
+                 teacher: PreTrainedModel) -> OnlineViews:
+    return OnlineViews(study_config.transfer, text.tokenizer.mask_token_id,
+                       tuple(text.tokenizer.all_special_ids),
+                       view_neighbours(study_config, text, teacher))
+
+
+def view_neighbours(study_config: StudyConfig, text: TokenizedData,
+                    teacher: PreTrainedModel) -> torch.Tensor | None:
+    """The neighbour table of the transfer rules' word-piece replacement (None without it):
+    among the word-pieces the training texts use, so that a view reads like the data (no
+    unused or special vocabulary entries), by the teacher's input embeddings."""
+    if study_config.transfer.neighbour_prob == 0:
+        return None
+    used = torch.unique(text.tokens["train"].ids)
+    candidates = used[~torch.isin(used, torch.tensor(text.tokenizer.all_special_ids))]
+    return neighbour_table(teacher.get_input_embeddings().weight.detach().cpu(), candidates,
+                           study_config.transfer.neighbours)
 
 
 def prepare_importance(study_config: StudyConfig, data: TextData, text: TokenizedData,

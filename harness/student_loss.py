@@ -24,11 +24,15 @@ class StudentLoss:
     logit_kd: LogitKD | None = None
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
+    # Logit KD from the teacher run on the batch the student reads (online views), not
+    # from its cached logits of the training examples.
+    teacher_on_batch: bool = False
 
     @property
     def runs_teacher(self) -> bool:
-        """Matching needs the teacher's activations; logit KD reads its cached logits."""
-        return self.hidden_weight > 0 or self.attention_weight > 0
+        """Matching needs the teacher's activations, and online views its logits on each
+        batch; otherwise logit KD reads its cached logits."""
+        return self.hidden_weight > 0 or self.attention_weight > 0 or self.teacher_on_batch
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,9 @@ def loss_function(loss: StudentLoss, teacher, projection: torch.nn.Linear | None
                   teacher_logits: torch.Tensor) -> LossFn:
     """``loss`` as the training loop's ``loss_fn``. Logit KD reads the teacher's logits of
     the training examples (``teacher_logits``, cached: no teacher forward pass); matching
-    runs ``teacher`` (fine-tuned) on the batch. Transfer-set examples (label -1) have no
-    label: on them logit KD is the KD term alone, T^2 KL(q || p)."""
+    runs ``teacher`` (fine-tuned) on the batch, and so does logit KD with
+    ``loss.teacher_on_batch``, from the logits of that run. Transfer-set examples (label -1)
+    have no label: on them logit KD is the KD term alone, T^2 KL(q || p)."""
     if loss.logit_kd is None and not loss.runs_teacher:
         return cross_entropy_loss
     logit_kd = loss.logit_kd
@@ -53,15 +58,15 @@ def loss_function(loss: StudentLoss, teacher, projection: torch.nn.Linear | None
         outputs_wanted = {"output_hidden_states": loss.hidden_weight > 0,
                           "output_attentions": loss.attention_weight > 0}
         output = model(**model_inputs(model, batch), **outputs_wanted)
-        losses = {}
-        if logit_kd is not None:
-            losses = logit_losses(logit_kd, output.logits,
-                                  teacher_logits[batch["index"].cpu()].to(output.logits.device),
-                                  batch["labels"])
         if loss.runs_teacher:
             with torch.no_grad():
-                teacher_output = teacher(**model_inputs(teacher, batch),
-                                                **outputs_wanted)
+                teacher_output = teacher(**model_inputs(teacher, batch), **outputs_wanted)
+        losses = {}
+        if logit_kd is not None:
+            targets = (teacher_output.logits.float() if loss.teacher_on_batch
+                       else teacher_logits[batch["index"].cpu()].to(output.logits.device))
+            losses = logit_losses(logit_kd, output.logits, targets, batch["labels"])
+        if loss.hidden_weight > 0 or loss.attention_weight > 0:
             chosen = layer_map(model.config.num_hidden_layers,
                                teacher.config.num_hidden_layers)
             if loss.hidden_weight > 0:  # hidden_states[0] is the embeddings: match layer outputs

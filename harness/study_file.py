@@ -250,6 +250,8 @@ def _check_semantics(config: StudyConfig) -> None:
                                         or "transfer_copies" in config.search):
         raise ConfigError("teacher.ensemble: a transfer set is labelled by one teacher, not an "
                           "ensemble, as yet; use teacher.ensemble: 1 with transfer:")
+    if config.transfer.online:
+        _check_online_views(config)
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():
@@ -259,6 +261,20 @@ def _check_semantics(config: StudyConfig) -> None:
             raise ConfigError(f"{searchable.path}: {problem}")
     if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
         raise ConfigError("sampler.name: grid needs every search entry given as choices")
+
+
+def _check_online_views(config: StudyConfig) -> None:
+    transfer = config.transfer
+    if transfer.copies > 0 or transfer.unlabeled or "transfer_copies" in config.search:
+        raise ConfigError("transfer.online: views are made online or offline (transfer.copies, "
+                          "transfer.unlabeled), not both in one study; drop one")
+    if transfer.neighbour_prob == 0 and transfer.mask_prob == 0:
+        raise ConfigError("transfer.online: every view would be the example itself; set "
+                          "transfer.neighbour_prob or transfer.mask_prob above 0")
+    if config.teacher.ensemble > 1:
+        raise ConfigError("transfer.online: the teacher scores every view as it is made, and an "
+                          "ensemble would run all its members on every batch, not built as yet; "
+                          "use teacher.ensemble: 1 with online views")
 
 
 def _search_param(name: str, raw: Any, study_config: StudyConfig) -> SearchParam:

@@ -89,6 +89,9 @@ class PhaseResult:
 
 # loss_fn(model, batch) -> {"loss": total, other named components...}
 LossFn = Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]]
+# views(batch, seed, step) -> the batch the model reads at that step (harness.transfer's
+# OnlineViews)
+BatchViews = Callable[[dict, int, int], dict]
 # on_evaluation(evaluation_number) -> select accuracy; may raise to stop the trial (pruning)
 EvaluationHook = Callable[[int], float]
 StepLogger = Callable[[dict[str, float], int], None]
@@ -116,8 +119,10 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 settings: TrainSettings, device: torch.device, pad_id: int,
                 extra_parameters: Sequence[torch.nn.Parameter] = (),
                 on_evaluation: EvaluationHook | None = None,
-                log_step: StepLogger | None = None) -> PhaseResult:
-    """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``.
+                log_step: StepLogger | None = None,
+                views: BatchViews | None = None) -> PhaseResult:
+    """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``,
+    each batch as ``views`` makes it where given.
 
     ``on_evaluation`` (the select evaluation) runs every ``eval_every`` steps, or after every
     epoch, and after the last step; without it there is nothing to stop on or keep."""
@@ -139,7 +144,10 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
         while step < total_steps and not best.stale(settings.patience):
             for indices in length_grouped_batches(split, settings.batch_size, order):
-                batch = {k: v.to(device) for k, v in split.batch(indices, pad_id).items()}
+                batch = split.batch(indices, pad_id)
+                if views is not None:
+                    batch = views(batch, settings.seed, step)
+                batch = {k: v.to(device) for k, v in batch.items()}
                 with autocast(device):
                     losses = loss_fn(model, batch)
                 loss = losses["loss"]

@@ -10,6 +10,7 @@ uses exactly the first c of those the study built (``transfer_copies`` may be se
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,17 +68,9 @@ def augmented_copy(split: TokenizedSplit, copy: int, rules: TransferConfig, mask
     then, with ``rules.ngram_prob``, a random n-gram of the example's word-pieces kept
     between its leading and trailing special tokens (single texts; a pair keeps both)."""
     generator = torch.Generator().manual_seed(seed * 10_007 + copy)
-    ids = split.ids.clone()
-    special = torch.isin(ids, torch.tensor(special_ids, dtype=ids.dtype))
-    if neighbours is not None and rules.neighbour_prob > 0:
-        # A generator of its own, so copies made without neighbours stay as they were.
-        drawn = torch.Generator().manual_seed(seed * 10_007 + copy + 1_000_003)
-        replaced = (torch.rand(len(ids), generator=drawn) < rules.neighbour_prob) & ~special
-        choice = torch.randint(neighbours.shape[1], (len(ids),), generator=drawn)
-        ids[replaced] = neighbours[ids[replaced], choice[replaced]]
-    masked = (torch.rand(len(ids), generator=generator) < rules.mask_prob) & ~special
-    if masked.any():
-        ids[masked] = mask_id
+    special = torch.isin(split.ids, torch.tensor(special_ids, dtype=split.ids.dtype))
+    ids = replaced_word_pieces(split.ids, special, rules, mask_id, neighbours, generator,
+                               neighbour_seed=seed * 10_007 + copy + 1_000_003)
     draws = torch.rand(len(split), generator=generator)
     starts = torch.rand(len(split), generator=generator)
     lengths = torch.randint(1, rules.max_ngram + 1, (len(split),), generator=generator)
@@ -97,6 +90,62 @@ def augmented_copy(split: TokenizedSplit, copy: int, rules: TransferConfig, mask
     # A pair is masked, never cut: its segment ids stay the split's.
     return dataclasses.replace(copied, type_ids=None if split.type_ids is None
                                else split.type_ids.clone())
+
+
+def replaced_word_pieces(ids: torch.Tensor, fixed: torch.Tensor, rules: TransferConfig,
+                         mask_id: int | None, neighbours: torch.Tensor | None,
+                         generator: torch.Generator, neighbour_seed: int) -> torch.Tensor:
+    """A copy of ``ids`` whose entries (but the ``fixed`` ones) are each replaced, with
+    ``rules.neighbour_prob``, by a random one of their ``neighbours`` (a ``neighbour_table``),
+    then by ``mask_id`` with ``rules.mask_prob``. The neighbours draw from a generator of
+    their own (``neighbour_seed``), so views made without them stay as they were."""
+    ids = ids.clone()
+    if neighbours is not None and rules.neighbour_prob > 0:
+        drawn = torch.Generator().manual_seed(neighbour_seed)
+        replaced = (torch.rand(ids.shape, generator=drawn) < rules.neighbour_prob) & ~fixed
+        choice = torch.randint(neighbours.shape[1], ids.shape, generator=drawn)
+        ids[replaced] = neighbours[ids[replaced], choice[replaced]]
+    masked = (torch.rand(ids.shape, generator=generator) < rules.mask_prob) & ~fixed
+    if masked.any():
+        ids[masked] = mask_id
+    return ids
+
+
+@dataclass(frozen=True)
+class OnlineViews:
+    """Consistent teaching, online (``transfer.online``; Beyer et al. 2022, "Knowledge
+    distillation: a good teacher is patient and consistent"): every batch of the
+    distillation phase, and of its label-only baseline, is replaced by a fresh view made by
+    the transfer rules (neighbour replacement, masks; each example keeps its length), drawn
+    from the phase's seed (the student's) and the step. Both arms have the same seed and data order, so
+    they read the same views, and kd_gain measures the teacher's signal alone; the teacher
+    scores the view the student reads (``harness.student_loss``), never a cached one."""
+
+    rules: TransferConfig
+    mask_id: int | None
+    special_ids: tuple[int, ...]
+    neighbours: torch.Tensor | None  # a neighbour_table, where rules.neighbour_prob > 0
+
+    def __call__(self, batch: dict[str, torch.Tensor], seed: int,
+                 step: int) -> dict[str, torch.Tensor]:
+        """``batch`` (padded, on the CPU) as the student and teacher read it at ``step`` of a
+        phase seeded with ``seed``."""
+        ids = batch["input_ids"]
+        fixed = torch.isin(ids, torch.tensor(self.special_ids, dtype=ids.dtype)) | (
+            batch["attention_mask"] == 0)
+        start = seed * 10_007 + step
+        return {**batch, "input_ids": replaced_word_pieces(
+            ids, fixed, self.rules, self.mask_id, self.neighbours,
+            torch.Generator().manual_seed(start), neighbour_seed=start + 1_000_003)}
+
+    def identity(self) -> dict:
+        """What decides the views (with the phase's seed), for the keys of the artifacts
+        trained on them."""
+        return {"rules": {name: getattr(self.rules, name)
+                          for name in ("neighbour_prob", "neighbours", "mask_prob")},
+                "mask_id": self.mask_id,
+                "neighbours": None if self.neighbours is None else hashlib.sha256(
+                    self.neighbours.numpy().tobytes()).hexdigest()[:20]}
 
 
 def unlabeled_texts(path: str, data: DataConfig, tokenizer) -> TokenizedSplit:

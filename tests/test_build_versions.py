@@ -56,15 +56,19 @@ RECORDED = {
     # default (copies without it are as before; its settings are in the key): re-recorded.
     # teacher.ensemble: K > 1 fine-tunes members on seeds seed + k (keyed apart); K = 1
     # builds the teacher as before: re-recorded.
+    # Online views (transfer.online): the training loop's batches pass through them where a
+    # phase has them (none for the teacher; a baseline on them has them in its key) and the
+    # copies' word-piece replacement moved into a function both use, drawing as before:
+    # teacher, baseline and transfer re-recorded.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "3018d5c7a534d008",
-    ("baseline", 5): "a46dcb56590c9064",
+    ("teacher", 4): "4ff871197258492a",
+    ("baseline", 5): "2cdc8993954693fd",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
     ("importance", 1): "e6ef53239d32e5af",
-    ("transfer", 1): "0e008811acd486be",
+    ("transfer", 1): "c8a76581b72efeeb",
 }
 
 

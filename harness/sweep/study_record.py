@@ -100,9 +100,9 @@ _ADDED_FIELDS = (
     ("teacher.schedule", dataclasses.asdict(ScheduleConfig())),
     ("pipeline.schedule", dataclasses.asdict(ScheduleConfig())), ("pipeline.lr_rule", "fixed"),
     # The transfer section's later fields first, so that the section compares as it was.
-    ("transfer.neighbour_prob", 0.0), ("transfer.neighbours", 15),
+    ("transfer.online", False), ("transfer.neighbour_prob", 0.0), ("transfer.neighbours", 15),
     ("transfer", {name: value for name, value in dataclasses.asdict(TransferConfig()).items()
-                  if name not in ("neighbour_prob", "neighbours")}),
+                  if name not in ("neighbour_prob", "neighbours", "online")}),
     ("pipeline.budget", "matched"),
     ("data.group_column", None), ("data.select_fraction", 0.0),
     ("teacher.fine_tune", True), ("teacher.label_map", None), ("teacher.ensemble", 1),
