@@ -382,3 +382,30 @@ def load(storage: str, name: str) -> list[optuna.trial.FrozenTrial]:
         return optuna.load_study(study_name=name, storage=open_storage(storage)).trials
     except KeyError:
         return []
+
+
+def test_sigterm_to_a_worker_on_postgres_requeues_its_trial_for_the_next_at_once(
+        tmp_path, postgres_url, smoke_shared):
+    # A heartbeat far longer than the test: the second worker can only finish the study if
+    # the first one's trial was failed and queued again when it got SIGTERM.
+    patient = ("--heartbeat-seconds", "3600")
+    name = f"preempted-{uuid.uuid4().hex[:8]}"
+    victim = start_worker(tmp_path, postgres_url, name, 1, *SLOW, *patient)
+    wait_for_running_trial(postgres_url, name)
+    started = time.monotonic()
+    victim.send_signal(signal.SIGTERM)
+    output = victim.communicate(timeout=30)[0].decode()
+    assert victim.returncode == 143, output[-3000:]
+    assert time.monotonic() - started < 30  # within Slurm's and Kubernetes' grace period
+    assert "queued again" in output
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    failed, queued = study.trials
+    assert failed.state == FAIL and failed.user_attrs["fail_reason"] == "interrupted (SIGTERM)"
+    assert queued.state == optuna.trial.TrialState.WAITING
+    # A queued trial's parameters wait in Optuna's fixed_params until a worker takes it.
+    assert queued.system_attrs["fixed_params"] == failed.params
+    assert queued.user_attrs["retry_of"] == failed.number
+    finish(start_worker(tmp_path, postgres_url, name, 1, *SLOW, *patient), timeout=180)
+    study = optuna.load_study(study_name=name, storage=postgres_url)
+    assert [t.state for t in study.trials] == [FAIL, COMPLETE]
+    assert study.trials[1].params == failed.params

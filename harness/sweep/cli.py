@@ -11,7 +11,9 @@ share one total. Then the front is confirmed over seeds (``--confirm-seeds N`` o
 study's ``confirm.seeds``; ``harness.sweep.confirm``): those repeats are not counted in N.
 On a CPU the work is shared by one worker per core (at most 4), the driver included
 (``--workers``, ``harness.sweep.local_workers``). Bad input exits with code 2 before any
-training; Ctrl-C marks the running trials failed ("interrupted") and exits with 130.
+training; Ctrl-C marks the running trials failed ("interrupted") and exits with 130;
+SIGTERM (a scheduler's preemption) does too ("interrupted (SIGTERM)"), queues the trials
+again at once for any worker and exits with 143.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from harness.sweep.report import report_study
 from harness.sweep.storage import (DEFAULT_STORAGE, StorageError, journal_path, open_storage,
                                    redact_url)
 from harness.sweep.study_record import open_study, run_folder
+from harness.sweep.workers import Terminated, raise_on_sigterm
 from harness.train import Diverged
 
 log = logging.getLogger("harness.study")
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # A driver started in the background by a script ignores SIGINT, and so would its
         # workers: the driver's Ctrl-C must still reach them.
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    raise_on_sigterm()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     _quiet_libraries()
     try:
@@ -114,10 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     except ArtifactLockTimeout as error:  # not bad input: another worker is slow or stuck
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interruption:
         print("\ninterrupted before the first trial; the cache holds only complete artifacts",
               file=sys.stderr)
-        return 130
+        return exit_code(interruption)
     return run(prepared, args, sys.argv[1:] if argv is None else argv)
 
 
@@ -163,7 +167,8 @@ def run(prepared: Prepared, args: argparse.Namespace, argv: list[str]) -> int:
     plan = plan_workers(args.workers, shared.device, torch.get_num_threads())
     torch.set_num_threads(plan.threads)
     helpers = []
-    interrupted = finished = False
+    interrupted: KeyboardInterrupt | None = None
+    finished = False
     try:
         if plan.workers > 1 and work_left(study, study_config, args.n_trials):
             helpers = start_local_workers(argv, plan, run_dir / "workers")
@@ -173,24 +178,33 @@ def run(prepared: Prepared, args: argparse.Namespace, argv: list[str]) -> int:
         run_study(study, study_config, shared, args.n_trials, run_dir, context,
                   progress=not args.local_worker)
         finished = True
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: the running trial is recorded as failed; re-run the same command "
-              "to complete the study", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interruption:
+        interrupted = interruption
+        print("\ninterrupted: the running trial is recorded as failed" + (
+            " and queued again for any worker" if isinstance(interruption, Terminated) else "")
+            + "; re-run the same command to complete the study", file=sys.stderr)
+        return exit_code(interruption)
     except StudyAborted as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:
+        terminated = isinstance(interrupted, Terminated)
         if not finished:  # the driver's end is the run's end
-            stop(helpers)
+            stop(helpers, signal.SIGTERM if terminated else signal.SIGINT)
         problems = wait_for(helpers)
         for problem in problems if finished else ():
             print(f"error: {problem}", file=sys.stderr)
-        if not args.local_worker:  # the driver reports the study once, for all its workers
+        # The driver reports the study once, for all its workers; not within a scheduler's
+        # grace period after SIGTERM (the next run reports it).
+        if not args.local_worker and not terminated:
             report_study(study, study_config, prepared.storage_url, run_dir,
-                         log_to_wandb=not interrupted)
+                         log_to_wandb=interrupted is None)
     return 1 if problems else 0
+
+
+def exit_code(interruption: KeyboardInterrupt) -> int:
+    """128 + the signal's number, as a shell reports a process the signal ended."""
+    return 128 + (signal.SIGTERM if isinstance(interruption, Terminated) else signal.SIGINT)
 
 
 def resolve_device(name: str) -> torch.device:

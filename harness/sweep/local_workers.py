@@ -73,14 +73,15 @@ def start_local_workers(argv: list[str], plan: Plan, log_dir: Path) -> list[Loca
     return started
 
 
-def stop(workers: list[LocalWorker], grace_seconds: float = 60.0) -> None:
-    """A Ctrl-C for those still running: each marks its trial failed ("interrupted") and
-    exits. One still running ``grace_seconds`` later is killed; its trial is then reaped
+def stop(workers: list[LocalWorker], sent: signal.Signals = signal.SIGINT) -> None:
+    """A Ctrl-C (or the SIGTERM the driver got) for those still running: each marks its trial
+    failed ("interrupted") and exits. One still running a while later (60 s, 20 s after a
+    SIGTERM, within a scheduler's grace period of 30) is killed; its trial is then reaped
     as a dead worker's by the next worker on this host."""
     running = [worker for worker in workers if worker.process.poll() is None]
     for worker in running:
-        worker.process.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace_seconds
+        worker.process.send_signal(sent)
+    deadline = time.monotonic() + (20.0 if sent == signal.SIGTERM else 60.0)
     for worker in running:
         try:
             worker.process.wait(timeout=max(0.0, deadline - time.monotonic()))

@@ -24,7 +24,7 @@ from harness.sweep.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, refuse
 from harness.sweep.provenance import provenance
 from harness.sweep.search import (architecture_costs, constraint_violations, objective_values,
                                   over_budget, stop_if_behind, suggest_trial_config)
-from harness.sweep.workers import worker_identity
+from harness.sweep.workers import Terminated, requeue, worker_identity
 from harness.train import Diverged
 
 # Trials refused before training (one too many, a repeat another trial runs): not failures
@@ -78,6 +78,8 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         reason = failure_reason(error)
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("traceback", "".join(traceback.format_exception(error)[-3:])[-2000:])
+        if isinstance(error, Terminated):  # preemption is not the trial's fault: no retry counted
+            requeue(trial.study, trial, trial.user_attrs.get("retries", 0))
         run.finish({"fail_reason": reason}, "failed", reason)
         raise
     stored = result.stored_fields()
@@ -135,7 +137,9 @@ def refuse_surplus(trial: optuna.Trial, n_trials: int) -> None:
 
 def failure_reason(error: BaseException) -> str:
     """The ``fail_reason`` a failed trial stores: a word for the failures a user acts on
-    (Ctrl-C, a diverged loss, memory), else the error's type and the start of its message."""
+    (Ctrl-C or SIGTERM, a diverged loss, memory), else the error's type and the start of its message."""
+    if isinstance(error, Terminated):
+        return "interrupted (SIGTERM)"
     if isinstance(error, KeyboardInterrupt):
         return "interrupted"
     if isinstance(error, Diverged):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import warnings
 from dataclasses import dataclass
@@ -59,6 +60,30 @@ def trial_counts(study: optuna.Study) -> TrialCounts:
                        repeats_done=sum(s.is_finished() for s in repeats),
                        repeats_running=repeats.count(TrialState.RUNNING),
                        repeats_waiting=repeats.count(TrialState.WAITING))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: Slurm's preemption and ``scancel``, Kubernetes' eviction. A Ctrl-C to every
+    handler of one (the running trial is recorded failed, local workers stopped), and the
+    trial is queued again at once (``requeue``), so another worker takes it without waiting
+    for a heartbeat to expire."""
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises ``Terminated`` in this process (its main thread)."""
+    def terminated(signum, frame):
+        # A second SIGTERM must not break the handling of the first.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, terminated)
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.BaseTrial, retries: int) -> None:
+    """Queue ``trial``'s parameters (and a repeat's configuration and seed) again."""
+    repeat = {k: trial.user_attrs[k] for k in (REPEAT_OF, SEED) if k in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "retries": retries,
+                                                  **repeat}, skip_if_exists=False)
 
 
 def worker_identity() -> dict:
@@ -143,10 +168,7 @@ def _fail_and_requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial, reas
         log.warning("trial %d: %s; marked failed, not re-queued after %d retries",
                     trial.number, reason, retries)
         return True
-    repeat = {k: trial.user_attrs[k] for k in (REPEAT_OF, SEED) if k in trial.user_attrs}
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number,
-                                                  "retries": retries + 1, **repeat},
-                        skip_if_exists=False)
+    requeue(study, trial, retries + 1)
     log.warning("trial %d: %s; marked failed and re-queued", trial.number, reason)
     return True
 
