@@ -409,3 +409,16 @@ def test_sigterm_to_a_worker_on_postgres_requeues_its_trial_for_the_next_at_once
     study = optuna.load_study(study_name=name, storage=postgres_url)
     assert [t.state for t in study.trials] == [FAIL, COMPLETE]
     assert study.trials[1].params == failed.params
+
+
+def test_prepare_only_builds_the_teacher_and_runs_no_trial(tmp_path, fresh_cache):
+    storage = f"journal:{tmp_path / 'runs' / 'optuna.journal'}"
+    output = finish(start_worker(tmp_path, storage, "setup", 3, "--prepare-only",
+                                 cache=fresh_cache))[0]
+    assert "fine-tuning the teacher once" in output and "no trial was run" in output
+    assert len(list((fresh_cache / "teacher").glob("*/manifest.json"))) == 1
+    assert states(storage, "setup") == []  # the study is recorded, with no trial
+    # The workers after it reuse the teacher.
+    output = finish(start_worker(tmp_path, storage, "setup", 1, cache=fresh_cache))[0]
+    assert "fine-tuning the teacher once" not in output
+    assert states(storage, "setup") == [COMPLETE]

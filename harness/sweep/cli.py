@@ -81,6 +81,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="worker processes on this machine sharing the study, each with "
                              "its share of the CPU threads (default: on a CPU one per core, "
                              f"at most {MAX_AUTO_WORKERS}; on a GPU 1)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="build the study's shared artifacts (tokens, teacher, its logits, "
+                             "importance scores, transfer set) and its storage record, then "
+                             "exit 0 without a trial: a scheduler's setup step before workers")
     parser.add_argument(LOCAL_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)  # argparse exits 2 with one line on a bad flag
 
@@ -122,6 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted before the first trial; the cache holds only complete artifacts",
               file=sys.stderr)
         return exit_code(interruption)
+    if args.prepare_only:
+        built = ", ".join(f"{kind} {'reused' if reused else 'built'}"
+                          for kind, reused in prepared.shared.reused.items())
+        print(f"prepared study {prepared.study.study_name!r} ({built}, in {cache_root()}); "
+              "no trial was run")
+        return 0
     return run(prepared, args, sys.argv[1:] if argv is None else argv)
 
 
