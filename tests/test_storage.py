@@ -17,6 +17,7 @@ import optuna
 import psycopg
 import pytest
 import sqlalchemy
+import sqlalchemy.orm
 
 from harness.study import main
 from harness.sweep.storage import StorageError, open_storage, redact_url
@@ -126,3 +127,43 @@ def test_cli_with_a_mistyped_storage_url_exits_2_without_the_password(tmp_path, 
     assert code == 2
     assert "error: storage 'postgresql//***@db/kd'" in err
     assert SECRET not in out + err + caplog.text
+
+
+def test_a_storage_call_is_retried_across_a_lost_connection_then_given_up_in_words(monkeypatch):
+    import harness.sweep.storage as storage
+
+    class Storage:  # what the retry touches of an RDB storage: its sessions
+        scoped_session = sqlalchemy.orm.scoped_session(sqlalchemy.orm.sessionmaker())
+
+    def lost(attempts):
+        def call(storage):
+            attempts.append(1)
+            try:
+                raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception(
+                    "terminating connection due to administrator command"))
+            except sqlalchemy.exc.OperationalError as error:
+                raise optuna.exceptions.StorageInternalError(
+                    "An exception is raised during the commit. This typically happens due to "
+                    "invalid data in the commit, e.g. exceeding max length.") from error
+        return call
+
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    attempts, now = [], iter(range(0, 10_000, 5))
+    monkeypatch.setattr(storage.time, "monotonic", lambda: next(now))
+    with pytest.raises(storage.DatabaseConnectionLost) as raised:
+        storage.retried_while_disconnected(lost(attempts))(Storage())
+    assert 10 < len(attempts) < 30  # retried until CONNECTION_RETRY_SECONDS had passed
+    message = str(raised.value)
+    assert message.startswith("database connection lost: ") and "administrator" in message
+    assert "max length" not in message
+    # A recovered connection: the call's result; any other error: at once, as it was.
+    flaky = iter([True, True, False])
+
+    def recovering(storage):
+        if next(flaky):
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed"))
+        return "done"
+
+    assert storage.retried_while_disconnected(recovering)(Storage()) == "done"
+    with pytest.raises(ValueError):
+        storage.retried_while_disconnected(lambda storage: int("x"))(Storage())

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import torch
 
 from harness.config import ConfigError
@@ -422,3 +423,52 @@ def test_prepare_only_builds_the_teacher_and_runs_no_trial(tmp_path, fresh_cache
     output = finish(start_worker(tmp_path, storage, "setup", 1, cache=fresh_cache))[0]
     assert "fine-tuning the teacher once" not in output
     assert states(storage, "setup") == [COMPLETE]
+
+
+def _terminate_connections(url: str) -> int:
+    """Terminate every connection to ``url``'s database, as a server restart, a failover or
+    an idle timeout does; how many there were."""
+    import psycopg
+
+    database = sqlalchemy.engine.make_url(url).database
+    admin = sqlalchemy.engine.make_url(url).set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False),
+                         autocommit=True) as connection:
+        return len(connection.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,)).fetchall())
+
+
+def test_a_worker_on_postgres_survives_its_connections_terminated_mid_trial(tmp_path,
+                                                                           postgres_url):
+    with fresh_database(postgres_url) as url:
+        name = "blips"
+        # No heartbeat in between: the trial's own next write meets the dead connection.
+        worker = start_worker(tmp_path, url, name, 2, *SLOW, "--heartbeat-seconds", "3600")
+        try:
+            for _ in range(2):
+                wait_for_running_trial(url, name)
+                time.sleep(2)  # while it trains, between its writes
+                assert _terminate_connections(url) >= 1
+                time.sleep(3)
+        finally:
+            output = finish(worker, timeout=300)[0]
+        study = optuna.load_study(study_name=name, storage=url)
+        assert [t.state for t in study.trials] == [COMPLETE, COMPLETE], output[-3000:]
+
+
+def test_a_worker_on_postgres_waits_out_a_database_that_drops_every_connection_for_seconds(
+        tmp_path, postgres_url):
+    with fresh_database(postgres_url) as url:
+        name = "outage"
+        worker = start_worker(tmp_path, url, name, 1, *SLOW)
+        try:
+            wait_for_running_trial(url, name)
+            end = time.monotonic() + 4  # every connection, new ones too, killed for 4 s
+            while time.monotonic() < end:
+                _terminate_connections(url)
+                time.sleep(0.02)
+        finally:
+            output = finish(worker, timeout=300)[0]
+        study = optuna.load_study(study_name=name, storage=url)
+        assert [t.state for t in study.trials] == [COMPLETE], output[-3000:]

@@ -24,6 +24,7 @@ from harness.sweep.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, refuse
 from harness.sweep.provenance import provenance
 from harness.sweep.search import (architecture_costs, constraint_violations, objective_values,
                                   over_budget, stop_if_behind, suggest_trial_config)
+from harness.sweep.storage import DatabaseConnectionLost
 from harness.sweep.workers import Terminated, requeue, worker_identity
 from harness.train import Diverged
 
@@ -144,6 +145,8 @@ def failure_reason(error: BaseException) -> str:
         return "interrupted"
     if isinstance(error, Diverged):
         return "diverged"
+    if isinstance(error, DatabaseConnectionLost):
+        return str(error)
     if isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower():
         return "out of memory"
     return f"{type(error).__name__}: {str(error)[:300]}"

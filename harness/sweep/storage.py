@@ -8,6 +8,9 @@ processes on one host. Any URL with a scheme (``postgresql://``, ``mysql://``,
 
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import random
 import re
 import time
@@ -21,6 +24,11 @@ DEFAULT_STORAGE = "journal:runs/optuna.journal"
 JOURNAL_PREFIX = "journal:"
 MAX_RETRIES = 2  # a trial whose worker died is re-run at most this often, on any storage
 SCHEMA_ATTEMPTS = 6  # tries to open an RDB storage whose tables other workers are creating
+# How long a storage call is retried while the database cannot be reached (a restart, a
+# failover) before the worker gives up.
+CONNECTION_RETRY_SECONDS = 120.0
+
+log = logging.getLogger(__name__)
 
 
 class StorageError(ValueError):
@@ -77,15 +85,82 @@ def _open_rdb(url: str, **options) -> optuna.storages.RDBStorage:
     loser's transaction is rolled back, and on a new try it finds the tables made. Each
     worker loses at most once per creation step (tables, schema version stamp).
     """
+    # A connection the server closed (a restart, a failover, an idle timeout) is found
+    # before use and replaced: without it the trial's next write fails (optuna#5600, where
+    # Optuna pre-pings MySQL only); recycled well inside common idle timeouts.
+    options = {**options, "engine_kwargs": {"pool_pre_ping": True, "pool_recycle": 300}}
     for attempt in range(1, SCHEMA_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(url, **options)
+            return ReconnectingRDBStorage(url, **options)
         except sqlalchemy.exc.SQLAlchemyError as error:
             if not (isinstance(error, sqlalchemy.exc.IntegrityError)
                     or "already exists" in str(error)):
                 raise
         time.sleep(0.05 * 2 ** attempt * (1 + random.random()))  # jitter: no lockstep
-    return optuna.storages.RDBStorage(url, **options)  # the last try's error is the caller's
+    return ReconnectingRDBStorage(url, **options)  # the last try's error is the caller's
+
+
+class DatabaseConnectionLost(optuna.exceptions.StorageInternalError):
+    """The database stayed out of reach for ``CONNECTION_RETRY_SECONDS``."""
+
+
+def lost_connection(error: BaseException | None) -> bool:
+    """Whether ``error``, or one it was raised from, says the database connection was lost
+    or could not be made (Optuna reports those as invalid data in the commit)."""
+    while error is not None:
+        if isinstance(error, DatabaseConnectionLost):  # given up already, by a nested call
+            return False
+        if isinstance(error, (sqlalchemy.exc.OperationalError,
+                              sqlalchemy.exc.PendingRollbackError)) or (
+                isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated):
+            return True
+        error = error.__cause__
+    return False
+
+
+def retried_while_disconnected(method):
+    """``method`` of an RDB storage, called again with backoff, on a new session, while it
+    fails on a lost database connection, for up to ``CONNECTION_RETRY_SECONDS``; then
+    ``DatabaseConnectionLost``."""
+    @functools.wraps(method)
+    def call(storage, *args, **kwargs):
+        deadline, delay = time.monotonic() + CONNECTION_RETRY_SECONDS, 0.25
+        while True:
+            try:
+                return method(storage, *args, **kwargs)
+            except Exception as error:
+                if not lost_connection(error):
+                    raise
+                cause = str(getattr(error, "__cause__", None) or error).strip().splitlines()
+                reason = cause[0] if cause else type(error).__name__
+                if time.monotonic() + delay > deadline:
+                    raise DatabaseConnectionLost(
+                        f"database connection lost: {reason} (still after "
+                        f"{CONNECTION_RETRY_SECONDS:g} s of retries)") from error
+                log.warning("database connection lost (%s); %s again in %.2g s", reason,
+                            method.__name__, delay)
+                # This thread's session still holds the dead connection's transaction.
+                storage.scoped_session.remove()
+                time.sleep(delay * (1 + random.random()))
+                delay = min(2 * delay, 8.0)
+    return call
+
+
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage with every call retried across a lost database connection
+    (``retried_while_disconnected``): Optuna retries none, and a one-second blip would fail
+    an hour-long trial. A write whose commit reached the server before its connection
+    dropped may run twice; Optuna's writes set values, so that repeats them, except a new
+    trial, which the heartbeat then fails as a dead worker's."""
+
+
+# Optuna's cache in front of an RDB storage calls these private methods of it as well.
+_CALLED_BY_OPTUNAS_CACHE = ("_create_new_trial", "_get_best_trial_id", "_get_stale_trial_ids",
+                            "_get_trials", "_set_trial_param")
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if inspect.isfunction(_method) and (not _name.startswith("_")
+                                        or _name in _CALLED_BY_OPTUNAS_CACHE):
+        setattr(ReconnectingRDBStorage, _name, retried_while_disconnected(_method))
 
 
 def redact_url(url: str) -> str:
