@@ -66,3 +66,48 @@ def postgres_url() -> str:
     if url is None:
         pytest.skip("no PostgreSQL at 127.0.0.1:5432 (set KD_TEST_POSTGRES to another URL)")
     return url
+
+
+@pytest.fixture
+def redis_url():
+    """Optuna's journal on the real Redis on loopback, in a database of its own that the test
+    empties afterwards; skipped without the server or the redis package."""
+    url = os.environ.get("KD_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=3)
+        client.ping()
+    except Exception as error:
+        pytest.skip(f"no Redis at {url} ({type(error).__name__}; set KD_TEST_REDIS)")
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+@pytest.fixture
+def mariadb_url():
+    """A fresh database on the real MariaDB (or MySQL) on loopback, dropped afterwards;
+    skipped without the server or the pymysql package."""
+    import uuid
+
+    server = os.environ.get("KD_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
+    name = f"kd_test_{uuid.uuid4().hex[:12]}"
+    try:
+        import pymysql
+        import sqlalchemy
+
+        parsed = sqlalchemy.engine.make_url(server)
+        connection = pymysql.connect(host=parsed.host, port=parsed.port or 3306,
+                                     user=parsed.username, password=parsed.password or "",
+                                     connect_timeout=3, autocommit=True)
+    except Exception as error:
+        pytest.skip(f"no MySQL/MariaDB at {server} ({type(error).__name__}; set KD_TEST_MYSQL)")
+    with connection.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        connection.close()

@@ -472,3 +472,12 @@ def test_a_worker_on_postgres_waits_out_a_database_that_drops_every_connection_f
             output = finish(worker, timeout=300)[0]
         study = optuna.load_study(study_name=name, storage=url)
         assert [t.state for t in study.trials] == [COMPLETE], output[-3000:]
+
+
+@pytest.mark.parametrize("server", ["redis_url", "mariadb_url"])
+def test_two_workers_on_redis_and_on_mariadb_finish_exactly_n(tmp_path, server, request,
+                                                              smoke_shared):
+    url = request.getfixturevalue(server)
+    name = f"two-workers-{uuid.uuid4().hex[:8]}"
+    finish(*[start_worker(tmp_path, url, name, 4) for _ in range(2)])
+    assert states(url, name) == [COMPLETE] * 4  # nothing run twice, nothing failed

@@ -2,8 +2,10 @@
 
 Default: an Optuna journal file under ``runs/``. Optuna advises against SQLite for
 parallel workers ("database is locked"); its journal file backend is safe for several
-processes on one host. Any URL with a scheme (``postgresql://``, ``mysql://``,
-``sqlite:///``) goes to Optuna's RDB storage, which also gives heartbeats.
+processes on one host. ``redis://host:port/db`` is Optuna's journal on a Redis server (no
+database schema, many hosts; like the file, no heartbeats). Any other URL with a scheme
+(``postgresql://``, ``mysql+pymysql://``, ``sqlite:///``) goes to Optuna's RDB storage,
+which also gives heartbeats.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def open_storage(url: str | None, heartbeat_seconds: int | None = None,
         path.parent.mkdir(parents=True, exist_ok=True)
         backend = optuna.storages.journal.JournalFileBackend(str(path))
         return optuna.storages.JournalStorage(backend)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return _open_redis_journal(url)
     if "://" not in url:
         raise StorageError(
             f"storage {redact_url(url)!r}: expected a database URL such as "
@@ -74,6 +78,21 @@ def open_storage(url: str | None, heartbeat_seconds: int | None = None,
     except Exception as error:  # SQLAlchemy raises many types; all mean "cannot open"
         raise StorageError(f"cannot open storage {redact_url(url)}: "
                            f"{type(error).__name__}: {redact_text(str(error), url)}") from error
+
+
+def _open_redis_journal(url: str) -> optuna.storages.JournalStorage:
+    try:
+        import redis
+
+        redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+        backend = optuna.storages.journal.JournalRedisBackend(url)
+    except ImportError:
+        raise StorageError(f"storage {redact_url(url)}: the Redis journal needs the redis "
+                           "package: pip install 'kd-harness[redis]'") from None
+    except Exception as error:  # redis raises its own ConnectionError, TimeoutError, ...
+        raise StorageError(f"cannot open storage {redact_url(url)}: "
+                           f"{type(error).__name__}: {redact_text(str(error), url)}") from error
+    return optuna.storages.JournalStorage(backend)
 
 
 def _open_rdb(url: str, **options) -> optuna.storages.RDBStorage:
