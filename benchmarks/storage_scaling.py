@@ -1,9 +1,10 @@
 """Storage cost per trial with 1, 2 and 4 concurrent workers: the journal file (the
-embedded default) and PostgreSQL.
+embedded default), PostgreSQL, MySQL/MariaDB and Optuna's journal on Redis.
 
-    pip install -e ".[postgres]"    # psycopg; and a PostgreSQL server (default: loopback)
+    pip install -e ".[postgres,mysql,redis]"   # and the servers (default: loopback)
     python benchmarks/storage_scaling.py [--trials-per-worker 40] [--postgres URL]
-    python benchmarks/storage_scaling.py --postgres ''     # the journal file alone
+        [--mysql URL] [--redis URL]
+    python benchmarks/storage_scaling.py --postgres '' --mysql '' --redis ''  # the file alone
 
 Each worker runs Optuna trials whose objective does no training but records what a real
 trial records (5 sampled parameters, ~45 user attributes, 2 objective values), so the
@@ -24,7 +25,7 @@ import optuna
 
 from harness.sweep.storage import open_storage
 
-from requirements import need_postgres
+from requirements import need_package, need_postgres
 
 
 def objective(trial: optuna.Trial) -> tuple[float, float]:
@@ -62,21 +63,46 @@ def measure(url: str, workers: int, trials_per_worker: int) -> float:
     return (time.perf_counter() - started) / (workers * trials_per_worker)
 
 
+def create_mysql_database(url: str) -> None:
+    import sqlalchemy
+
+    parsed = sqlalchemy.engine.make_url(url)
+    engine = sqlalchemy.create_engine(parsed.set(database=""))
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE IF NOT EXISTS `{parsed.database}`"))
+    engine.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials-per-worker", type=int, default=40)
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="the PostgreSQL database to measure; '' measures the journal "
-                             "file alone")
+                        help="the PostgreSQL database to measure; '' skips it")
+    parser.add_argument("--mysql", default="mysql+pymysql://root@127.0.0.1:3306/kd_bench",
+                        help="a MySQL/MariaDB database (created if missing); '' skips it")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/14",
+                        help="a Redis database for Optuna's journal (emptied first); '' skips it")
     args = parser.parse_args()
-    if args.postgres:  # found out now, not after the journal file's measurements
+    # Found out now, not after the journal file's measurements.
+    if args.postgres:
         need_postgres(args.postgres, "start one, name another with --postgres URL, or "
-                                     "measure the journal file alone with --postgres ''")
+                                     "skip it with --postgres ''")
+    for url, package in ((args.mysql, "pymysql"), (args.redis, "redis")):
+        if url:
+            need_package(package, f'pip install -e ".[{package.removeprefix("py")}]"')
+    if args.mysql:
+        create_mysql_database(args.mysql)
+    if args.redis:
+        import redis
+
+        redis.Redis.from_url(args.redis).flushdb()
     with tempfile.TemporaryDirectory() as folder:
         storages = {"journal file": f"journal:{folder}/bench.journal"}
-        if args.postgres:
-            storages["postgresql"] = args.postgres
+        for label, url in (("postgresql", args.postgres), ("mariadb", args.mysql),
+                           ("redis", args.redis)):
+            if url:
+                storages[label] = url
         for label, url in storages.items():
             for workers in (1, 2, 4):
                 seconds = measure(url, workers, args.trials_per_worker)
