@@ -25,7 +25,8 @@ transfer set: epochs over the labelled examples plus the transfer ones, for both
 A longer budget for both arms: ``--passes 5`` (both arms' epochs; the patience in
 evaluations is ``--set pipeline.schedule.patience=N``, also both arms'); a stronger
 teacher: ``--set teacher.ensemble=3`` (without a transfer-set or online-view variant).
-``--plot FILE`` draws each run's test KD gain against its teacher-minus-baseline gap.
+``--plot FILE`` draws each run's test KD gain against its teacher-minus-baseline gap;
+``--summarize A.json B.json`` prints the tables (and plot) of earlier runs, training nothing.
 Prints, per variant, mean dev accuracy (and its share of the teacher's), mean test gain
 over the random-init label-only baseline of the same seed with its standard deviation,
 teacher agreement and train FLOPs; then, per variant and arm, the dev-minus-test gap and
@@ -91,11 +92,18 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, default=None,
                         help="a PNG of each run's test KD gain against its teacher's test "
                              "accuracy minus its baseline's")
+    parser.add_argument("--summarize", type=Path, nargs="+", default=None,
+                        help="print the tables of these --out files and train nothing")
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="earlier --out files whose rows join this run's summary (gains "
                              f"are paired with the {REFERENCE!r} rows of the same seed, from "
                              "this run or these files)")
     args = parser.parse_args()
+    if args.summarize:
+        files = [json.loads(path.read_text()) for path in args.summarize]
+        print_tables([row for file in files for row in file["rows"]],
+                     files[0]["teacher"]["dev"]["accuracy"], args.plot)
+        return 0
     overrides = ["student.init=teacher-pruned", *args.overrides, *(
         [] if args.passes is None else [f"pipeline.baseline.epochs={args.passes}",
                                         f"pipeline.distill.epochs={args.passes}"])]
@@ -134,11 +142,50 @@ def main() -> int:
             args.out.write_text(json.dumps({"teacher": teacher, "rows": rows}, indent=1))
     for earlier in args.merge:
         rows += json.loads(earlier.read_text())["rows"]
-    print(summary(rows, teacher["dev"]["accuracy"]))
-    print(selection_summary(rows))
-    if args.plot is not None:
-        gap_plot(rows).savefig(args.plot, dpi=120)
+    print_tables(rows, teacher["dev"]["accuracy"], args.plot)
     return 0
+
+
+def print_tables(rows: list[dict], teacher_dev: float, plot: Path | None) -> None:
+    print(summary(rows, teacher_dev))
+    print(selection_summary(rows))
+    print(gain_intervals(rows))
+    if plot is not None:
+        gap_plot(rows).savefig(plot, dpi=120)
+
+
+def gain_intervals(rows: list[dict]) -> str:
+    """Per student and variant: the KD gain over its own baseline, paired by seed, on dev
+    and on test (mean and 95% Student-t interval over seeds, points), with teacher
+    agreement, train FLOPs and wall time (the trial's, its baseline's training included
+    where it was built then)."""
+    from scipy import stats
+
+    def interval(values: list[float]) -> str:
+        mean = statistics.mean(values)
+        if len(values) < 2:
+            return f"{mean:+.2f}"
+        half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+        return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
+
+    lines = ["| student | variant | seeds | KD gain, dev [95% CI] | KD gain, test [95% CI] | "
+             "test acc (baseline) | teacher agreement | train GFLOPs | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for student in STUDENTS:
+        for variant in VARIANTS:
+            chosen = [r for r in rows if r["student"] == student and r["variant"] == variant]
+            if not chosen:
+                continue
+            lines.append(
+                f"| {student} | {variant} | {len(chosen)} | "
+                f"{interval([100 * (r['dev_accuracy'] - r['baseline_dev_accuracy']) for r in chosen])} | "
+                f"{interval([100 * (r['test_accuracy'] - r['baseline_test_accuracy']) for r in chosen])} | "
+                f"{statistics.mean(r['test_accuracy'] for r in chosen):.4f} "
+                f"({statistics.mean(r['baseline_test_accuracy'] for r in chosen):.4f}) | "
+                f"{statistics.mean(r['teacher_agreement'] for r in chosen):.4f} | "
+                f"{statistics.mean(r['train_flops'] for r in chosen) / 1e9:.0f} | "
+                f"{statistics.mean(r['wall_seconds'] for r in chosen):.0f} |")
+    return "\n".join(lines)
 
 
 def summary(rows: list[dict], teacher_dev: float) -> str:
