@@ -1,0 +1,118 @@
+"""A student as it is deployed: one self-contained ONNX graph, exported with torch's dynamo
+exporter (optimum's ONNX tooling does not support transformers 5, optimum-onnx#114), with
+dynamic batch and sequence axes, and checked against the torch model before it is kept.
+
+    path = export_onnx(model, folder / "model.onnx")
+    check = verify_onnx(path, model, split, pad_id, batch_size=64)  # raises ExportMismatch
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.data import TokenizedSplit
+
+# Dimensions of size 1 are specialised away by the exporter: the example batch is larger.
+EXPORT_BATCH, EXPORT_LENGTH = 2, 16
+# Largest |ONNX Runtime fp32 - torch fp32| logit difference accepted; both compute in fp32,
+# so differences are reordered sums (~1e-6 on the tiny and the default study's students).
+LOGIT_TOLERANCE = 1e-3
+
+
+class ExportError(RuntimeError):
+    """A model that cannot be exported, or whose export disagrees with it; says why."""
+
+
+@dataclass(frozen=True)
+class OnnxCheck:
+    examples: int
+    max_logit_difference: float
+    argmax_agreement: float  # 1.0: every prediction the same
+
+
+def input_names(model) -> tuple[str, ...]:
+    """What the exported graph reads: token ids, the padding mask and, where the family has
+    more than one segment embedding (BERT, ELECTRA), segment ids (as ``harness.train``'s
+    ``model_inputs`` gives them)."""
+    segments = getattr(model.config, "type_vocab_size", 0) > 1
+    return ("input_ids", "attention_mask") + (("token_type_ids",) if segments else ())
+
+
+def export_onnx(model, path: Path) -> Path:
+    """``model`` (a sequence classifier, in fp32 on the CPU for the export) as one ONNX file
+    at ``path`` whose output is ``logits``."""
+    model = model.float().cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (EXPORT_BATCH, EXPORT_LENGTH),
+                        generator=generator)
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+               "token_type_ids": torch.zeros_like(ids)}
+    names = input_names(model)
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation chatter
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (), kwargs={name: example[name] for name in names}, dynamo=True,
+                dynamic_shapes={name: {0: batch, 1: sequence} for name in names},
+                input_names=list(names), output_names=["logits"], verbose=False)
+            program.save(str(path), external_data=False)
+    except Exception as error:  # the exporter raises many types; all mean "cannot export"
+        raise ExportError(f"{model.config.model_type}: the ONNX export failed "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+    return path
+
+
+def onnx_session(path: Path, threads: int = 1):
+    """An ONNX Runtime CPU session of ``path``: ``threads`` intra-op threads, sequential."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, split: TokenizedSplit, pad_id: int, batch_size: int) -> torch.Tensor:
+    """Float32 logits (n, classes) of ``split`` in its order, batches padded as the harness
+    pads them (``TokenizedSplit.batch``)."""
+    names = [i.name for i in session.get_inputs()]
+    order = torch.argsort(split.lengths(), stable=True)
+    chunks = []
+    for indices in order.split(batch_size):
+        batch = split.batch(indices, pad_id)
+        batch.setdefault("token_type_ids", torch.zeros_like(batch["input_ids"]))
+        chunks.append(torch.from_numpy(session.run(
+            ["logits"], {name: batch[name].numpy() for name in names})[0]).float())
+    logits = torch.empty(len(split), chunks[0].shape[1])
+    logits[order] = torch.cat(chunks)
+    return logits
+
+
+def verify_onnx(path: Path, model, split: TokenizedSplit, pad_id: int,
+                batch_size: int) -> OnnxCheck:
+    """ONNX Runtime's logits of ``path`` on ``split`` against ``model``'s in fp32 torch;
+    ``ExportError`` unless every argmax agrees and every logit within ``LOGIT_TOLERANCE``."""
+    from harness.train import model_inputs
+
+    model = model.float().cpu().eval()
+    exported = onnx_logits(onnx_session(path), split, pad_id, batch_size)
+    order = torch.argsort(split.lengths(), stable=True)
+    reference = torch.empty_like(exported)
+    with torch.no_grad():
+        for indices in order.split(batch_size):
+            batch = split.batch(indices, pad_id)
+            reference[indices] = model(**model_inputs(model, batch)).logits.float()
+    check = OnnxCheck(len(split), float((exported - reference).abs().max()),
+                      float((exported.argmax(-1) == reference.argmax(-1)).double().mean()))
+    if check.argmax_agreement < 1.0 or check.max_logit_difference > LOGIT_TOLERANCE:
+        raise ExportError(f"{path.name}: ONNX Runtime and torch disagree (largest logit "
+                          f"difference {check.max_logit_difference:.2e} > {LOGIT_TOLERANCE:g}, "
+                          f"or argmax agreement {check.argmax_agreement:.4f} < 1)")
+    return check
