@@ -10,7 +10,7 @@ import transformers
 from harness.data import TokenizedSplit
 from harness.models import FAMILIES
 from harness.onnx_export import (EXPORT_LENGTH, ExportError, export_onnx, input_names,
-                                 onnx_logits, onnx_session, verify_onnx)
+                                 onnx_logits, onnx_session, quantize_int8, verify_onnx)
 from harness.train import model_inputs
 
 from .families import bpe_tokenizer, save_tiny_model
@@ -62,3 +62,19 @@ def test_an_export_that_disagrees_with_its_model_is_refused(bpe, smoke_shared, t
         model.classifier.bias += 1.0  # the model moved on since its export
     with pytest.raises(ExportError, match="disagree"):
         verify_onnx(path, model, split, tokenizer.pad_token_id, batch_size=16)
+
+
+def test_int8_quantization_keeps_a_trained_students_predictions_close(smoke_shared, tmp_path):
+    # A student the smoke study's pipeline trained (random int8 weights of an untrained model
+    # would say nothing): the teacher, fine-tuned on the smoke data.
+    teacher, text = smoke_shared.teacher, smoke_shared.text
+    path = export_onnx(teacher, tmp_path / "model.onnx")
+    int8 = quantize_int8(path, tmp_path / "model.int8.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.int8.onnx", "model.onnx"]
+    assert int8.stat().st_size < 0.6 * path.stat().st_size  # int8 weights: about a quarter
+    dev = text.tokens["dev"]
+    fp32 = onnx_logits(onnx_session(path), dev, text.pad_id, 64)
+    quantized = onnx_logits(onnx_session(int8), dev, text.pad_id, 64)
+    assert not torch.equal(fp32, quantized)  # it did quantize
+    agreement = (fp32.argmax(-1) == quantized.argmax(-1)).double().mean().item()
+    assert agreement > 0.9
