@@ -10,6 +10,8 @@ dynamic batch and sequence axes, and checked against the torch model before it i
 from __future__ import annotations
 
 import warnings
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +150,30 @@ def _has_vnni() -> bool:
     except OSError:
         return False
     return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+@dataclass(frozen=True)
+class DeployedLatency:
+    median_ms: float  # batch 1
+    p90_ms: float  # batch 1
+    examples_per_second: float  # at batch 32
+
+
+def onnx_latency(session, length: int, repeats: int = 50) -> DeployedLatency:
+    """``session``'s latency at batch 1 (median and 90th percentile over ``repeats`` runs,
+    after warm-up) and throughput at batch 32, on inputs of ``length`` tokens. Measure in
+    a process of its own, never while peers train on the same cores."""
+    feeds = {size: {i.name: torch.ones(size, length, dtype=torch.int64).numpy()
+                    for i in session.get_inputs()} for size in (1, 32)}
+
+    def seconds(size: int) -> float:
+        started = time.perf_counter()
+        session.run(["logits"], feeds[size])
+        return time.perf_counter() - started
+
+    for _ in range(5):
+        seconds(1)
+    single = sorted(seconds(1) for _ in range(repeats))
+    batched = statistics.median(seconds(32) for _ in range(max(3, repeats // 10)))
+    return DeployedLatency(1000 * statistics.median(single),
+                           1000 * single[int(0.9 * (len(single) - 1))], 32 / batched)

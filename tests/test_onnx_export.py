@@ -10,7 +10,8 @@ import transformers
 from harness.data import TokenizedSplit
 from harness.models import FAMILIES
 from harness.onnx_export import (EXPORT_LENGTH, ExportError, export_onnx, input_names,
-                                 onnx_logits, onnx_session, quantize_int8, verify_onnx)
+                                 onnx_latency, onnx_logits, onnx_session, quantize_int8,
+                                 verify_onnx)
 from harness.train import model_inputs
 
 from .families import bpe_tokenizer, save_tiny_model
@@ -78,3 +79,5 @@ def test_int8_quantization_keeps_a_trained_students_predictions_close(smoke_shar
     assert not torch.equal(fp32, quantized)  # it did quantize
     agreement = (fp32.argmax(-1) == quantized.argmax(-1)).double().mean().item()
     assert agreement > 0.9
+    latency = onnx_latency(onnx_session(int8), length=16, repeats=10)
+    assert 0 < latency.median_ms <= latency.p90_ms and latency.examples_per_second > 0
