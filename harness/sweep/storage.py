@@ -85,7 +85,9 @@ def _open_redis_journal(url: str) -> optuna.storages.JournalStorage:
         import redis
 
         redis.Redis.from_url(url, socket_connect_timeout=5).ping()
-        backend = optuna.storages.journal.JournalRedisBackend(url)
+        with warnings.catch_warnings():  # "experimental" since Optuna 3.1, stable in use
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            backend = optuna.storages.journal.JournalRedisBackend(url)
     except ImportError:
         raise StorageError(f"storage {redact_url(url)}: the Redis journal needs the redis "
                            "package: pip install 'kd-harness[redis]'") from None
