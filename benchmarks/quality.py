@@ -168,6 +168,10 @@ def gain_intervals(rows: list[dict]) -> str:
         half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
         return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
+    def gains(chosen: list[dict], split: str) -> str:
+        return interval([100 * (r[f"{split}_accuracy"] - r[f"baseline_{split}_accuracy"])
+                         for r in chosen])
+
     lines = ["| student | variant | seeds | KD gain, dev [95% CI] | KD gain, test [95% CI] | "
              "test acc (baseline) | teacher agreement | train GFLOPs | wall s |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -177,9 +181,8 @@ def gain_intervals(rows: list[dict]) -> str:
             if not chosen:
                 continue
             lines.append(
-                f"| {student} | {variant} | {len(chosen)} | "
-                f"{interval([100 * (r['dev_accuracy'] - r['baseline_dev_accuracy']) for r in chosen])} | "
-                f"{interval([100 * (r['test_accuracy'] - r['baseline_test_accuracy']) for r in chosen])} | "
+                f"| {student} | {variant} | {len(chosen)} | {gains(chosen, 'dev')} | "
+                f"{gains(chosen, 'test')} | "
                 f"{statistics.mean(r['test_accuracy'] for r in chosen):.4f} "
                 f"({statistics.mean(r['baseline_test_accuracy'] for r in chosen):.4f}) | "
                 f"{statistics.mean(r['teacher_agreement'] for r in chosen):.4f} | "

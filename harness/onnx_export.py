@@ -9,9 +9,10 @@ dynamic batch and sequence axes, and checked against the torch model before it i
 
 from __future__ import annotations
 
-import warnings
+import copy
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +47,9 @@ def input_names(model) -> tuple[str, ...]:
 
 
 def export_onnx(model, path: Path) -> Path:
-    """``model`` (a sequence classifier, in fp32 on the CPU for the export) as one ONNX file
-    at ``path`` whose output is ``logits``."""
-    model = model.float().cpu().eval()
+    """``model`` (a sequence classifier; exported from an fp32 CPU copy, the model itself
+    left where it is) as one ONNX file at ``path`` whose output is ``logits``."""
+    model = _fp32_cpu_copy(model)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (EXPORT_BATCH, EXPORT_LENGTH),
                         generator=generator)
@@ -67,8 +68,17 @@ def export_onnx(model, path: Path) -> Path:
             program.save(str(path), external_data=False)
     except Exception as error:  # the exporter raises many types; all mean "cannot export"
         raise ExportError(f"{model.config.model_type}: the ONNX export failed "
-                          f"({type(error).__name__}: {str(error).splitlines()[0][:300]})") from error
+                          f"({_first_line(error)})") from error
     return path
+
+
+def _fp32_cpu_copy(model):
+    return copy.deepcopy(model).float().cpu().eval()
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 def onnx_session(path: Path, threads: int = 1):
@@ -104,7 +114,9 @@ def verify_onnx(path: Path, model, split: TokenizedSplit, pad_id: int,
     ``ExportError`` unless every argmax agrees and every logit within ``LOGIT_TOLERANCE``."""
     from harness.train import model_inputs
 
-    model = model.float().cpu().eval()
+    # Not harness.train.predict_logits: it runs under bf16 autocast where the hardware has
+    # bf16, and the export is checked against the model in fp32.
+    model = _fp32_cpu_copy(model)
     exported = onnx_logits(onnx_session(path), split, pad_id, batch_size)
     order = torch.argsort(split.lengths(), stable=True)
     reference = torch.empty_like(exported)
@@ -136,8 +148,8 @@ def quantize_int8(path: Path, out: Path) -> Path:
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8,
                          reduce_range=not _has_vnni())
     except Exception as error:  # the quantizer raises many types; all mean "cannot"
-        raise ExportError(f"{path.name}: int8 quantization failed ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:300]})") from error
+        raise ExportError(f"{path.name}: int8 quantization failed "
+                          f"({_first_line(error)})") from error
     finally:
         prepared.unlink(missing_ok=True)
     return out

@@ -117,9 +117,10 @@ class OnlineViews:
     distillation: a good teacher is patient and consistent"): every batch of the
     distillation phase, and of its label-only baseline, is replaced by a fresh view made by
     the transfer rules (neighbour replacement, masks; each example keeps its length), drawn
-    from the phase's seed (the student's) and the step. Both arms have the same seed and data order, so
-    they read the same views, and kd_gain measures the teacher's signal alone; the teacher
-    scores the view the student reads (``harness.student_loss``), never a cached one."""
+    from the phase's seed (the student's) and the step. Both arms have the same seed and
+    data order, so they read the same views, and kd_gain measures the teacher's signal
+    alone; the teacher scores the view the student reads (``harness.student_loss``), never
+    a cached one."""
 
     rules: TransferConfig
     mask_id: int | None

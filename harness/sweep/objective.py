@@ -79,7 +79,7 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         reason = failure_reason(error)
         trial.set_user_attr("fail_reason", reason)
         trial.set_user_attr("traceback", "".join(traceback.format_exception(error)[-3:])[-2000:])
-        if isinstance(error, Terminated):  # preemption is not the trial's fault: no retry counted
+        if isinstance(error, Terminated):  # preemption, not the trial's fault: no retry counted
             requeue(trial.study, trial, trial.user_attrs.get("retries", 0))
         run.finish({"fail_reason": reason}, "failed", reason)
         raise
@@ -138,7 +138,8 @@ def refuse_surplus(trial: optuna.Trial, n_trials: int) -> None:
 
 def failure_reason(error: BaseException) -> str:
     """The ``fail_reason`` a failed trial stores: a word for the failures a user acts on
-    (Ctrl-C or SIGTERM, a diverged loss, memory), else the error's type and the start of its message."""
+    (Ctrl-C or SIGTERM, a diverged loss, a lost database, memory), else the error's type
+    and the start of its message."""
     if isinstance(error, Terminated):
         return "interrupted (SIGTERM)"
     if isinstance(error, KeyboardInterrupt):
