@@ -65,9 +65,10 @@ def _check_against_reference(zs, zt, y, alpha, T, T_s, T_h=None):
     ref, ref_grad = _value_and_grad(reference_distillation, zs.double(), zt.double(), y,
                                     alpha, T, T_s, T_h)
     assert ours.dtype == torch.float32 and ours.ndim == 0
-    torch.testing.assert_close(ours.double(), ref, rtol=RTOL, atol=ATOL)
-    # The KD gradient is scaled by alpha * T^2 / T_s (up to ~240 in the property test), and
-    # float32's rounding errors with it: near-zero entries need the scaled absolute bound.
+    # The KD term is float32's KL (a difference of near-equal sums at high T) times
+    # alpha * T^2 (up to 400 in the property test), and its rounding error with it; the KD
+    # gradient is scaled by alpha * T^2 / T_s: near-zero entries need the scaled bound.
+    torch.testing.assert_close(ours.double(), ref, rtol=RTOL, atol=ATOL * max(1.0, alpha * T**2))
     grad_atol = ATOL * max(1.0, alpha * T**2 / T_s)
     torch.testing.assert_close(ours_grad.double(), ref_grad, rtol=RTOL, atol=grad_atol)
 
