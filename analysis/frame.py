@@ -3,7 +3,9 @@
 One row per trial: ``trial`` (the trial number), ``state`` (``COMPLETE``, ``PRUNED``,
 ``FAIL``, ``RUNNING`` or ``WAITING``), every stored user attribute under its own name
 (the contract fields such as ``dev_accuracy`` and ``flops_per_example``, the paired
-counts, the teacher's numbers, ``fail_reason`` on failed trials), then any sampled
+counts, the teacher's numbers, ``fail_reason`` on failed trials), the fields of the
+trial's deployment where the study recorded one after it (``harness.sweep.deployment``:
+``int8_dev_accuracy``, ``int8_latency_ms``, ... or ``deploy_error``), then any sampled
 parameter or objective value not already stored as a user attribute. User attributes
 come first because they hold both the sampled and the fixed values of a trial.
 
@@ -23,6 +25,7 @@ import optuna
 import pandas as pd
 
 from harness.sweep.storage import DEFAULT_STORAGE, journal_path, open_storage, redact_url
+from harness.sweep.study_record import DEPLOYED
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 
@@ -60,7 +63,9 @@ def load_study_frame(study_name: str, storage: str | None = None) -> pd.DataFram
 def study_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of ``study``; ``frame.attrs`` holds the study name and objectives."""
     objectives = list(study.user_attrs.get("objectives") or [])
-    rows = [_trial_row(trial, objectives) for trial in study.get_trials(deepcopy=False)]
+    attrs = study.user_attrs
+    rows = [_trial_row(trial, objectives, attrs.get(f"{DEPLOYED}{trial.number}") or {})
+            for trial in study.get_trials(deepcopy=False)]
     columns = _column_order(rows)
     frame = pd.DataFrame(rows, columns=columns)
     for name in columns:
@@ -73,9 +78,11 @@ def study_frame(study: optuna.Study) -> pd.DataFrame:
     return frame
 
 
-def _trial_row(trial: optuna.trial.FrozenTrial, objectives: list[str]) -> dict:
+def _trial_row(trial: optuna.trial.FrozenTrial, objectives: list[str], deployed: dict) -> dict:
     row = {"trial": trial.number, "state": trial.state.name}
     row.update(trial.user_attrs)
+    for name, value in deployed.items():  # the front's deployment, recorded after the trial
+        row.setdefault(name, value)
     for name, value in trial.params.items():
         row.setdefault(name, value)
     # Objective values back the stored metrics; name them only where nothing else does.

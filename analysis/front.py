@@ -28,12 +28,16 @@ from analysis.frame import column, complete_mask, complete_trials
 from harness.sweep.front import pareto_mask
 
 #: Compute axes a front can be drawn against; all are "lower is better".
-AXES = ("flops_per_example", "params", "latency_ms", "train_flops")
+AXES = ("flops_per_example", "params", "latency_ms", "train_flops", "int8_latency_ms",
+        "int8_bytes")
 #: How each axis is labelled in tables and plots, with its unit.
 AXIS_LABELS = {"flops_per_example": "forward FLOPs per example",
                "params": "parameters (count)",
                "latency_ms": "latency (ms)",
-               "train_flops": "training FLOPs (total)"}
+               "train_flops": "training FLOPs (total)",
+               "int8_latency_ms": "ONNX Runtime int8 latency, batch 1, 1 thread (ms)",
+               "int8_bytes": "int8 ONNX file (bytes)"}
+DEPLOYED_ACCURACY = "int8_dev_accuracy"
 ACCURACY = "dev_accuracy"
 #: The teacher's value on each compute axis (the teacher has no training-FLOPs figure).
 TEACHER_COLUMNS = {"flops_per_example": "teacher_flops_per_example",
@@ -161,6 +165,21 @@ def front_table(frame: pd.DataFrame, x: str = "flops_per_example") -> pd.DataFra
     """Front of complete trials on dev accuracy vs ``x``, with intervals and marks."""
     check_axis(x)
     return mark_indistinguishable(pareto_front(stats.add_intervals(frame), x))
+
+
+def deployed_front(frame: pd.DataFrame, x: str = "int8_latency_ms") -> pd.DataFrame:
+    """Front of the deployed students: int8 dev accuracy against ``x`` (int8 latency or
+    bytes), with each member's int8-minus-fp32 change and its interval."""
+    check_axis(x)
+    return pareto_front(stats.add_intervals(frame), x, DEPLOYED_ACCURACY)
+
+
+def not_deployed(frame: pd.DataFrame) -> list[tuple[int, str]]:
+    """(trial, reason) of every complete trial whose student could not be deployed."""
+    if "deploy_error" not in frame.columns:
+        return []
+    failed = complete_trials(frame).dropna(subset=["deploy_error"])
+    return [(int(row["trial"]), str(row["deploy_error"])) for _, row in failed.iterrows()]
 
 
 def teacher_reference(frame: pd.DataFrame) -> dict[str, float]:

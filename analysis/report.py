@@ -7,7 +7,8 @@
 Accuracies are printed in percent with their 95% interval over examples (cluster-robust
 where the data groups its examples, Wilson otherwise); KD gains in accuracy points with the
 paired interval (see ``analysis.stats``). ``answer_lines`` says, per compute band, whether
-distillation pays. ``front_rows``, ``label_only_rows``, ``size_rows`` and ``budget_rows``
+distillation pays. ``front_rows``, ``label_only_rows``, ``deployed_rows``, ``size_rows`` and
+``budget_rows``
 give each table's headers and cells, for a notebook to lay out itself.
 """
 
@@ -22,8 +23,9 @@ import pandas as pd
 from analysis import stats
 from analysis.frame import column, complete_trials, state_counts, state_summary
 from analysis.front import (AXIS_LABELS, SOURCE, TEACHER_COLUMNS, best_under_budgets, check_axis,
-                            default_ref_cost, front_table, hypervolume, kd_gain_by_size,
-                            label_only_front, teacher_members, teacher_reference)
+                            default_ref_cost, deployed_front, front_table, hypervolume,
+                            kd_gain_by_size, label_only_front, not_deployed, teacher_members,
+                            teacher_reference)
 from analysis.seeds import (by_configuration, confirmed_front, kd_answer, search_rows,
                             with_seed_columns)
 from harness.config import RESIZED_TEACHER
@@ -46,6 +48,8 @@ class Report:
                               # ``indistinguishable`` (and seeds, means and ``held``)
     confirmed: pd.DataFrame   # the front on means over seeds; empty with no repeats
     label_only: pd.DataFrame  # the front of label-only baselines, cheapest first
+    deployed: pd.DataFrame    # int8 dev accuracy against int8 latency; empty if none deployed
+    not_deployed: list[tuple[int, str]]  # (trial, why) of students that could not deploy
     answer: pd.DataFrame      # per band of the teacher's FLOPs: does KD pay (kd_answer)
     intervals: str            # how intervals over examples were computed, in words
     sizes: pd.DataFrame       # best trial per (num_layers, hidden_size)
@@ -76,6 +80,7 @@ def build_report(frame: pd.DataFrame, x: str = "flops_per_example",
                   summary=state_summary(frame), searched=len(complete),
                   front=with_seed_columns(front, configurations, confirmed),
                   confirmed=confirmed, label_only=label_only_front(search, x),
+                  deployed=deployed_front(search), not_deployed=not_deployed(search),
                   answer=kd_answer(frame, configurations), intervals=interval_method(front),
                   sizes=kd_gain_by_size(search), budgets=best_under_budgets(search),
                   teacher=teacher_reference(frame), teacher_members=teacher_members(frame),
@@ -276,6 +281,45 @@ def size_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def deployed_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the deployed front (ONNX Runtime on the CPU, one thread)."""
+    return deployed_table(report.deployed)
+
+
+def deployed_table(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of deployed students (rows with ``analysis.stats``' intervals)."""
+    headers = ["trial", "layers x hidden", "fp32 dev acc %", "int8 dev acc %",
+               "int8 - fp32, dev, points [95% paired CI]", "int8 agreement, dev %",
+               "fp32 / int8 bytes", "int8 latency ms (p90)", "fp32 ORT latency ms",
+               "torch eager latency ms", "fp32 / int8 examples/s at batch 32",
+               "int8 test acc % (reported only)"]
+    rows = [[f"{_get(row, 'trial'):.0f}", _size(row), percent(_get(row, "dev_accuracy")),
+             percent(_get(row, "int8_dev_accuracy")),
+             _interval(row, "int8_dev_change", points),
+             percent(_get(row, "int8_dev_agreement")),
+             f"{number(_get(row, 'onnx_bytes'))} / {number(_get(row, 'int8_bytes'))}",
+             f"{number(_get(row, 'int8_latency_ms'))} ({number(_get(row, 'int8_latency_p90_ms'))})",
+             number(_get(row, "onnx_latency_ms")), number(_get(row, "eager_latency_ms")),
+             f"{number(_get(row, 'onnx_examples_per_second'))} / "
+             f"{number(_get(row, 'int8_examples_per_second'))}",
+             percent(_get(row, "int8_test_accuracy"))]
+            for _, row in frame.iterrows()]
+    return headers, rows
+
+
+def deployed_lines(report: Report) -> list[str]:
+    """The deployed front's table and the students that could not be deployed."""
+    lines = [f"- trial {trial}: not deployed: {reason}" for trial, reason in report.not_deployed]
+    if report.deployed.empty:
+        return lines
+    where = report.deployed.iloc[0].get("deploy_provenance")
+    where = json.loads(where) if isinstance(where, str) else {}
+    return [f"Measured on {where.get('cpu', 'n/a')} ({', '.join(where.get('cpu_features', []))}"
+            f"; ONNX Runtime {where.get('onnxruntime', 'n/a')}), batch 1 at "
+            f"{number(_get(report.deployed.iloc[0], 'deploy_length'))} tokens, one thread, "
+            "alone on the machine.", "", markdown_table(*deployed_rows(report)), "", *lines]
+
+
 def budget_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of the best-student-under-budget table."""
     headers = ["budget (share of teacher FLOPs)", "FLOPs limit", "trial", "layers x hidden",
@@ -340,6 +384,11 @@ NOTES = """\
   its search run, and the study confirms it in a next round (`confirm.max_rounds`).
 - Per size, the best trial is chosen on dev, which flatters its dev gain; its test gain
   (examples no choice has seen) is the honest check.
+- Deployed front (`deploy.export`): each front student exported to ONNX (checked against
+  torch on every dev example), quantized by ONNX Runtime's dynamic int8 and scored on dev
+  and test; the front is int8 dev accuracy against int8 latency at batch 1 on one thread.
+  int8 - fp32 is paired over the same examples (Newcombe), treating them as independent.
+  Latency is measured, not searched: it depends on the machine and on what else runs.
 - Retention: student accuracy / teacher accuracy. Speed-up: teacher FLOPs per example /
   student FLOPs per example.
 """.format(conf=100 * stats.CONFIDENCE)
@@ -391,6 +440,9 @@ def render_markdown(report: Report, storage: str | None = None) -> str:
     if not report.label_only.empty:
         lines += ["## Label-only front (the best baseline of each student)", "",
                   markdown_table(*label_only_rows(report)), ""]
+    if not report.deployed.empty or report.not_deployed:
+        lines += ["## Deployed front (ONNX Runtime int8 on the CPU)", "",
+                  *deployed_lines(report), ""]
     if not report.sizes.empty:
         lines += ["## KD gain per student size", "", markdown_table(*size_rows(report)), ""]
     lines += ["## Best student under compute budgets", "",
@@ -415,6 +467,10 @@ def render_text(report: Report) -> str:
                   text_table(*confirmed_rows(report))]
     if not report.answer.empty:
         lines += ["Does distillation pay? (means over fresh seeds)", *answer_lines(report)]
+    if not report.deployed.empty:
+        lines += ["Deployed front, int8 dev accuracy vs ONNX Runtime int8 latency:",
+                  text_table(*deployed_rows(report))]
+    lines += [f"trial {trial}: not deployed: {reason}" for trial, reason in report.not_deployed]
     lines.append(f"intervals over examples: {report.intervals}")
     return "\n".join(lines)
 

@@ -35,6 +35,10 @@ trial) and adds, beside the stored fields:
   (``paired_difference_interval``) or, with groups, from each group's difference of correct
   counts; ``kd_gain_test`` and its interval the same on test (reported, never used to
   choose anything);
+- ``int8_dev_change`` / ``int8_test_change`` (where the student was deployed,
+  ``harness.deploy``): the int8 model's accuracy minus the fp32 student's, with Newcombe's
+  paired interval from the stored discordant counts (``int8_<split>_gained`` / ``_lost``;
+  per example, as no per-group counts are stored for the int8 model);
 - ``interval_method``: ``"cluster-robust"`` or ``"Wilson/Newcombe"``;
 - ``retention_dev`` / ``retention_test``: student accuracy / teacher accuracy;
 - ``speedup``: teacher FLOPs per example / student FLOPs per example.
@@ -190,6 +194,7 @@ def add_intervals(frame: pd.DataFrame) -> pd.DataFrame:
     out["interval_method"] = "Wilson/Newcombe"
     for split in ("dev", "test"):
         _cluster_intervals(out, split)
+        _int8_change(out, split)
     with np.errstate(invalid="ignore", divide="ignore"):
         out["retention_dev"] = column(out, "dev_accuracy") / column(out, "teacher_dev_accuracy")
         out["retention_test"] = (column(out, "test_accuracy")
@@ -219,6 +224,19 @@ def _cluster_intervals(out: pd.DataFrame, split: str) -> None:
         _, low, high = cluster_robust_interval(correct - baseline, sizes, bounds=(-1.0, 1.0))
         out.loc[index, [f"{gain}_ci_low", f"{gain}_ci_high"]] = low, high
         out.loc[index, "interval_method"] = "cluster-robust"
+
+
+def _int8_change(out: pd.DataFrame, split: str) -> None:
+    """``int8_<split>_change``: the int8 model's accuracy minus the fp32 student's, with
+    Newcombe's paired interval (both score the same examples; the stored counts are per
+    example, not per group)."""
+    n = column(out, f"{split}_examples")
+    int8 = column(out, f"int8_{split}_accuracy")
+    low, high = paired_difference_interval(correct_count(int8, n),
+                                           column(out, f"int8_{split}_gained"),
+                                           column(out, f"int8_{split}_lost"), n)
+    out[f"int8_{split}_change"] = int8 - column(out, f"{split}_accuracy")
+    out[f"int8_{split}_change_ci_low"], out[f"int8_{split}_change_ci_high"] = low, high
 
 
 def _paired_gain(frame: pd.DataFrame, split: str):

@@ -138,6 +138,8 @@ def write_study(work: Path, sizes: Sizes, tokenizer: Path) -> Path:
                      "max_length": study["data"]["max_length"]}
     study["teacher"].update(source="architecture", architecture=sizes.teacher,
                             tokenizer=str(tokenizer), epochs=1)
+    # The GPU machine carries no ONNX Runtime, and trials/hour times the trials alone.
+    study["deploy"] = {"export": "none"}
     if sizes.teacher is TOY:
         study["student"]["head_dim"] = 32
         study["search"]["num_layers"] = {"choices": [1, 2]}

@@ -198,6 +198,9 @@ OBJECTIVE_DIRECTIONS = {
     **{metric: "maximize" for metric in QUALITY_OBJECTIVES},
     "flops_per_example": "minimize", "params": "minimize", "latency_ms": "minimize",
     "train_flops": "minimize",
+    # The int8 ONNX file's size: deterministic, so searchable (deploy.export: every-trial);
+    # measured deployed latency is not, and stays a reported axis.
+    "int8_bytes": "minimize",
     # FLOPs per example as a share of the teacher's on the study's own data: a bound that
     # travels between datasets of other text lengths, where a FLOPs count does not.
     "flops_share": "minimize",
@@ -278,6 +281,18 @@ class TransferConfig:
 
 
 @dataclass(frozen=True)
+class DeployConfig:
+    """The students as they are shipped (``harness.deploy``): ONNX export checked against
+    torch, ONNX Runtime's dynamic int8, both scored and timed on the CPU. ``export``:
+    ``front``, the front's saved students once the study is over, in one process (timed
+    alone); ``every-trial``, also every complete trial's student within its trial (untimed;
+    makes ``int8_bytes`` an objective); ``none``."""
+
+    export: Literal["front", "every-trial", "none"] = "front"
+    latency_repeats: int = 50  # batch-1 runs per timing (the median and p90 over them)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"
     description: str = ""
@@ -292,6 +307,7 @@ class StudyConfig:
     pruner: PrunerConfig = PrunerConfig()
     confirm: ConfirmConfig = ConfirmConfig()
     transfer: TransferConfig = TransferConfig()
+    deploy: DeployConfig = DeployConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -10,6 +10,7 @@ dynamic batch and sequence axes, and checked against the torch model before it i
 from __future__ import annotations
 
 import copy
+import logging
 import statistics
 import time
 import warnings
@@ -145,12 +146,14 @@ def quantize_int8(path: Path, out: Path) -> Path:
     try:
         # The dynamo graph defeats its symbolic shape inference; ONNX's own suffices.
         quant_pre_process(str(path), str(prepared), skip_symbolic_shape=True)
+        logging.disable(logging.INFO)  # its root-logger line per unquantized tensor
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8,
                          reduce_range=not _has_vnni())
     except Exception as error:  # the quantizer raises many types; all mean "cannot"
         raise ExportError(f"{path.name}: int8 quantization failed "
                           f"({_first_line(error)})") from error
     finally:
+        logging.disable(logging.NOTSET)
         prepared.unlink(missing_ok=True)
     return out
 

@@ -68,6 +68,7 @@ FIELD_RULES = {
     "transfer.neighbours": above_zero("neighbourhood sizes"),
     "confirm.best_per_size": not_negative("trial counts"),
     "confirm.max_rounds": above_zero("round counts"),
+    "deploy.latency_repeats": above_zero("repeat counts"),
 }
 
 
@@ -235,6 +236,10 @@ def _check_semantics(config: StudyConfig) -> None:
         if metric not in compute:
             raise ConfigError(f"objectives.metrics: {metric!r} after the first objective; expected "
                               f"compute metrics, some of {compute}")
+    for key, named in (("metrics", metrics), ("constraints", config.objectives.constraints)):
+        if "int8_bytes" in named and config.deploy.export != "every-trial":
+            raise ConfigError(f"objectives.{key}: int8_bytes is measured in the trial only with "
+                              f"deploy.export: every-trial, got {config.deploy.export!r}")
     for metric in config.objectives.constraints:
         if metric not in compute:
             raise ConfigError(f"objectives.constraints.{metric}: expected a compute metric, one of "

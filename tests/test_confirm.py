@@ -22,6 +22,7 @@ from analysis.pareto import main as pareto_main
 from analysis.seeds import by_configuration, confirmed_front, search_rows
 from harness.study_file import load_study_config
 from harness.sweep.confirm import queue_repeats
+from harness.sweep.driver import work_left
 from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
@@ -252,6 +253,8 @@ def test_a_means_front_member_without_fresh_runs_is_confirmed_in_the_next_round(
         study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     capped = load_study_config(SMOKE, ["confirm.seeds=2", "confirm.max_rounds=1"])
     assert queue_repeats(study, capped) == 0  # the cap binds: 2 stays unconfirmed
+    # ... and the study is finished: a re-run for its report starts no local workers.
+    assert not work_left(study, capped, n_trials=3) and work_left(study, config, n_trials=3)
     assert queue_repeats(study, config) == 2
     waiting = [t for t in study.trials if t.state == optuna.trial.TrialState.WAITING]
     assert {(t.user_attrs["repeat_of"], t.user_attrs["seed"], t.user_attrs["confirm_round"])

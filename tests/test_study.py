@@ -370,9 +370,11 @@ def test_single_objective_study_keeps_the_students_of_the_printed_front(in_tmp, 
     printed = set(pareto_front(study_frame(study))["trial"])
     best = {t.number for t in study.best_trials}
     assert printed - best  # a printed front member the study does not count best: lost before
+    # The study's own best is kept too: on a tie in dev accuracy (bf16 CPUs give one) Optuna's
+    # best trial can be a dearer student than the printed front's member of that accuracy.
     for trial in study.trials:
         saved = (in_tmp / trial.user_attrs["student_path"]).is_dir()
-        assert saved == (trial.number in printed), trial.number
+        assert saved == (trial.number in printed | best), trial.number
 
 
 def test_every_spelling_of_a_storage_url_finds_the_same_run_folder(postgres_url):

@@ -36,6 +36,7 @@ from harness.models import ModelError
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.study_file import check_study_name, load_study_config
 from harness.sweep import tracking
+from harness.sweep.deployment import deploy_front
 from harness.sweep.driver import StudyAborted, run_study, work_left
 from harness.sweep.local_workers import (LOCAL_WORKER_FLAG, MAX_AUTO_WORKERS, plan_workers,
                                          start_local_workers, stop, wait_for)
@@ -204,8 +205,11 @@ def run(prepared: Prepared, args: argparse.Namespace, argv: list[str]) -> int:
         problems = wait_for(helpers)
         for problem in problems if finished else ():
             print(f"error: {problem}", file=sys.stderr)
-        # The driver reports the study once, for all its workers; not within a scheduler's
-        # grace period after SIGTERM (the next run reports it).
+        # The driver deploys the front once its workers are gone, so that nothing else
+        # runs while the students are timed; it reports the study once, for all its
+        # workers; not within a scheduler's grace period after SIGTERM (the next run does).
+        if finished and not problems and not args.local_worker:
+            deploy_front(study, study_config, shared)
         if not args.local_worker and not terminated:
             report_study(study, study_config, prepared.storage_url, run_dir,
                          log_to_wandb=interrupted is None)

@@ -19,6 +19,7 @@ other is refused before training (``fail_reason: duplicate repeat``).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import optuna
@@ -99,7 +100,28 @@ def unconfirmed_on_means_front(complete: list[FrozenTrial],
 
 
 def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
-    """Queue the repeats the configurations to confirm still lack; how many were queued.
+    """Queue the repeats the configurations to confirm still lack; how many were queued."""
+    plan = plan_repeats(study, study_config)
+    if plan.capped:
+        log.warning("confirm.max_rounds (%d) binds: %d configurations on the front on the "
+                    "means stay unconfirmed", study_config.confirm.max_rounds, plan.capped)
+    for first, seed in plan.repeats:
+        study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed,
+                                                      ROUND: plan.round},
+                            skip_if_exists=False)
+    return len(plan.repeats)
+
+
+@dataclasses.dataclass(frozen=True)
+class RepeatPlan:
+    repeats: list[tuple[FrozenTrial, int]]  # (first run, seed) to queue now
+    round: int
+    capped: int  # configurations left unconfirmed because confirm.max_rounds binds
+
+
+def plan_repeats(study: optuna.Study, study_config: StudyConfig) -> RepeatPlan:
+    """The repeats to queue now and their confirmation round; none once the round they
+    would open is past ``confirm.max_rounds`` (so a finished study re-run has no work left).
 
     A (configuration, seed) that has any trial, whatever its state, is not queued again: a
     live one will finish, a reaped one was re-queued by the reaper, and one that failed on
@@ -112,14 +134,8 @@ def queue_repeats(study: optuna.Study, study_config: StudyConfig) -> int:
     new = {first.number for first, _ in missing} - {t.user_attrs[REPEAT_OF] for t in repeats}
     this_round = max((t.user_attrs.get(ROUND, 1) for t in repeats), default=0) + bool(new)
     if new and this_round > study_config.confirm.max_rounds:
-        log.warning("confirm.max_rounds (%d) binds: %d configurations on the front on the "
-                    "means stay unconfirmed", study_config.confirm.max_rounds, len(new))
-        return 0
-    for first, seed in missing:
-        study.enqueue_trial(first.params, user_attrs={REPEAT_OF: first.number, SEED: seed,
-                                                      ROUND: this_round},
-                            skip_if_exists=False)
-    return len(missing)
+        return RepeatPlan([], this_round, len(new))
+    return RepeatPlan(missing, this_round, 0)
 
 
 def missing_repeats(study: optuna.Study, study_config: StudyConfig) -> list[tuple[FrozenTrial, int]]:
@@ -210,3 +226,12 @@ class SearchOnly(optuna.samplers.BaseSampler):
 
     def reseed_rng(self):
         self.inner.reseed_rng()
+
+
+def front_numbers(study: optuna.Study) -> tuple[set[int], set[int]]:
+    """The search trials whose students are kept (on the study's own front or the printed
+    one), and those of the printed front alone."""
+    best = {t.number for t in study.best_trials if not is_repeat(t)}
+    printed = {t.number for t in front_trials(search_trials(
+        study, (optuna.trial.TrialState.COMPLETE,)))}
+    return best | printed, printed

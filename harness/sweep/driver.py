@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 
 from harness.config import StudyConfig
 from harness.shared import SharedArtifacts
-from harness.sweep.confirm import is_repeat, missing_repeats, queue_repeats, search_trials
-from harness.sweep.front import front_trials
+from harness.sweep.confirm import front_numbers, plan_repeats, queue_repeats
 from harness.sweep.objective import REFUSED, objective
 from harness.sweep.workers import (ORPHAN_GRACE_SECONDS, TrialCounts, describe_running,
                                    reap_dead_local_trials, trial_counts)
@@ -132,13 +131,11 @@ def keep_front_students(study: optuna.Study, run_dir: Path) -> int:
     trials only); returns the printed front's size."""
     # Finished first: a trial that finishes between the two reads is kept, not deleted.
     finished = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    best = {t.number for t in study.best_trials if not is_repeat(t)}
-    printed = {t.number for t in front_trials(search_trials(
-        study, (optuna.trial.TrialState.COMPLETE,)))}
+    kept, printed = front_numbers(study)
     folder = run_dir / "students"
     for path in folder.glob("trial-*") if folder.is_dir() else ():
         number = int(path.name.removeprefix("trial-"))
-        if number in finished and number not in best | printed:
+        if number in finished and number not in kept:
             shutil.rmtree(path, ignore_errors=True)
     return len(printed)
 
@@ -148,4 +145,4 @@ def work_left(study: optuna.Study, study_config: StudyConfig, n_trials: int) -> 
     for its report starts no local workers)."""
     counts = trial_counts(study)
     return (counts.finished < n_trials or counts.waiting > 0 or counts.repeats_waiting > 0
-            or bool(missing_repeats(study, study_config)))
+            or bool(plan_repeats(study, study_config).repeats))

@@ -21,6 +21,7 @@ from harness.student import Student, resolve_student
 from harness.sweep import tracking
 from harness.sweep.confirm import (DUPLICATE, REPEAT_OF, SEED, is_repeat, refuse_duplicate,
                                    search_trials)
+from harness.sweep.deployment import deploy_in_trial
 from harness.sweep.provenance import provenance
 from harness.sweep.search import (architecture_costs, constraint_violations, objective_values,
                                   over_budget, stop_if_behind, suggest_trial_config)
@@ -84,6 +85,9 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         run.finish({"fail_reason": reason}, "failed", reason)
         raise
     stored = result.stored_fields()
+    if study_config.deploy.export == "every-trial":
+        stored.update(deploy_in_trial(study_config, shared, trial_config.student_source,
+                                      student_dir))
     for key, value in stored.items():
         trial.set_user_attr(key, value)
     trial.set_user_attr("student_path", str(student_dir))

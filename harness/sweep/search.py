@@ -54,6 +54,9 @@ def directions(study_config: StudyConfig) -> list[str]:
 
 def objective_values(study_config: StudyConfig, stored: dict) -> list[float]:
     """The objectives of a trial from its stored fields."""
+    missing = [metric for metric in study_config.objectives.metrics if metric not in stored]
+    if missing:  # int8_bytes of a student that could not be deployed
+        raise ValueError(f"no {', '.join(missing)}: {stored.get('deploy_error', 'not measured')}")
     return [float(stored[metric]) for metric in study_config.objectives.metrics]
 
 

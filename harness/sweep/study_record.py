@@ -22,6 +22,8 @@ from harness.sweep.search import directions, make_pruner, make_sampler
 log = logging.getLogger(__name__)
 
 RUN_FOLDER = "run_folder"  # the study user attribute that names it
+# + a trial's number: the study attribute of its deployment (harness.sweep.deployment)
+DEPLOYED = "deployed:"
 
 
 def run_folder(study: optuna.Study) -> Path:
@@ -79,11 +81,13 @@ def open_study(storage, study_name: str, study_config: StudyConfig,
 
 
 def config_fingerprint(study_config: StudyConfig) -> str:
-    """What makes trials comparable: everything but tracking, the description and how many
-    seeds confirm the front (a finished study may be confirmed, or confirmed further)."""
+    """What makes trials comparable: everything but tracking, the description, how many
+    seeds confirm the front (a finished study may be confirmed, or confirmed further) and
+    how its students are deployed (a finished study's front may be deployed later)."""
     fields = dataclasses.asdict(dataclasses.replace(study_config, description=""))
     fields.pop("tracking")
     fields.pop("confirm")
+    fields.pop("deploy")
     for path, before in _ADDED_FIELDS:  # at the value that means "as before"
         *parents, name = path.split(".")
         holder = functools.reduce(dict.__getitem__, parents, fields)
