@@ -1,6 +1,7 @@
 """Model sources: the teacher (builtin, hub, local folder or a random-init architecture)
 and students built from (num_layers, hidden_size, num_heads, intermediate_size) that share
-the teacher's tokenizer and vocabulary, for the encoder families in ``FAMILIES``.
+the teacher's tokenizer and vocabulary, for the families in ``FAMILIES``: encoders, and
+decoder-only classifiers (GPT-2, Llama, Qwen2, Mistral) that pool their last real token.
 
 Weights are only ever read from safetensors (``use_safetensors=True``): never pickle.
 """
@@ -11,6 +12,7 @@ import copy
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,24 +31,35 @@ BUILTIN_TEACHERS = ("builtin:minilm-l6",)
 
 @dataclass(frozen=True)
 class Family:
-    """What students need of an encoder family beyond what its config's own ``attribute_map``
+    """What students need of a family beyond what its config's own ``attribute_map``
     already translates (DistilBERT maps num_hidden_layers, hidden_size and
     num_attention_heads to n_layers, dim and n_heads, but not the FFN width). Module names
     are relative to one layer; ``teacher-pruned`` students slice the teacher's weights by
     them (``harness.pruning``)."""
 
-    layers: str  # the encoder's list of layers, under the base model
+    layers: str  # the list of layers, under the base model
     intermediate_size: str  # the config field of the FFN width
-    attention_probabilities: str  # the module in a layer whose dropout acts on attention maps
-    head_projections: tuple[str, ...]  # linear maps whose outputs are the heads, side by side
+    # The module in a layer holding the dropout rate of its attention probabilities.
+    attention_probabilities: str
+    head_projections: tuple[str, ...]  # linear maps whose outputs are the (query) heads
     head_merge: str  # the linear map that reads the heads' outputs back into the hidden width
-    ffn_up: str  # hidden -> FFN neurons
+    ffn_up: tuple[str, ...]  # hidden -> FFN neurons (gate and up of a gated FFN)
     ffn_down: str  # FFN neurons -> hidden
+    # Grouped-query attention: the config fields of the key-value head count and of the
+    # head width, and the maps whose outputs are the key-value heads.
+    key_value_heads: str | None = None
+    head_width: str | None = None
+    group_projections: tuple[str, ...] = ()
+    not_prunable: str = ""  # why ``teacher-pruned`` cannot slice this family, where it cannot
 
 
 _BERT_LAYOUT = Family("encoder.layer", "intermediate_size", "attention.self",
                       ("attention.self.query", "attention.self.key", "attention.self.value"),
-                      "attention.output.dense", "intermediate.dense", "output.dense")
+                      "attention.output.dense", ("intermediate.dense",), "output.dense")
+_LLAMA_LAYOUT = Family("layers", "intermediate_size", "self_attn", ("self_attn.q_proj",),
+                       "self_attn.o_proj", ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj",
+                       key_value_heads="num_key_value_heads", head_width="head_dim",
+                       group_projections=("self_attn.k_proj", "self_attn.v_proj"))
 # model_type -> family. DeBERTa-v3 checkpoints are model_type "deberta-v2".
 FAMILIES = {
     "bert": _BERT_LAYOUT, "roberta": _BERT_LAYOUT, "xlm-roberta": _BERT_LAYOUT,
@@ -55,10 +68,17 @@ FAMILIES = {
                          tuple(f"attention.self.{name}" for name in (
                              "query_proj", "key_proj", "value_proj", "pos_key_proj",
                              "pos_query_proj")),
-                         "attention.output.dense", "intermediate.dense", "output.dense"),
+                         "attention.output.dense", ("intermediate.dense",), "output.dense"),
     "distilbert": Family("transformer.layer", "hidden_dim", "attention",
                          ("attention.q_lin", "attention.k_lin", "attention.v_lin"),
-                         "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+                         "attention.out_lin", ("ffn.lin1",), "ffn.lin2"),
+    # Decoder-only classifiers: the head reads the last token that is not padding.
+    "gpt2": Family("h", "n_inner", "attn.attn_dropout", ("attn.c_attn",), "attn.c_proj",
+                   ("mlp.c_fc",), "mlp.c_proj",
+                   not_prunable="GPT-2 keeps queries, keys and values in one fused, transposed "
+                                "Conv1D (attn.c_attn), which harness.pruning does not slice; use "
+                                "student.init: teacher-layers or random"),
+    "llama": _LLAMA_LAYOUT, "qwen2": _LLAMA_LAYOUT, "mistral": _LLAMA_LAYOUT,
 }
 REFUSED_FAMILIES = {
     "albert": "ALBERT shares one set of layer weights across all its layers "
@@ -120,14 +140,20 @@ def load_tokenizer(config: TeacherConfig):
 
 def load_source_tokenizer(source: str, key: str, trust_remote_code: bool = False):
     try:
-        return AutoTokenizer.from_pretrained(resolve_source(source, key),
-                                             trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_source(source, key),
+                                                  trust_remote_code=trust_remote_code)
     except ModelError:
         raise
     except Exception as error:  # hub and file errors come in many types
         raise ModelError(f"{key}: cannot load the tokenizer of {source!r} "
                          f"({type(error).__name__}: {str(error)[:200]}); offline, use "
                          "builtin:minilm-l6 or a local model folder") from error
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        # Decoder-only tokenizers (GPT-2, Llama) have no pad token; their classifiers pool
+        # the last token that is not padding, so padding with eos (the usual choice, as in
+        # transformers' examples) pools the last real token of a text not ending in eos.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def tokenizer_id(tokenizer) -> str:
@@ -173,7 +199,8 @@ def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
     with ``teacher.fine_tune: false``, its own head put in the data's label order), at hub
     commit ``revision`` when given (see ``hub_revision``)."""
     if not config.fine_tune:
-        return load_fine_tuned_teacher(config, label_names, revision)
+        return as_classifier(load_fine_tuned_teacher(config, label_names, revision),
+                              tokenizer.pad_token_id)
     labels = _label_config(label_names)
     if config.source == "architecture":
         torch.manual_seed(seed)
@@ -183,15 +210,16 @@ def load_teacher(config: TeacherConfig, label_names: tuple[str, ...], tokenizer,
                           intermediate_size=arch.intermediate_size,
                           pad_token_id=tokenizer.pad_token_id, **labels)
         return AutoModelForSequenceClassification.from_config(bert)
-    return load_pretrained(config.source, "teacher.source", label_names, seed, revision,
-                           config.trust_remote_code)
+    return as_classifier(load_pretrained(config.source, "teacher.source", label_names, seed,
+                                         revision, config.trust_remote_code),
+                         tokenizer.pad_token_id)
 
 
 def load_pretrained(source: str, key: str, label_names: tuple[str, ...], seed: int,
                     revision: str | None = None,
                     trust_remote_code: bool = False) -> PreTrainedModel:
     """A pre-trained checkpoint (teacher, or a pre-trained student) with a fresh, seeded
-    classification head for ``label_names``."""
+    classification head for ``label_names`` (``as_classifier`` gives it its pad token)."""
     try:
         torch.manual_seed(seed)  # the new classifier head's initialisation
         return AutoModelForSequenceClassification.from_pretrained(
@@ -201,6 +229,17 @@ def load_pretrained(source: str, key: str, label_names: tuple[str, ...], seed: i
         raise ModelError(f"{key}: cannot load {source!r} ({type(error).__name__}: "
                          f"{str(error)[:300]}); offline, use builtin:minilm-l6 or a local "
                          "model folder") from error
+
+
+def as_classifier(model: PreTrainedModel, pad_token_id: int | None) -> PreTrainedModel:
+    """A decoder-only checkpoint as a classifier: its config carries no pad token id, without
+    which it refuses batches of more than one text, so it gets the tokenizer's; and it keeps
+    no key-value cache, which only generation reads (students inherit both)."""
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    if getattr(model.config, "use_cache", False):
+        model.config.use_cache = False
+    return model
 
 
 def load_fine_tuned_teacher(config: TeacherConfig, label_names: tuple[str, ...],
@@ -220,8 +259,9 @@ def load_fine_tuned_teacher(config: TeacherConfig, label_names: tuple[str, ...],
         raise ModelError(f"teacher.source: cannot load {config.source!r} as a classifier "
                          f"({type(error).__name__}: {str(error)[:300]})") from error
     rows = teacher_label_rows(model.config.id2label, label_names, config.label_map)
+    # The head is "classifier" in encoders, "score" in decoder-only classifiers.
     heads = [module for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and "classifier" in name
+             if isinstance(module, torch.nn.Linear) and ("classifier" in name or name == "score")
              and module.out_features == model.config.num_labels]
     if len(heads) != 1:
         raise ModelError(f"teacher.fine_tune: cannot find the one classification layer of "
@@ -293,16 +333,24 @@ def family(model_config, key: str) -> Family:
         raise ModelError(f"{key}: {REFUSED_FAMILIES[model_type]}; use one of "
                          f"{sorted(FAMILIES)}")
     if model_type not in FAMILIES:
-        raise ModelError(f"{key}: a {model_type!r} model; students are built from the encoder "
+        raise ModelError(f"{key}: a {model_type!r} model; students are built from the "
                          f"families {sorted(FAMILIES)}")
     return FAMILIES[model_type]
 
 
 def shape_of(model_config) -> ModelShape:
     """The (num_layers, hidden_size, num_heads, intermediate_size) of a model's config."""
+    ffn = getattr(model_config, family(model_config, "model").intermediate_size)
+    # GPT-2's n_inner: None means 4 x n_embd, as its MLP reads it.
     return ModelShape(model_config.num_hidden_layers, model_config.hidden_size,
-                        model_config.num_attention_heads,
-                        getattr(model_config, family(model_config, "model").intermediate_size))
+                      model_config.num_attention_heads, ffn or 4 * model_config.hidden_size)
+
+
+def query_group(model_config) -> int:
+    """Query heads per key-value head (1 without grouped-query attention)."""
+    field = family(model_config, "model").key_value_heads
+    kv_heads = getattr(model_config, field, None) if field else None
+    return model_config.num_attention_heads // (kv_heads or model_config.num_attention_heads)
 
 
 def student_shape(teacher: PreTrainedModel, num_layers: int, hidden_size: int, head_dim: int,
@@ -324,8 +372,21 @@ def resized_config(teacher_config, shape: ModelShape):
     config.num_hidden_layers = shape.num_layers  # attribute_map: DistilBERT's n_layers
     config.hidden_size = shape.hidden_size
     config.num_attention_heads = shape.num_heads
-    setattr(config, family(teacher_config, "teacher.source").intermediate_size,
-            shape.intermediate_size)
+    layout = family(teacher_config, "teacher.source")
+    setattr(config, layout.intermediate_size, shape.intermediate_size)
+    if layout.head_width:
+        setattr(config, layout.head_width, shape.hidden_size // shape.num_heads)
+    if layout.key_value_heads:
+        # The teacher's heads per key-value head where the student's heads split into such
+        # groups (teacher-pruned then keeps whole groups), else the nearest count dividing them.
+        group = query_group(teacher_config)
+        setattr(config, layout.key_value_heads,
+                math.gcd(shape.num_heads, max(1, shape.num_heads // group)))
+    kinds = getattr(teacher_config, "layer_types", None)  # Qwen2's attention kind per layer
+    if kinds is not None:
+        chosen = (teacher_layer_choice(shape.num_layers, len(kinds))
+                  if shape.num_layers <= len(kinds) else range(shape.num_layers))
+        config.layer_types = [kinds[i % len(kinds)] for i in chosen]
     return config
 
 
@@ -334,8 +395,9 @@ def student_init(teacher_config, shape: ModelShape, init: str) -> str:
 
     ``teacher-layers`` needs the teacher's width and head count; ``teacher-pruned`` a width,
     head count and FFN no larger than the teacher's, with the teacher's head width (heads
-    are kept whole), and is ``teacher-layers`` where the widths are the teacher's. Either
-    falls back to ``random`` (and the trial records it) where it cannot apply."""
+    are kept whole; with grouped-query attention, whole groups of them), and is
+    ``teacher-layers`` where the widths are the teacher's. Either falls back to ``random``
+    (and the trial records it) where it cannot apply."""
     teacher_shape = shape_of(teacher_config)
     if init not in ("teacher-layers", "teacher-pruned") or shape.num_layers > teacher_shape.num_layers:
         return "random"
@@ -346,7 +408,8 @@ def student_init(teacher_config, shape: ModelShape, init: str) -> str:
     fits = (shape.hidden_size <= teacher_shape.hidden_size
             and shape.intermediate_size <= teacher_shape.intermediate_size
             and shape.hidden_size // shape.num_heads
-            == teacher_shape.hidden_size // teacher_shape.num_heads)
+            == teacher_shape.hidden_size // teacher_shape.num_heads
+            and shape.num_heads % query_group(teacher_config) == 0)
     return "teacher-pruned" if init == "teacher-pruned" and fits else "random"
 
 
@@ -369,7 +432,8 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
     if used in ("teacher-layers", "teacher-pruned"):
         copy_teacher_weights(teacher, student, family(teacher.config, "teacher.source"),
                              teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers),
-                             importance if used == "teacher-pruned" else None)
+                             importance if used == "teacher-pruned" else None,
+                             query_group(teacher.config))
     return student, used
 
 

@@ -85,12 +85,15 @@ def kept(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
-                         importance: dict[str, torch.Tensor] | None = None) -> None:
+                         importance: dict[str, torch.Tensor] | None = None,
+                         group: int = 1) -> None:
     """Fill ``student`` (built at its shape from the teacher's config) with the teacher's
     weights: layer j of the student is layer ``chosen_layers[j]`` of the teacher. Without
     ``importance`` every tensor is copied whole (teacher-layers: the widths must match); with
     it, sliced to the kept heads and neurons of each layer and the kept channels everywhere
-    (teacher-pruned). The task head (outside the base model) stays the student's own."""
+    (teacher-pruned). With grouped-query attention whole groups are kept: the key-value
+    heads whose ``group`` query heads score highest together, with all of them. The task
+    head (outside the base model) stays the student's own."""
     hidden = teacher.config.hidden_size
     head_width = hidden // teacher.config.num_attention_heads
     student_config = student.config
@@ -100,6 +103,7 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
     layer_prefix = f"{prefix}{family.layers}."
     if not any(name.startswith(layer_prefix) for name in student.state_dict()):
         raise ValueError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
+    attention = (*family.head_projections, *family.group_projections, family.head_merge)
     teacher_state = teacher.state_dict()
     new_state = {}
     for name, own in student.state_dict().items():
@@ -113,14 +117,17 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
             index, module = module[len(layer_prefix):].split(".", 1)
             layer = chosen_layers[int(index)]
             source = f"{layer_prefix}{layer}.{name[len(layer_prefix):].split('.', 1)[1]}"
-            if pruned and (module in family.head_projections or module == family.head_merge):
-                heads = kept(importance["heads"][layer], student_config.num_attention_heads)
+            if pruned and module in attention:
+                groups = kept(importance["heads"][layer].unflatten(0, (-1, group)).sum(-1),
+                              student_config.num_attention_heads // group)
+                heads = groups if module in family.group_projections else (
+                    groups[:, None] * group + torch.arange(group)).flatten()
                 head_dims = (heads[:, None] * head_width + torch.arange(head_width)).flatten()
-                roles[0 if module in family.head_projections else 1] = head_dims
-            elif pruned and module in (family.ffn_up, family.ffn_down):
+                roles[1 if module == family.head_merge else 0] = head_dims
+            elif pruned and module in (*family.ffn_up, family.ffn_down):
                 neurons = kept(importance["neurons"][layer],
                                getattr(student_config, family.intermediate_size))
-                roles[0 if module == family.ffn_up else 1] = neurons
+                roles[1 if module == family.ffn_down else 0] = neurons
         weight = teacher_state[source]
         for dim in range(weight.dim()):
             if weight.shape[dim] == own.shape[dim]:

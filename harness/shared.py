@@ -205,6 +205,8 @@ def prepare_importance(study_config: StudyConfig, data: TextData, text: Tokenize
               "max_length": study_config.data.max_length, "examples": CALIBRATION_EXAMPLES,
               "seed": study_config.seed}
     scores_family = family(pretrained.config, "teacher.source")
+    if scores_family.not_prunable:
+        raise ModelError(f"student.init: teacher-pruned: {scores_family.not_prunable}")
 
     def build(folder: Path) -> None:
         scores = activation_importance(pretrained, scores_family, text.tokens["train"],

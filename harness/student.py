@@ -13,7 +13,8 @@ from transformers import PreTrainedModel
 
 from harness.config import RESIZED_TEACHER, ModelShape, StudyConfig, TrialConfig
 from harness.data import TokenizedData
-from harness.models import build_student, load_pretrained, student_init, student_shape
+from harness.models import (as_classifier, build_student, load_pretrained, student_init,
+                            student_shape)
 from harness.shared import PretrainedStudent, SharedArtifacts
 
 BASELINE = "baseline"  # student.init: the distilled arm starts from its trained baseline
@@ -63,8 +64,10 @@ class Student:
         """The untrained student, on CPU: the checkpoint with a fresh, seeded head, or the
         resized teacher started as ``init`` asks (``models.build_student``)."""
         if self.pretrained is not None:
-            return load_pretrained(self.pretrained.source, "student.source", self.label_names,
-                                   self.seed, self.pretrained.revision)
+            return as_classifier(load_pretrained(self.pretrained.source, "student.source",
+                                                 self.label_names, self.seed,
+                                                 self.pretrained.revision),
+                                 self.pretrained.text.pad_id)
         return build_student(self.teacher, self.shape, init, self.seed, self.importance)[0]
 
 

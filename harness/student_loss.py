@@ -121,19 +121,33 @@ def attention_maps(student, teacher, needed: bool):
         yield
         return
     implementations = student.config._attn_implementation, teacher.config._attn_implementation
-    attention = family(student.config, "student").attention_probabilities
-    dropouts = [m.dropout for name, m in student.named_modules()
-                if name.endswith(attention) and isinstance(getattr(m, "dropout", None),
-                                                             torch.nn.Dropout)]
-    probabilities = [d.p for d in dropouts]
+    rates = attention_dropout_rates(student, family(student.config, "student"))
+    saved = [getattr(holder, name) for holder, name in rates]
     student.set_attn_implementation("eager")
     teacher.set_attn_implementation("eager")
-    for dropout in dropouts:
-        dropout.p = 0.0
+    for holder, name in rates:
+        setattr(holder, name, 0.0)
     try:
         yield
     finally:
         student.set_attn_implementation(implementations[0])
         teacher.set_attn_implementation(implementations[1])
-        for dropout, p in zip(dropouts, probabilities):
-            dropout.p = p
+        for (holder, name), rate in zip(rates, saved):
+            setattr(holder, name, rate)
+
+
+def attention_dropout_rates(model, layout) -> list[tuple[object, str]]:
+    """(holder, attribute) of each layer's attention-probability dropout rate: a Dropout's
+    ``p`` (BERT's ``attention.self.dropout``, GPT-2's ``attn.attn_dropout``) or the float rate
+    the attention function is given (Llama's ``self_attn.attention_dropout``)."""
+    rates = []
+    for name, module in model.named_modules():
+        if not name.endswith(layout.attention_probabilities):
+            continue
+        if isinstance(module, torch.nn.Dropout):
+            rates.append((module, "p"))
+        elif isinstance(getattr(module, "dropout", None), torch.nn.Dropout):
+            rates.append((module.dropout, "p"))
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            rates.append((module, "attention_dropout"))
+    return rates

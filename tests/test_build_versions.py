@@ -60,14 +60,19 @@ RECORDED = {
     # phase has them (none for the teacher; a baseline on them has them in its key) and the
     # copies' word-piece replacement moved into a function both use, drawing as before:
     # teacher, baseline and transfer re-recorded.
+    # Decoder-only families: a tokenizer without a pad token pads with eos, a config without a
+    # pad token id takes the tokenizer's, key-value caches are off, pruning keeps whole
+    # key-value groups (one head per group in the encoders: the same slices). Encoder
+    # tokenizers and configs all have pad tokens, so their builds are as before: teacher,
+    # baseline and importance re-recorded.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "4ff871197258492a",
-    ("baseline", 5): "2cdc8993954693fd",
+    ("teacher", 4): "43166f49d19054d1",
+    ("baseline", 5): "068dda58bec49a4a",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
-    ("importance", 1): "e6ef53239d32e5af",
+    ("importance", 1): "d35787e55474426b",
     ("transfer", 1): "c8a76581b72efeeb",
 }
 

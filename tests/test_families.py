@@ -17,8 +17,9 @@ import yaml
 
 from analysis.pareto import main as pareto_main
 from harness.config import ModelShape, TeacherConfig, default_trial_config
-from harness.models import (ModelError, build_student, check_teacher_source, load_pretrained,
-                            shape_of, student_shape, teacher_layer_choice)
+from harness.models import (FAMILIES, ModelError, build_student, check_teacher_source,
+                            load_pretrained, load_source_tokenizer, load_teacher, shape_of,
+                            student_shape, teacher_layer_choice)
 from harness.pipeline import run_trial
 from harness.shared import prepare_shared
 from harness.study import main
@@ -26,7 +27,7 @@ from harness.study_file import load_study_config
 from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
-from .families import CONFIGS, bpe_tokenizer, save_tiny_model
+from .families import CONFIGS, DECODER_FAMILIES, bpe_tokenizer, save_tiny_model
 from .test_pipeline import assert_saved_student_reproduces
 
 
@@ -68,7 +69,7 @@ def test_teacher_layers_students_copy_each_familys_own_layers(family, checkpoint
     student, init = build_student(teacher, shape, "teacher-layers", seed=1)
     assert init == "teacher-layers" and type(student) is type(teacher)
     assert student.config.num_hidden_layers == 1
-    layers = [name for name in student.state_dict() if ".0." in name and "layer" in name]
+    layers = [name for name in student.state_dict() if f"{FAMILIES[family].layers}.0." in name]
     assert layers, "no layer parameters found"
     (chosen,) = teacher_layer_choice(1, 2)
     teacher_state = teacher.state_dict()
@@ -87,7 +88,8 @@ def test_resized_students_take_each_familys_field_names(family, checkpoints):
     assert student(**inputs, output_hidden_states=True).hidden_states[-1].shape[-1] == 32
 
 
-@pytest.mark.parametrize("family", sorted(CONFIGS))
+# Qwen2 and Mistral have Llama's layout (the tests above build, resize and copy each).
+@pytest.mark.parametrize("family", sorted(set(CONFIGS) - {"qwen2", "mistral"}))
 def test_a_smoke_study_with_a_teacher_of_each_family(family, checkpoints, in_tmp, cache_dir):
     """Teacher-layers students with hidden-state and attention matching (the projection
     and eager attention maps of the family), two trials; the front's saved students load
@@ -127,13 +129,47 @@ def test_albert_is_refused_before_training_with_its_reason(tmp_path, in_tmp, cap
 
 
 def test_an_unknown_family_is_refused_naming_the_supported_ones(tmp_path):
-    folder = tmp_path / "gpt2"
-    transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
-        vocab_size=100, n_embd=32, n_layer=1, n_head=2)).save_pretrained(folder)
+    folder = tmp_path / "opt"
+    transformers.OPTForSequenceClassification(transformers.OPTConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, ffn_dim=64, num_attention_heads=2,
+        word_embed_proj_dim=32)).save_pretrained(folder)
     (folder / "vocab.txt").write_text("[PAD]\n")
-    with pytest.raises(ModelError, match=r"teacher.source: a 'gpt2' model; students are built "
-                                         r"from the encoder families \['bert', 'deberta-v2'"):
+    with pytest.raises(ModelError, match=r"teacher.source: a 'opt' model; students are built "
+                                         r"from the families \['bert', 'deberta-v2'"):
         check_teacher_source(TeacherConfig(source=str(folder)))
+
+
+@pytest.mark.parametrize("family", DECODER_FAMILIES)
+def test_a_decoder_classifier_pads_with_eos_and_reads_each_texts_last_real_token(family, bpe,
+                                                                                 tmp_path):
+    # The checkpoint as decoder-only ones come: no pad token id in the config, and no pad
+    # token in the tokenizer either but Qwen2's (its class adds <|endoftext|>).
+    folder = save_tiny_model(family, tmp_path / family, bpe)
+    assert transformers.AutoConfig.from_pretrained(folder).pad_token_id is None
+    own = transformers.AutoTokenizer.from_pretrained(folder).pad_token_id
+    assert (own is None) == (family != "qwen2")
+    tokenizer = load_source_tokenizer(str(folder), "teacher.source")
+    assert tokenizer.pad_token_id == (tokenizer.eos_token_id if own is None else own) is not None
+    model = load_teacher(TeacherConfig(source=str(folder)), ("a", "b"), tokenizer, seed=0).eval()
+    assert model.config.pad_token_id == tokenizer.pad_token_id and not model.config.use_cache
+    texts = ["fine", "a dull and overlong film", "the best of the year"]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    assert (batch["input_ids"] == tokenizer.pad_token_id).any()  # padded on the right
+    with torch.no_grad():
+        together = model(**batch).logits
+        alone = torch.cat([model(**tokenizer([text], return_tensors="pt")).logits
+                           for text in texts])
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-5)
+
+
+def test_a_teacher_pruned_gpt2_student_is_refused_before_training(bpe, tmp_path, in_tmp, capsys):
+    folder = save_tiny_model("gpt2", tmp_path / "gpt2", bpe)
+    study = write_study(in_tmp / "gpt2.yaml", teacher={"source": str(folder)},
+                        student={"init": "teacher-pruned"})
+    assert run_study(in_tmp, study, "gpt2-pruned", 1)[0] == 2
+    err = capsys.readouterr().err
+    assert "student.init: teacher-pruned: GPT-2 keeps queries, keys and values in one fused" in err
+    assert not (in_tmp / "runs").exists()
 
 
 # --- pre-trained students with their own tokenizer ------------------------------------------

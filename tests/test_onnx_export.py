@@ -1,4 +1,4 @@
-"""Students as deployed: every encoder family exports to one ONNX file that ONNX Runtime
+"""Students as deployed: every family exports to one ONNX file that ONNX Runtime
 runs with the torch model's logits, on padded texts of lengths never seen at export."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from harness.data import TokenizedSplit
-from harness.models import FAMILIES
+from harness.models import FAMILIES, as_classifier, load_source_tokenizer
 from harness.onnx_export import (EXPORT_LENGTH, ExportError, export_onnx, input_names,
                                  onnx_latency, onnx_logits, onnx_session, quantize_int8,
                                  verify_onnx)
@@ -33,8 +33,10 @@ def _texts(tokenizer, texts: list[str]) -> TokenizedSplit:
 def test_every_family_exports_and_onnx_runtime_reproduces_its_logits(family, bpe, smoke_shared,
                                                                      tmp_path):
     folder = save_tiny_model(family, tmp_path / family, bpe)
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    # As the harness loads a checkpoint: decoder-only ones get a pad token (eos).
+    tokenizer = load_source_tokenizer(str(folder), "student.source")
+    model = as_classifier(transformers.AutoModelForSequenceClassification.from_pretrained(folder),
+                          tokenizer.pad_token_id).eval()
     texts = smoke_shared.data.train.texts
     split = _texts(tokenizer, ["fine", "a dull film", *texts[:40], " ".join(texts[:6])])
     assert int(split.lengths().max()) > 3 * EXPORT_LENGTH and int(split.lengths().min()) < 6

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, BertConfig
+from transformers import AutoModelForSequenceClassification, BertConfig, LlamaConfig
 
 from harness.config import ModelShape
 from harness.data import TokenizedSplit
@@ -133,15 +133,19 @@ def test_the_init_a_student_gets(asked, shape, expected):
     assert student_init(_teacher().config, shape, asked) == expected
 
 
-@pytest.mark.parametrize("model_type", sorted(CONFIGS))
+@pytest.mark.parametrize("model_type", sorted(t for t in CONFIGS if not FAMILIES[t].not_prunable))
 def test_every_family_prunes_into_slices_of_its_teacher(model_type):
     config = CONFIGS[model_type]()
-    config.vocab_size, config.num_labels = VOCAB, 2
+    config.vocab_size, config.num_labels, config.pad_token_id = VOCAB, 2, PAD_ID
+    family = FAMILIES[model_type]
+    heads = 1
+    if family.key_value_heads:  # two groups of two heads 16 wide: the student keeps one group
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim = 4, 2, 16
+        heads = 2
     torch.manual_seed(0)
     teacher = AutoModelForSequenceClassification.from_config(config).eval()
-    family = FAMILIES[model_type]
     importance = activation_importance(teacher, family, _split(), PAD_ID, seed=0)
-    shape = ModelShape(num_layers=1, hidden_size=32, num_heads=1, intermediate_size=64)
+    shape = ModelShape(num_layers=1, hidden_size=32, num_heads=heads, intermediate_size=64)
     student, used = build_student(teacher, shape, "teacher-pruned", seed=0, importance=importance)
     assert used == "teacher-pruned"
     assert shape_of(student.config) == shape
@@ -157,7 +161,43 @@ def test_every_family_prunes_into_slices_of_its_teacher(model_type):
         # Every weight the student starts with is one of the teacher's, at a kept index.
         assert torch.isin(value.flatten(), source.flatten()).all(), name
         checked += name.startswith(layer)
-    assert checked >= 10
+    assert checked >= 9  # Llama: 4 attention and 3 FFN maps, 2 norms, no biases
     batch = _split(4).batch(torch.arange(4), PAD_ID)
     assert student(input_ids=batch["input_ids"],
                    attention_mask=batch["attention_mask"]).logits.shape == (4, 2)
+
+
+def test_a_grouped_query_student_keeps_whole_key_value_groups():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=128, num_labels=2, pad_token_id=PAD_ID)
+    torch.manual_seed(0)
+    teacher = AutoModelForSequenceClassification.from_config(config).eval()
+    importance = activation_importance(teacher, FAMILIES["llama"], _split(), PAD_ID, seed=0)
+    # Head 0 scores highest, but group 1 (heads 2 and 3) scores highest together.
+    importance["heads"] = torch.tensor([[0.9, 0.1, 0.6, 0.5]], dtype=torch.float64)
+    student, used = build_student(teacher, ModelShape(1, 32, 2, 64), "teacher-pruned", seed=0,
+                                  importance=importance)
+    assert used == "teacher-pruned" and student.config.num_key_value_heads == 1
+    assert student.config.head_dim == 16
+    channels = kept(importance["channels"], 32)
+    group_rows, query_rows = torch.arange(16, 32), torch.arange(32, 64)
+    mine, theirs = student.model.layers[0].self_attn, teacher.model.layers[0].self_attn
+    for projection, rows in (("q_proj", query_rows), ("k_proj", group_rows),
+                             ("v_proj", group_rows)):
+        assert torch.equal(getattr(mine, projection).weight,
+                           getattr(theirs, projection).weight[rows][:, channels]), projection
+    assert torch.equal(mine.o_proj.weight, theirs.o_proj.weight[channels][:, query_rows])
+    neurons = kept(importance["neurons"][0], 64)
+    for projection in ("gate_proj", "up_proj"):
+        assert torch.equal(getattr(student.model.layers[0].mlp, projection).weight,
+                           getattr(teacher.model.layers[0].mlp, projection).weight[neurons][
+                               :, channels]), projection
+
+
+def test_a_grouped_query_student_whose_heads_split_no_group_starts_random():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=128)
+    assert student_init(config, ModelShape(1, 48, 3, 96), "teacher-pruned") == "random"
+    assert student_init(config, ModelShape(1, 32, 2, 64), "teacher-pruned") == "teacher-pruned"
