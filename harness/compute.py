@@ -119,6 +119,19 @@ def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device) 
     return counter.get_total_flops()
 
 
+def count_generated_token_flops(model: torch.nn.Module, prompt_len: int, device) -> int:
+    """Forward FLOPs of a causal LM's next token after a prompt of ``prompt_len`` tokens,
+    read from its key-value cache (as ``generate`` does): the cost per generated token."""
+    inputs = _example_inputs(model, prompt_len, device)
+    with _mode(model, training=False), torch.no_grad():
+        cache = model(**inputs, use_cache=True).cache
+    step = {"input_ids": inputs["input_ids"][:, :1],
+            "attention_mask": torch.ones(1, prompt_len + 1, dtype=torch.long, device=device)}
+    with _mode(model, training=False), _frozen(model), _flop_counter() as counter:
+        model(**step, cache=cache, use_cache=True)
+    return counter.get_total_flops()
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(params, non_embedding_params), tied weights counted once. Embedding params are the
     nn.Embedding tables (word, position, token type), as in Kaplan et al. 2020; the

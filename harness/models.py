@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
-                          PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoTokenizer, BertConfig, PreTrainedModel)
 
 from harness.config import ModelShape, TeacherConfig
 from harness.losses import teacher_blocks
@@ -414,18 +414,22 @@ def student_init(teacher_config, shape: ModelShape, init: str) -> str:
 
 
 def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: int,
-                  importance: dict[str, torch.Tensor] | None = None) -> tuple[PreTrainedModel, str]:
+                  importance: dict[str, torch.Tensor] | None = None,
+                  auto_class=AutoModelForSequenceClassification) -> tuple[PreTrainedModel, str]:
     """A student of ``shape`` and the init actually used (``student_init``).
 
     ``teacher-layers`` (DistilBERT-style): embeddings, pooler and every
     (n_teacher / n_student)-th encoder layer of ``teacher``; ``teacher-pruned``: the same
     layers, keeping the channels, heads and FFN neurons ``importance`` ranks highest
-    (``harness.pruning``). The classification head is the student's own, seeded. Trials
-    pass the teacher as loaded, before fine-tuning, so a label-only baseline carries no
-    fine-tuned knowledge.
+    (``harness.pruning``). A classification head is the student's own, seeded; a causal
+    LM's output layer (``auto_class=AutoModelForCausalLM``) is the teacher's, as
+    DistilGPT-2's was: tied to the copied embeddings, or, where the family unties it, copied
+    at the teacher's width (``teacher-layers``; pruned, it stays the student's own).
+    Trials pass the teacher as loaded, before fine-tuning, so a label-only baseline carries
+    no fine-tuned knowledge.
     """
     torch.manual_seed(seed)
-    student = AutoModelForSequenceClassification.from_config(resized_config(teacher.config, shape))
+    student = auto_class.from_config(resized_config(teacher.config, shape))
     used = student_init(teacher.config, shape, init)
     if used == "teacher-pruned" and importance is None:
         raise ValueError("a teacher-pruned student needs the teacher's importance scores")
@@ -434,6 +438,10 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
                              teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers),
                              importance if used == "teacher-pruned" else None,
                              query_group(teacher.config))
+    if auto_class is AutoModelForCausalLM and used == "teacher-layers":
+        output, teachers = student.get_output_embeddings(), teacher.get_output_embeddings()
+        if output.weight is not student.get_input_embeddings().weight:
+            output.load_state_dict(teachers.state_dict())
     return student, used
 
 

@@ -1,0 +1,94 @@
+"""A generative trial on a synthetic task whose answer is a function of the prompt
+(reverse four digits): a teacher trained on it first, then a smaller causal-LM student
+distilled from its top-k cache against its label-only baseline."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import transformers
+
+from harness.config import ModelShape
+from harness.generative import (greedy_targets, label_loss, score_generative, teacher_top_k,
+                                tokenize_examples)
+from harness.generative_trial import (GenerativeData, GenerativeLoss, fine_tune_teacher,
+                                      run_generative_trial)
+from harness.models import build_student
+from harness.train import TrainSettings, train_phase
+
+from .generative_task import digit_tokenizer, reversal_examples, tiny_lm
+
+CPU = torch.device("cpu")
+
+
+def settings(epochs: float, seed: int) -> TrainSettings:
+    return TrainSettings(epochs=epochs, lr=3e-3, batch_size=32, warmup_ratio=0.1,
+                         weight_decay=0.0, max_grad_norm=1.0, seed=seed, eval_every=40,
+                         keep_best=True)
+
+
+def reversal_data(tokenizer, train: int = 1500) -> GenerativeData:
+    splits = [tokenize_examples(tokenizer, *reversal_examples(n, seed), 16)
+              for n, seed in ((train, 0), (100, 1), (200, 2), (200, 3))]
+    return GenerativeData(*splits, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tokenizer = digit_tokenizer()
+    data = reversal_data(tokenizer)
+    untrained = tiny_lm("llama", 2, 64, 4, key_value_heads=2)  # grouped-query attention
+    teacher = copy.deepcopy(untrained)
+    fine_tune_teacher(teacher, data, settings(8, seed=0), CPU)
+    top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
+    loss = GenerativeLoss(alpha=0.8, T=2.0, T_s=2.0)
+    shape = ModelShape(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=256)
+    result, student = run_generative_trial(untrained, top, data, shape, "teacher-layers", loss,
+                                           settings(4, seed=1), CPU)
+    return tokenizer, data, teacher, result, student
+
+
+def test_the_distilled_student_reads_the_prompt_and_a_prompt_blind_one_cannot(trained):
+    tokenizer, data, teacher, result, _ = trained
+    teacher_scores = score_generative(teacher, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    assert teacher_scores.exact_match > 0.9
+    # The same student trained on the targets with every prompt replaced by "=": the best it
+    # can do is the targets' marginal, and 4 random digits match by chance 1 in 10^4.
+    prompts, targets = reversal_examples(1500, 0)
+    blind_train = tokenize_examples(tokenizer, ["="] * len(prompts), targets, 16)
+    blind, _ = build_student(tiny_lm("llama", 2, 64, 4, key_value_heads=2),
+                             ModelShape(1, 64, 4, 256), "teacher-layers", seed=1,
+                             auto_class=transformers.AutoModelForCausalLM)
+    train_phase("blind", blind, blind_train, label_loss, settings(4, seed=1), CPU, data.pad_id)
+    blind_scores = score_generative(blind, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    assert blind_scores.exact_match < 0.02
+    assert result.student.dev.exact_match > 0.5 > blind_scores.exact_match + 0.4
+    assert result.init == "teacher-layers" and result.student.steps == result.baseline.steps
+    assert result.kd_gain == pytest.approx(result.student.dev.exact_match
+                                           - result.baseline.dev.exact_match)
+
+
+def test_both_arms_have_the_same_budget_and_selection_rule(trained):
+    _, data, _, result, _ = trained
+    budget = settings(4, seed=1).total_steps(len(data.train))
+    assert result.student.steps == result.baseline.steps == budget
+    evaluations = len(result.student.select_token_accuracies)
+    assert evaluations == len(result.baseline.select_token_accuracies) == -(-budget // 40)
+    for arm in (result.student, result.baseline):  # each kept its best select evaluation
+        best = max(range(evaluations), key=lambda i: (arm.select_token_accuracies[i], -i))
+        assert arm.best_step == min(40 * (best + 1), budget)
+
+
+def test_the_saved_student_reloads_and_reproduces_its_generations(trained, tmp_path):
+    tokenizer, data, _, result, student = trained
+    student.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded("1 2 =")["input_ids"] == tokenizer("1 2 =")["input_ids"]
+    generated = greedy_targets(again, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    assert generated == greedy_targets(student, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    scores = score_generative(again, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    assert scores.exact_match == result.student.dev.exact_match
