@@ -29,19 +29,21 @@ from harness.sweep.front import pareto_mask
 
 #: Compute axes a front can be drawn against; all are "lower is better".
 AXES = ("flops_per_example", "params", "latency_ms", "train_flops", "int8_latency_ms",
-        "int8_bytes")
+        "int8_bytes", "flops_per_token")
 #: How each axis is labelled in tables and plots, with its unit.
 AXIS_LABELS = {"flops_per_example": "forward FLOPs per example",
                "params": "parameters (count)",
                "latency_ms": "latency (ms)",
                "train_flops": "training FLOPs (total)",
                "int8_latency_ms": "ONNX Runtime int8 latency, batch 1, 1 thread (ms)",
-               "int8_bytes": "int8 ONNX file (bytes)"}
+               "int8_bytes": "int8 ONNX file (bytes)",
+               "flops_per_token": "forward FLOPs per generated token (causal LM)"}
 DEPLOYED_ACCURACY = "int8_dev_accuracy"
 ACCURACY = "dev_accuracy"
 #: The teacher's value on each compute axis (the teacher has no training-FLOPs figure).
 TEACHER_COLUMNS = {"flops_per_example": "teacher_flops_per_example",
-                   "params": "teacher_params", "latency_ms": "teacher_latency_ms"}
+                   "params": "teacher_params", "latency_ms": "teacher_latency_ms",
+                   "flops_per_token": "teacher_flops_per_token"}
 #: Shares of the teacher's cost that ``best_under_budgets`` looks under by default.
 BUDGETS = (0.5, 0.25, 0.1)
 #: The sampled fields that together name a student size.
@@ -185,7 +187,8 @@ def not_deployed(frame: pd.DataFrame) -> list[tuple[int, str]]:
 def teacher_reference(frame: pd.DataFrame) -> dict[str, float]:
     """The teacher's stored numbers (first value found on a complete trial), or {}."""
     names = ["teacher_dev_accuracy", "teacher_test_accuracy", "teacher_flops_per_example",
-             "teacher_params", "teacher_latency_ms", "dev_examples", "test_examples"]
+             "teacher_params", "teacher_latency_ms", "teacher_flops_per_token", "dev_examples",
+             "test_examples"]
     complete = complete_trials(frame)
     found = {}
     for name in names:

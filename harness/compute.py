@@ -10,7 +10,9 @@ so the same model would look cheaper with sdpa than with eager attention. We map
 to torch's sdpa formulas, so the two implementations give the same forward count.
 
 Takes any Hugging Face *ForSequenceClassification model (input_ids, attention_mask) already
-on `device`; every function restores its training flag and leaves its `.grad`s as found.
+on `device`, or a *ForCausalLM (its train FLOPs with a loss on every position;
+``count_generated_token_flops`` for the cost of one generated token); every function
+restores its training flag and leaves its `.grad`s as found.
 """
 
 from __future__ import annotations
@@ -110,8 +112,9 @@ def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device) 
         p.grad = None
     try:
         with _mode(model, training=True), torch.enable_grad(), _flop_counter() as counter:
-            logits = model(**inputs).logits  # (1, num_labels)
-            labels = torch.zeros(1, dtype=torch.long, device=logits.device)  # any class: same FLOPs
+            # (1, num_labels), or a causal LM's (1, seq_len, vocab): a loss on every position
+            logits = model(**inputs).logits.flatten(0, -2)
+            labels = torch.zeros(len(logits), dtype=torch.long, device=logits.device)  # any class
             torch.nn.functional.cross_entropy(logits, labels).backward()
     finally:
         for p, grad in zip(params, saved_grads):

@@ -38,6 +38,9 @@ class DataConfig:
     # chooses checkpoints, so dev, on which the front is chosen, scores each final model
     # once. 0: checkpoints are chosen on dev, as studies made before the select split did.
     select_fraction: float = 0.1
+    # task: causal-lm: the prompt the model reads and the target it learns to write
+    prompt_column: str = "prompt"
+    target_column: str = "target"
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -198,6 +201,8 @@ OBJECTIVE_DIRECTIONS = {
     **{metric: "maximize" for metric in QUALITY_OBJECTIVES},
     "flops_per_example": "minimize", "params": "minimize", "latency_ms": "minimize",
     "train_flops": "minimize",
+    # task: causal-lm: forward FLOPs of one generated token at the mean prompt length
+    "flops_per_token": "minimize",
     # The int8 ONNX file's size: deterministic, so searchable (deploy.export: every-trial);
     # measured deployed latency is not, and stays a reported axis.
     "int8_bytes": "minimize",
@@ -293,9 +298,22 @@ class DeployConfig:
 
 
 @dataclass(frozen=True)
+class GenerationConfig:
+    """Token-level distillation of a causal LM (``task: causal-lm``, ``harness.token_kd``):
+    the teacher's ``top_k`` next-token log-probabilities cached per target token; the KL
+    forward, KL(q_T || p_{T_s}), or with ``reverse_kl`` KL(p_{T_s} || q_T)."""
+
+    top_k: int = 20
+    reverse_kl: bool = False
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     name: str = "default"
     description: str = ""
+    # "classification": texts (or pairs) to classes. "causal-lm": a decoder-only LM learns
+    # to write each prompt's target (harness.generative); dev_accuracy is its exact match.
+    task: Literal["classification", "causal-lm"] = "classification"
     seed: int = 0
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -308,6 +326,7 @@ class StudyConfig:
     confirm: ConfirmConfig = ConfirmConfig()
     transfer: TransferConfig = TransferConfig()
     deploy: DeployConfig = DeployConfig()
+    generation: GenerationConfig = GenerationConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -207,6 +207,11 @@ def _download_wheel(target: Path) -> None:
 # --- local files and hub datasets --------------------------------------------------
 
 def _from_datasets(config: DataConfig) -> tuple[dict[str, TextSplit], tuple[str, ...]]:
+    return _splits_from_dataset_dict(load_dataset_dict(config), config)
+
+
+def load_dataset_dict(config: DataConfig):
+    """The configured local file or hub dataset, through datasets' loaders."""
     import datasets
 
     path = Path(config.source)
@@ -229,7 +234,7 @@ def _from_datasets(config: DataConfig) -> tuple[dict[str, TextSplit], tuple[str,
             raise DataError(f"data.source: cannot load hub dataset {config.source!r} "
                             f"({type(error).__name__}: {str(error)[:200]}). "
                             f"{OFFLINE_ALTERNATIVES}") from error
-    return _splits_from_dataset_dict(loaded, config)
+    return loaded
 
 
 def _splits_from_dataset_dict(loaded, config: DataConfig) -> tuple[dict[str, TextSplit], tuple]:

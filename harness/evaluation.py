@@ -86,12 +86,13 @@ class Evaluation:
 
     dev_accuracy: float
     test_accuracy: float
-    dev_macro_f1: float
-    test_macro_f1: float
-    dev_f1: float
-    test_f1: float
-    dev_mcc: float
-    test_mcc: float
+    # None for a generative task, whose outcome per example is right or wrong, not a class
+    dev_macro_f1: float | None
+    test_macro_f1: float | None
+    dev_f1: float | None
+    test_f1: float | None
+    dev_mcc: float | None
+    test_mcc: float | None
     baseline_dev_accuracy: float
     baseline_test_accuracy: float
     kd_gain: float  # dev accuracy, distilled minus label-only baseline
@@ -134,3 +135,27 @@ def evaluate_against_baseline(logits: dict[str, torch.Tensor],
         kd_only_correct_dev=kd_dev, baseline_only_correct_dev=base_dev,
         kd_only_correct_test=kd_test, baseline_only_correct_test=base_test,
         dev_clusters=clusters["dev"], test_clusters=clusters["test"])
+
+
+def evaluate_outcomes(right: dict[str, torch.Tensor], baseline_right: dict[str, torch.Tensor],
+                      teacher_agreement: float, baseline_teacher_agreement: float) -> Evaluation:
+    """The evaluation of a task scored right or wrong per example (a generation that is its
+    target exactly): ``right`` and ``baseline_right`` map "dev" and "test" to (n,) bools."""
+    def only(a: torch.Tensor, b: torch.Tensor) -> int:
+        return int((a & ~b).sum())
+
+    accuracy = {split: float(right[split].double().mean()) for split in ("dev", "test")}
+    baseline = {split: float(baseline_right[split].double().mean()) for split in ("dev", "test")}
+    return Evaluation(
+        dev_accuracy=accuracy["dev"], test_accuracy=accuracy["test"],
+        dev_macro_f1=None, test_macro_f1=None, dev_f1=None, test_f1=None, dev_mcc=None,
+        test_mcc=None, baseline_dev_accuracy=baseline["dev"],
+        baseline_test_accuracy=baseline["test"], kd_gain=accuracy["dev"] - baseline["dev"],
+        teacher_agreement=teacher_agreement,
+        baseline_teacher_agreement=baseline_teacher_agreement,
+        dev_examples=len(right["dev"]), test_examples=len(right["test"]),
+        kd_only_correct_dev=only(right["dev"], baseline_right["dev"]),
+        baseline_only_correct_dev=only(baseline_right["dev"], right["dev"]),
+        kd_only_correct_test=only(right["test"], baseline_right["test"]),
+        baseline_only_correct_test=only(baseline_right["test"], right["test"]),
+        dev_clusters=None, test_clusters=None)

@@ -37,6 +37,16 @@ class GenerativeScores:
 
 
 @dataclass(frozen=True)
+class GenerativeData:
+    train: GenerativeSplit
+    select: GenerativeSplit  # chooses checkpoints
+    dev: GenerativeSplit
+    test: GenerativeSplit
+    pad_id: int
+    eos_id: int
+
+
+@dataclass(frozen=True)
 class GenerativeSplit:
     """Token ids of every example, unpadded: example i is ids[offsets[i]:offsets[i+1]], its
     first ``prompt_lengths[i]`` tokens the prompt; ``teacher`` holds the teacher's top-k at
@@ -200,16 +210,21 @@ def teacher_forced(model, split: GenerativeSplit, batch_size: int, device: torch
 
 
 def score_generative(model, split: GenerativeSplit, batch_size: int, device: torch.device,
-                     pad_id: int, eos_id: int) -> GenerativeScores:
-    """Token accuracy and NLL on the target tokens, and greedy generation's exact match."""
+                     pad_id: int, eos_id: int) -> tuple[GenerativeScores, list[list[int]]]:
+    """Token accuracy and NLL on the target tokens, greedy generation's exact match, and
+    each example's generation."""
     token_accuracy, nll, tokens = teacher_forced(model, split, batch_size, device, pad_id)
     generated = greedy_targets(model, split, batch_size, device, pad_id, eos_id)
-    wanted = [split.sequence(i)[int(split.prompt_lengths[i]):-1].tolist()
-              for i in range(len(split))]
-    matches = sum(g == w for g, w in zip(generated, wanted))
+    matches = exact_matches(generated, split)
     return GenerativeScores(token_accuracy=token_accuracy, nll=nll,
-                            exact_match=matches / len(split), examples=len(split),
-                            target_tokens=tokens)
+                            exact_match=sum(matches) / len(split), examples=len(split),
+                            target_tokens=tokens), generated
+
+
+def exact_matches(generated: list[list[int]], split: GenerativeSplit) -> list[bool]:
+    """Per example: is its generation its target exactly (the target's eos apart)?"""
+    return [tokens == split.sequence(i)[int(split.prompt_lengths[i]):-1].tolist()
+            for i, tokens in enumerate(generated)]
 
 
 def mean_prompt_length(split: GenerativeSplit) -> int:

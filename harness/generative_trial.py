@@ -1,14 +1,16 @@
-"""One generative trial: a causal-LM student distilled token by token from its teacher's
-top-k cache (``harness.token_kd``), measured against its label-only baseline.
+"""A causal-LM student distilled token by token from its teacher's top-k cache
+(``harness.token_kd``), measured against its label-only baseline.
 
-    teacher = fine_tune_teacher(teacher, data, settings.teacher, device)
+    fine_tune_teacher(teacher, data, teacher_settings, device)
     top = teacher_top_k(teacher, data.train, k, ...)            # once per teacher and data
-    result = run_generative_trial(untrained_teacher, top, data, shape, init, settings, device)
+    result, student = distil_causal_lm(untrained_teacher, top, data, shape, init, loss,
+                                       baseline_settings, distill_settings, device)
 
 Both arms start from one student (built once: same init and seed), read the training
-examples in the same order for the same maximum steps, and keep the weights of their best
-token accuracy on the select split, so ``kd_gain`` (dev exact match, distilled minus
-baseline) measures distillation alone. Dev and test score each final model once.
+examples in the same order for the same maximum steps (``harness.budget`` refuses phase
+settings that differ in steps) and keep the weights of their best token accuracy on the
+select split, so ``kd_gain`` (dev exact match, distilled minus baseline) measures
+distillation alone. Dev and test score each final model once.
 """
 
 from __future__ import annotations
@@ -19,24 +21,14 @@ from dataclasses import dataclass
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from harness.compute import count_generated_token_flops, count_params
 from harness.config import ModelShape
-from harness.generative import (GenerativeScores, GenerativeSplit, label_loss,
-                                mean_prompt_length, score_generative, target_logits,
-                                teacher_forced)
+from harness.generative import (GenerativeData, GenerativeScores, label_loss, score_generative,
+                                target_logits, teacher_forced)
 from harness.models import build_student
 from harness.token_kd import TopK, token_distillation_loss
-from harness.train import PhaseResult, TrainSettings, train_phase
+from harness.train import PhaseResult, StepLogger, TrainSettings, train_phase
 
-
-@dataclass(frozen=True)
-class GenerativeData:
-    train: GenerativeSplit
-    select: GenerativeSplit  # chooses checkpoints
-    dev: GenerativeSplit
-    test: GenerativeSplit
-    pad_id: int
-    eos_id: int
+SPLITS = ("dev", "test")
 
 
 @dataclass(frozen=True)
@@ -49,22 +41,16 @@ class GenerativeLoss:
 
 @dataclass(frozen=True)
 class ArmResult:
-    dev: GenerativeScores
-    test: GenerativeScores
-    steps: int
-    best_step: int
-    select_token_accuracies: tuple[float, ...]
+    scores: dict[str, GenerativeScores]  # "dev", "test"
+    generations: dict[str, list[list[int]]]  # greedy, per example
+    phase: PhaseResult
 
 
 @dataclass(frozen=True)
-class GenerativeTrialResult:
+class DistilledLM:
     init: str  # the initialisation actually used
     student: ArmResult
     baseline: ArmResult
-    kd_gain: float  # dev exact match, distilled minus baseline
-    kd_gain_test: float
-    flops_per_token: int  # forward FLOPs of one generated token at the mean prompt length
-    params: int
 
 
 def fine_tune_teacher(teacher: PreTrainedModel, data: GenerativeData, settings: TrainSettings,
@@ -85,35 +71,33 @@ def kd_loss(loss: GenerativeLoss, vocab_size: int):
     return loss_fn
 
 
-def run_generative_trial(teacher: PreTrainedModel, top: TopK, data: GenerativeData,
-                         shape: ModelShape, init: str, loss: GenerativeLoss,
-                         settings: TrainSettings, device: torch.device,
-                         eval_batch_size: int = 64) -> tuple[GenerativeTrialResult, PreTrainedModel]:
+def distil_causal_lm(teacher: PreTrainedModel, top: TopK, data: GenerativeData,
+                     shape: ModelShape, init: str, loss: GenerativeLoss,
+                     baseline_settings: TrainSettings, distill_settings: TrainSettings,
+                     device: torch.device, eval_batch_size: int = 64,
+                     log_step: StepLogger | None = None) -> tuple[DistilledLM, PreTrainedModel]:
     """Distil a student of ``shape`` (``init`` from ``teacher`` as loaded, before its
     fine-tune) on the fine-tuned teacher's ``top``; returns the result and the student."""
-    student, used = build_student(teacher, shape, init, settings.seed,
+    if baseline_settings.seed != distill_settings.seed:
+        raise ValueError("both arms train on one seed: the same init, dropout and data order")
+    student, used = build_student(teacher, shape, init, distill_settings.seed,
                                   auto_class=AutoModelForCausalLM)
     baseline = copy.deepcopy(student).to(device)
     student.to(device)
     arms = {}
-    for name, model, split, loss_fn in (
-            ("baseline", baseline, data.train, label_loss),
-            ("distill", student, data.train.with_teacher(top), kd_loss(loss, top.vocab_size))):
+    for name, model, split, loss_fn, settings in (
+            ("baseline", baseline, data.train, label_loss, baseline_settings),
+            ("distill", student, data.train.with_teacher(top), kd_loss(loss, top.vocab_size),
+             distill_settings)):
         phase = train_phase(name, model, split, loss_fn, settings, device, data.pad_id,
-                            on_evaluation=_select_hook(model, data, eval_batch_size, device))
-        arms[name] = ArmResult(
-            *(score_generative(model, split_, eval_batch_size, device, data.pad_id, data.eos_id)
-              for split_ in (data.dev, data.test)),
-            phase.steps, phase.best_step, phase.select_accuracies)
-    student_arm, baseline_arm = arms["distill"], arms["baseline"]
-    result = GenerativeTrialResult(
-        init=used, student=student_arm, baseline=baseline_arm,
-        kd_gain=student_arm.dev.exact_match - baseline_arm.dev.exact_match,
-        kd_gain_test=student_arm.test.exact_match - baseline_arm.test.exact_match,
-        flops_per_token=count_generated_token_flops(student, mean_prompt_length(data.dev),
-                                                    device),
-        params=count_params(student)[0])
-    return result, student
+                            on_evaluation=_select_hook(model, data, eval_batch_size, device),
+                            log_step=log_step)
+        scored = {split_name: score_generative(model, getattr(data, split_name),
+                                               eval_batch_size, device, data.pad_id,
+                                               data.eos_id) for split_name in SPLITS}
+        arms[name] = ArmResult({s: scored[s][0] for s in SPLITS},
+                               {s: scored[s][1] for s in SPLITS}, phase)
+    return DistilledLM(used, arms["distill"], arms["baseline"]), student
 
 
 def _select_hook(model, data: GenerativeData, batch_size: int, device: torch.device):

@@ -88,13 +88,17 @@ class TrialResult:
     # An ensemble teacher's members (teacher.ensemble), each member's accuracy; else empty.
     teacher_member_dev_accuracies: tuple[float, ...]
     teacher_member_test_accuracies: tuple[float, ...]
+    # A task's own scores beside the contract's (task: causal-lm: token accuracy, NLL,
+    # FLOPs per generated token), stored under these names
+    task_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def stored_fields(self) -> dict:
         parts = [dataclasses.asdict(self.trial), dataclasses.asdict(self.shape),
-                 dataclasses.asdict(self.evaluation), dataclasses.asdict(self.cost)]
+                 dataclasses.asdict(self.evaluation), dataclasses.asdict(self.cost),
+                 self.task_scores]
         flat = {k: v for part in parts for k, v in part.items()}
         flat.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                     if f.name not in ("trial", "shape", "evaluation", "cost")})
+                     if f.name not in ("trial", "shape", "evaluation", "cost", "task_scores")})
         return {k: list(v) if isinstance(v, tuple) else v for k, v in flat.items()}
 
 

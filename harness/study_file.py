@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from harness.config import (OBJECTIVE_DIRECTIONS, QUALITY_OBJECTIVES, SEARCHABLE, ConfigError,
-                            SearchParam, StudyConfig, Value, above_zero, fixed_value,
-                            in_unit_interval, not_negative)
+from harness.config import (OBJECTIVE_DIRECTIONS, QUALITY_OBJECTIVES, RESIZED_TEACHER,
+                            SEARCHABLE, ConfigError, SearchParam, StudyConfig, Value, above_zero,
+                            fixed_value, in_unit_interval, not_negative, student_inits)
 
 # A study's name names its folder under runs/: nothing that could leave it or hide in it.
 STUDY_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -69,7 +69,11 @@ FIELD_RULES = {
     "confirm.best_per_size": not_negative("trial counts"),
     "confirm.max_rounds": above_zero("round counts"),
     "deploy.latency_repeats": above_zero("repeat counts"),
+    "generation.top_k": above_zero("token counts"),
 }
+# The compute objectives a causal-LM trial measures.
+GENERATIVE_OBJECTIVES = ("flops_per_token", "flops_per_example", "params", "train_flops",
+                         "flops_share")
 
 
 def load_study_config(path: Path | str, overrides: typing.Sequence[str] = ()) -> StudyConfig:
@@ -257,6 +261,11 @@ def _check_semantics(config: StudyConfig) -> None:
                           "ensemble, as yet; use teacher.ensemble: 1 with transfer:")
     if config.transfer.online:
         _check_online_views(config)
+    if config.task == "causal-lm":
+        _check_generative(config)
+    elif "flops_per_token" in (*metrics, *config.objectives.constraints):
+        raise ConfigError("objectives: flops_per_token is measured for task: causal-lm only; "
+                          "a classifier's cost is flops_per_example")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():
@@ -266,6 +275,41 @@ def _check_semantics(config: StudyConfig) -> None:
             raise ConfigError(f"{searchable.path}: {problem}")
     if config.sampler.name == "grid" and any(p.choices is None for p in config.search.values()):
         raise ConfigError("sampler.name: grid needs every search entry given as choices")
+
+
+# What a causal-LM study cannot use as yet, each with the value that leaves it unused.
+_NOT_GENERATIVE = (
+    ("data.text_columns", None), ("data.group_column", None), ("teacher.ensemble", 1),
+    ("teacher.fine_tune", True), ("student.source", RESIZED_TEACHER),
+    ("pipeline.intermediate.epochs", 0.0), ("pipeline.finetune.epochs", 0.0),
+    ("pipeline.hidden_weight", 0.0), ("pipeline.attention_weight", 0.0),
+    ("pipeline.lr_rule", "fixed"), ("transfer.copies", 0), ("transfer.unlabeled", None),
+    ("transfer.online", False))
+
+
+def _check_generative(config: StudyConfig) -> None:
+    for path, unused in _NOT_GENERATIVE:
+        if fixed_value(config, path) != unused:
+            raise ConfigError(f"{path}: not used by task: causal-lm as yet; leave it at "
+                              f"{unused!r}")
+    for name in ("student_source", "hidden_weight", "attention_weight", "transfer_copies"):
+        if name in config.search:
+            raise ConfigError(f"search.{name}: not searched by task: causal-lm as yet")
+    if "teacher-pruned" in student_inits(config):
+        raise ConfigError("student.init: teacher-pruned is not built for causal LMs as yet; use "
+                          "teacher-layers or random")
+    if config.teacher.source == "architecture":
+        raise ConfigError("teacher.source: task: causal-lm takes a causal LM checkpoint (a hub "
+                          "name or a local folder), not an architecture")
+    if config.deploy.export == "every-trial":
+        raise ConfigError("deploy.export: the ONNX deployment is for classifiers; use front "
+                          "(skipped for causal LMs) or none")
+    metrics = (*config.objectives.metrics, *config.objectives.constraints)
+    for metric in metrics:
+        if metric not in ("dev_accuracy", *GENERATIVE_OBJECTIVES):
+            raise ConfigError(f"objectives: {metric!r} is not measured for causal LMs; expected "
+                              f"dev_accuracy (the exact match) first, then some of "
+                              f"{list(GENERATIVE_OBJECTIVES)}")
 
 
 def _check_online_views(config: StudyConfig) -> None:

@@ -22,7 +22,7 @@ import textwrap
 
 import pytest
 
-from harness import data, pipeline, shared, student, transfer
+from harness import data, generative, generative_shared, pipeline, shared, student, transfer
 from harness.artifacts import BUILD_VERSIONS
 
 NOT_FOLLOWED = ("harness.config", "harness.artifacts")
@@ -36,6 +36,10 @@ BUILD_ROOTS = {
     "baseline": (student.resolve_student, pipeline.train_baseline),
     "importance": (shared.prepare_importance,),
     "transfer": (shared.prepare_transfer, transfer.unlabeled_texts),
+    # A causal LM teacher: its examples tokenized, loaded, fine-tuned on the targets, scored.
+    "lm-teacher": (generative.tokenize_examples, generative_shared.load_causal_lm,
+                   generative_shared._build_teacher),
+    "lm-top-k": (generative.teacher_top_k,),
 }
 
 # (kind, build version) -> hash of the code its build runs. Recorded anew at the versions
@@ -65,15 +69,20 @@ RECORDED = {
     # key-value groups (one head per group in the encoders: the same slices). Encoder
     # tokenizers and configs all have pad tokens, so their builds are as before: teacher,
     # baseline and importance re-recorded.
+    # build_student builds a causal LM's student too (its class an argument, its output
+    # layer the teacher's); a classifier's build takes the path it took: baseline
+    # re-recorded. The causal-LM teacher and its top-k cache are new kinds.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
     ("teacher", 4): "43166f49d19054d1",
-    ("baseline", 5): "068dda58bec49a4a",
+    ("baseline", 5): "ad32e0fa9ceb2a6d",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
     ("importance", 1): "d35787e55474426b",
     ("transfer", 1): "c8a76581b72efeeb",
+    ("lm-teacher", 1): "008b81bcf457b74d",
+    ("lm-top-k", 1): "f5b95454698278c7",
 }
 
 

@@ -77,8 +77,8 @@ def test_exact_match_counts_generations_that_are_the_target_exactly():
     train_phase("lm", model, split, label_loss,
                 TrainSettings(epochs=30, lr=3e-3, batch_size=32, warmup_ratio=0.1,
                               weight_decay=0.0, max_grad_norm=1.0, seed=0), CPU, 0)
-    scores = score_generative(model, split, 64, CPU, 0, tokenizer.eos_token_id)
-    generated = greedy_targets(model, split, 64, CPU, 0, tokenizer.eos_token_id)
+    scores, generated = score_generative(model, split, 64, CPU, 0, tokenizer.eos_token_id)
+    assert generated == greedy_targets(model, split, 64, CPU, 0, tokenizer.eos_token_id)
     wanted = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
     assert scores.exact_match == sum(g == w for g, w in zip(generated, wanted)) / 200
     assert 0 < scores.exact_match and scores.target_tokens == 5 * 200

@@ -11,10 +11,9 @@ import torch
 import transformers
 
 from harness.config import ModelShape
-from harness.generative import (greedy_targets, label_loss, score_generative, teacher_top_k,
-                                tokenize_examples)
-from harness.generative_trial import (GenerativeData, GenerativeLoss, fine_tune_teacher,
-                                      run_generative_trial)
+from harness.generative import (GenerativeData, greedy_targets, label_loss, score_generative,
+                                teacher_top_k, tokenize_examples)
+from harness.generative_trial import GenerativeLoss, distil_causal_lm, fine_tune_teacher
 from harness.models import build_student
 from harness.train import TrainSettings, train_phase
 
@@ -45,14 +44,14 @@ def trained(tmp_path_factory):
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
     loss = GenerativeLoss(alpha=0.8, T=2.0, T_s=2.0)
     shape = ModelShape(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=256)
-    result, student = run_generative_trial(untrained, top, data, shape, "teacher-layers", loss,
-                                           settings(4, seed=1), CPU)
+    result, student = distil_causal_lm(untrained, top, data, shape, "teacher-layers", loss,
+                                       settings(4, seed=1), settings(4, seed=1), CPU)
     return tokenizer, data, teacher, result, student
 
 
 def test_the_distilled_student_reads_the_prompt_and_a_prompt_blind_one_cannot(trained):
     tokenizer, data, teacher, result, _ = trained
-    teacher_scores = score_generative(teacher, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    teacher_scores, _ = score_generative(teacher, data.dev, 64, CPU, data.pad_id, data.eos_id)
     assert teacher_scores.exact_match > 0.9
     # The same student trained on the targets with every prompt replaced by "=": the best it
     # can do is the targets' marginal, and 4 random digits match by chance 1 in 10^4.
@@ -62,22 +61,21 @@ def test_the_distilled_student_reads_the_prompt_and_a_prompt_blind_one_cannot(tr
                              ModelShape(1, 64, 4, 256), "teacher-layers", seed=1,
                              auto_class=transformers.AutoModelForCausalLM)
     train_phase("blind", blind, blind_train, label_loss, settings(4, seed=1), CPU, data.pad_id)
-    blind_scores = score_generative(blind, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    blind_scores, _ = score_generative(blind, data.dev, 64, CPU, data.pad_id, data.eos_id)
     assert blind_scores.exact_match < 0.02
-    assert result.student.dev.exact_match > 0.5 > blind_scores.exact_match + 0.4
-    assert result.init == "teacher-layers" and result.student.steps == result.baseline.steps
-    assert result.kd_gain == pytest.approx(result.student.dev.exact_match
-                                           - result.baseline.dev.exact_match)
+    assert result.student.scores["dev"].exact_match > 0.5 > blind_scores.exact_match + 0.4
+    assert result.init == "teacher-layers"
+    assert result.baseline.scores["dev"].exact_match > 0.5
 
 
 def test_both_arms_have_the_same_budget_and_selection_rule(trained):
     _, data, _, result, _ = trained
     budget = settings(4, seed=1).total_steps(len(data.train))
-    assert result.student.steps == result.baseline.steps == budget
-    evaluations = len(result.student.select_token_accuracies)
-    assert evaluations == len(result.baseline.select_token_accuracies) == -(-budget // 40)
-    for arm in (result.student, result.baseline):  # each kept its best select evaluation
-        best = max(range(evaluations), key=lambda i: (arm.select_token_accuracies[i], -i))
+    assert result.student.phase.steps == result.baseline.phase.steps == budget
+    evaluations = len(result.student.phase.select_accuracies)
+    assert evaluations == len(result.baseline.phase.select_accuracies) == -(-budget // 40)
+    for arm in (result.student.phase, result.baseline.phase):  # each kept its best evaluation
+        best = max(range(evaluations), key=lambda i: (arm.select_accuracies[i], -i))
         assert arm.best_step == min(40 * (best + 1), budget)
 
 
@@ -90,5 +88,7 @@ def test_the_saved_student_reloads_and_reproduces_its_generations(trained, tmp_p
     assert reloaded("1 2 =")["input_ids"] == tokenizer("1 2 =")["input_ids"]
     generated = greedy_targets(again, data.dev, 64, CPU, data.pad_id, data.eos_id)
     assert generated == greedy_targets(student, data.dev, 64, CPU, data.pad_id, data.eos_id)
-    scores = score_generative(again, data.dev, 64, CPU, data.pad_id, data.eos_id)
-    assert scores.exact_match == result.student.dev.exact_match
+    scores, again_generated = score_generative(again, data.dev, 64, CPU, data.pad_id,
+                                               data.eos_id)
+    assert scores.exact_match == result.student.scores["dev"].exact_match
+    assert again_generated == result.student.generations["dev"]

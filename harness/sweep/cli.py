@@ -33,6 +33,7 @@ from harness.artifacts import ArtifactLockTimeout, cache_root
 from harness.config import ConfigError, StudyConfig
 from harness.data import DataError
 from harness.models import ModelError
+from harness.generative_shared import GenerativeShared, prepare_generative_shared
 from harness.shared import SharedArtifacts, prepare_shared
 from harness.study_file import check_study_name, load_study_config
 from harness.sweep import tracking
@@ -142,7 +143,7 @@ class Prepared:
 
     study: optuna.Study
     study_config: StudyConfig
-    shared: SharedArtifacts
+    shared: SharedArtifacts | GenerativeShared
     storage_url: str
 
 
@@ -165,7 +166,8 @@ def prepare(args: argparse.Namespace) -> Prepared:
     # file is only created once the data and the teacher are known to be good.
     storage = (None if journal_path(storage_url)
                else open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds))
-    shared = prepare_shared(study_config, device, cache_root())
+    prepare = prepare_generative_shared if study_config.task == "causal-lm" else prepare_shared
+    shared = prepare(study_config, device, cache_root())
     study = open_study(storage or open_storage(storage_url), study_name, study_config)
     return Prepared(study, study_config, shared, storage_url)
 
@@ -208,7 +210,9 @@ def run(prepared: Prepared, args: argparse.Namespace, argv: list[str]) -> int:
         # The driver deploys the front once its workers are gone, so that nothing else
         # runs while the students are timed; it reports the study once, for all its
         # workers; not within a scheduler's grace period after SIGTERM (the next run does).
-        if finished and not problems and not args.local_worker:
+        # ONNX deployment is for classifiers: a causal-LM study's front is not exported.
+        if (finished and not problems and not args.local_worker
+                and study_config.task == "classification"):
             deploy_front(study, study_config, shared)
         if not args.local_worker and not terminated:
             report_study(study, study_config, prepared.storage_url, run_dir,

@@ -14,8 +14,11 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.config import StudyConfig
-from harness.pipeline import TrialHooks, reported_evaluations, run_trial, untrained_cost
+from harness.causal_lm_pipeline import run_causal_lm_trial
+from harness.config import StudyConfig, TrialConfig
+from harness.generative_shared import GenerativeShared
+from harness.pipeline import (TrialHooks, TrialResult, reported_evaluations, run_trial,
+                              untrained_cost)
 from harness.shared import SharedArtifacts
 from harness.student import Student, resolve_student
 from harness.sweep import tracking
@@ -27,7 +30,7 @@ from harness.sweep.search import (architecture_costs, constraint_violations, obj
                                   over_budget, stop_if_behind, suggest_trial_config)
 from harness.sweep.storage import DatabaseConnectionLost
 from harness.sweep.workers import Terminated, requeue, worker_identity
-from harness.train import Diverged
+from harness.train import Diverged, StepLogger
 
 # Trials refused before training (one too many, a repeat another trial runs): not failures
 # of the study's trials, so they never count toward the driver's run of failures.
@@ -61,17 +64,10 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
          "configuration": trial.user_attrs.get(REPEAT_OF, trial.number), **context})
     if run.run_id:
         trial.set_user_attr("wandb_run_id", run.run_id)
-    student = resolve_student(study_config, trial_config, shared)
-    # A repeat is never stopped early: its configuration already made the front.
-    transfer_examples = (0 if shared.transfer is None
-                         else shared.transfer.examples(trial_config.transfer_copies))
-    hooks = TrialHooks(log=run.log, on_evaluation=None if repeat else early_stop(
-        trial, study_config, student, len(student.text.tokens["train"]), transfer_examples))
     student_dir = run_dir / "students" / f"trial-{trial.number}"
     try:
-        refuse_over_budget(trial, study_config, student, shared.device,
-                           shared.teacher_cost.flops_per_example)
-        result = run_trial(study_config, trial_config, shared, hooks, save_student_to=student_dir)
+        result = run_task_trial(trial, study_config, trial_config, shared, run.log, repeat,
+                                student_dir)
     except optuna.TrialPruned as pruned:
         trial.set_user_attr("prune_reason", str(pruned))
         run.finish({"prune_reason": str(pruned)}, "pruned", str(pruned))
@@ -95,6 +91,26 @@ def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArti
         trial.set_constraint(key, value)
     run.finish(stored, "complete")
     return objective_values(study_config, stored)
+
+
+def run_task_trial(trial: optuna.Trial, study_config: StudyConfig, trial_config: TrialConfig,
+                   shared: SharedArtifacts | GenerativeShared, log: StepLogger, repeat: bool,
+                   student_dir: Path) -> TrialResult:
+    """The trial's pipeline for the study's task. A classifier over its compute budget is
+    refused untrained, and a search trial stopped when behind its peers; a causal LM's
+    trial runs whole (its constraints are checked on what it measured)."""
+    if study_config.task == "causal-lm":
+        return run_causal_lm_trial(study_config, trial_config, shared, TrialHooks(log=log),
+                                   save_student_to=student_dir)
+    student = resolve_student(study_config, trial_config, shared)
+    # A repeat is never stopped early: its configuration already made the front.
+    transfer_examples = (0 if shared.transfer is None
+                         else shared.transfer.examples(trial_config.transfer_copies))
+    hooks = TrialHooks(log=log, on_evaluation=None if repeat else early_stop(
+        trial, study_config, student, len(student.text.tokens["train"]), transfer_examples))
+    refuse_over_budget(trial, study_config, student, shared.device,
+                       shared.teacher_cost.flops_per_example)
+    return run_trial(study_config, trial_config, shared, hooks, save_student_to=student_dir)
 
 
 def early_stop(trial: optuna.Trial, study_config: StudyConfig, student: Student,

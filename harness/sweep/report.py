@@ -29,24 +29,27 @@ def report_study(study: optuna.Study, study_config: StudyConfig, storage_url: st
     from analysis.report import NoCompleteTrials, build_report, render_text
 
     frame = study_frame(study)
+    # A causal LM's cost where it is deployed is per generated token.
+    x = "flops_per_token" if study_config.task == "causal-lm" else "flops_per_example"
     try:
-        report = build_report(frame)
+        report = build_report(frame, x=x)
     except NoCompleteTrials:
         report = None
     tracking_config = study_config.tracking
     if report is not None and log_to_wandb and tracking_config.wandb != "disabled":
-        write_files(run_dir, {"pareto.png": png_bytes(plot_front(frame))})
+        write_files(run_dir, {"pareto.png": png_bytes(plot_front(frame, x=x))})
         tracking.log_study_front(tracking_config.wandb, tracking_config.project,
                                  tracking_config.entity, tracking_config.tags, run_dir,
                                  report.study_name, report.front[["trial", *FRONT_COLUMNS]],
                                  run_dir / "pareto.png")
     if report is not None:
         print(render_text(report))
-    storage_arg = ("" if storage_url == DEFAULT_STORAGE
+    report_args = ("" if storage_url == DEFAULT_STORAGE
                    else f" --storage '{redact_url(storage_url)}'")
+    report_args += "" if x == "flops_per_example" else f" --x {x}"
     print(f"study {study.study_name!r} is stored in {redact_url(storage_url)}; its front's "
           f"students in {run_dir / 'students'}")
-    print(f"Pareto report: python -m analysis.pareto --study-name {study.study_name}{storage_arg}")
+    print(f"Pareto report: python -m analysis.pareto --study-name {study.study_name}{report_args}")
     sync = tracking.sync_command(run_dir, tracking_config.wandb)
     if sync:
         print(f"upload the offline W&B runs: {sync}")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import optuna
 
-from harness.config import RESIZED_TEACHER, ConfigError, ScheduleConfig, StudyConfig, TransferConfig
+from harness.config import (RESIZED_TEACHER, ConfigError, GenerationConfig, ScheduleConfig,
+                            StudyConfig, TransferConfig)
 from harness.sweep.search import directions, make_pruner, make_sampler
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,8 @@ _ADDED_FIELDS = (
     ("pipeline.budget", "matched"),
     ("data.group_column", None), ("data.select_fraction", 0.0),
     ("teacher.fine_tune", True), ("teacher.label_map", None), ("teacher.ensemble", 1),
+    ("task", "classification"), ("data.prompt_column", "prompt"),
+    ("data.target_column", "target"), ("generation", dataclasses.asdict(GenerationConfig())),
 )
 
 

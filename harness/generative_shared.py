@@ -1,0 +1,136 @@
+"""What every trial of a causal-LM study shares (``task: causal-lm``), built once: the
+prompt/target data through the teacher's tokenizer, the teacher fine-tuned on the targets
+(artifact ``lm-teacher``), its top-k next-token log-probabilities at every training target
+token (artifact ``lm-top-k``: full distributions over the vocabulary would not fit), and its
+scores and generations on dev and test. Bad input fails here, before any training."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from harness.artifacts import build_once
+from harness.budget import check_equal_budgets
+from harness.compute import ComputeCost, count_generated_token_flops, measure_compute
+from harness.config import StudyConfig
+from harness.generative import (GenerativeData, GenerativeScores, mean_prompt_length,
+                                score_generative, teacher_top_k, tokenize_examples)
+from harness.generative_trial import fine_tune_teacher
+from harness.models import (ModelError, check_teacher_source, hub_revision, load_tokenizer,
+                            resolve_source, save_model, tokenizer_id)
+from harness.prompt_data import PromptTargetData, load_prompt_target_data
+from harness.shared import teacher_fields
+from harness.token_kd import TopK
+from harness.train import precision, train_settings
+
+log = logging.getLogger(__name__)
+
+# The decoder-only families of harness.models.FAMILIES: what a causal-LM student is built from.
+CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
+
+
+@dataclass(frozen=True)
+class GenerativeShared:
+    texts: PromptTargetData
+    data: GenerativeData  # tokenized through the teacher's tokenizer
+    tokenizer: object
+    pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
+    teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
+    teacher_key: str
+    top_k: TopK  # at every target token of the training split
+    teacher_scores: dict[str, GenerativeScores]  # "dev", "test"
+    teacher_generations: dict[str, list[list[int]]]  # greedy, per example
+    teacher_cost: ComputeCost  # at the mean length of a dev example, prompt and target
+    teacher_flops_per_token: int
+    device: torch.device
+    cache: Path
+    reused: dict[str, bool]
+
+
+def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
+                              cache: Path) -> GenerativeShared:
+    config = study_config.teacher
+    check_teacher_source(config)
+    texts = load_prompt_target_data(study_config.data)
+    check_equal_budgets(study_config.pipeline, len(texts.splits["train"]))
+    tokenizer = load_tokenizer(config)
+    splits = [tokenize_examples(tokenizer, texts.splits[name].prompts,
+                                texts.splits[name].targets, study_config.data.max_length)
+              for name in ("train", "select", "dev", "test")]
+    data = GenerativeData(*splits, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    revision = hub_revision(config.source)
+    pretrained = load_causal_lm(config.source, "teacher.source", study_config.seed, revision,
+                                config.trust_remote_code)
+    fields = {**teacher_fields(study_config, texts, tokenizer_id(tokenizer), revision),
+              "task": "causal-lm", "precision": precision(device)}
+    artifact = build_once(cache, "lm-teacher", fields, lambda folder: _build_teacher(
+        study_config, pretrained, tokenizer, data, device, folder))
+    log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
+    teacher = AutoModelForCausalLM.from_pretrained(artifact.path / "model",
+                                                   use_safetensors=True).to(device).eval()
+    k = min(study_config.generation.top_k, len(tokenizer))
+    top = build_once(cache, "lm-top-k", {"teacher": artifact.key, "k": k}, lambda folder:
+                     save_file(teacher_top_k(teacher, data.train, k,
+                                             study_config.pipeline.eval_batch_size, device,
+                                             data.pad_id).tensors(),
+                               str(folder / "top_k.safetensors")))
+    metrics = json.loads((artifact.path / "metrics.json").read_text())
+    return GenerativeShared(
+        texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
+        teacher=teacher, teacher_key=artifact.key,
+        top_k=TopK.from_tensors({name: value.clone() for name, value in
+                                 load_file(str(top.path / "top_k.safetensors")).items()}),
+        teacher_scores={name: GenerativeScores(**metrics[name]) for name in ("dev", "test")},
+        teacher_generations={name: metrics[f"{name}_generations"] for name in ("dev", "test")},
+        teacher_cost=measure_compute(teacher, mean_length(data), device),
+        teacher_flops_per_token=count_generated_token_flops(
+            teacher, mean_prompt_length(data.dev), device),
+        device=device, cache=cache,
+        reused={"teacher": artifact.reused, "top-k": top.reused})
+
+
+def load_causal_lm(source: str, key: str, seed: int, revision: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedModel:
+    """A decoder-only checkpoint of a family students can be built from, with its LM head."""
+    try:
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_source(source, key), revision=revision, use_safetensors=True,
+            trust_remote_code=trust_remote_code)
+    except Exception as error:
+        raise ModelError(f"{key}: cannot load {source!r} as a causal LM "
+                         f"({type(error).__name__}: {str(error)[:300]})") from error
+    if model.config.model_type not in CAUSAL_FAMILIES:
+        raise ModelError(f"{key}: task: causal-lm needs a decoder-only family, one of "
+                         f"{list(CAUSAL_FAMILIES)}; got {model.config.model_type!r}")
+    return model
+
+
+def mean_length(data: GenerativeData) -> int:
+    """The mean tokens of a dev example, prompt and target: where its FLOPs are counted."""
+    return max(1, round(float(data.dev.lengths().float().mean())))
+
+
+def _build_teacher(study_config: StudyConfig, pretrained: PreTrainedModel, tokenizer,
+                   data: GenerativeData, device: torch.device, folder: Path) -> None:
+    config = study_config.teacher
+    teacher = copy.deepcopy(pretrained)
+    fine_tune_teacher(teacher, data, train_settings(config, config.epochs, config.lr,
+                                                    study_config.seed),
+                      device, study_config.pipeline.eval_batch_size)
+    save_model(teacher, tokenizer, folder / "model")
+    batch = study_config.pipeline.eval_batch_size
+    metrics = {}
+    for name, split in (("dev", data.dev), ("test", data.test)):
+        scores, generated = score_generative(teacher, split, batch, device, data.pad_id,
+                                             data.eos_id)
+        metrics[name], metrics[f"{name}_generations"] = dataclasses.asdict(scores), generated
+    (folder / "metrics.json").write_text(json.dumps(metrics))
