@@ -22,6 +22,7 @@ from harness.study import main
 from harness.study_file import load_study_config
 from harness.sweep.storage import open_storage
 
+from .conftest import SMOKE
 from .generative_task import digit_tokenizer, reversal_examples, tiny_lm
 
 STUDY = {
@@ -134,3 +135,7 @@ def test_bad_causal_lm_settings_are_refused_before_training(causal_study, capsys
                      "--storage", f"journal:{tmp_path / 'refused.journal'}"]) == 2
         assert named in capsys.readouterr().err
     assert not (tmp_path / "refused.journal").exists()
+    # A classifier has no per-token scores to search on.
+    assert main(["--study", str(SMOKE), "--set",
+                 "objectives.metrics=[dev_token_accuracy, flops_per_example]"]) == 2
+    assert "dev_token_accuracy is measured for task: causal-lm only" in capsys.readouterr().err
