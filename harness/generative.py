@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers import GenerationConfig
 
 from harness.token_kd import TopK
 from harness.train import autocast
@@ -44,6 +45,12 @@ class GenerativeData:
     test: GenerativeSplit
     pad_id: int
     eos_id: int
+
+    @property
+    def max_new_tokens(self) -> int:
+        """What greedy generation may write: the longest training target, eos included
+        (from train, so no evaluation label sets the decoding budget)."""
+        return int(self.train.target_lengths().max())
 
 
 @dataclass(frozen=True)
@@ -145,14 +152,17 @@ def batches(split: GenerativeSplit, batch_size: int) -> list[torch.Tensor]:
 @torch.no_grad()
 def teacher_top_k(teacher, split: GenerativeSplit, k: int, batch_size: int,
                   device: torch.device, pad_id: int) -> TopK:
-    """The teacher's top-k at every target token of ``split``, in the split's order."""
+    """The teacher's top-k at every target token of ``split``, in the split's order (in
+    float32: the cache is what every student learns from)."""
     was_training = teacher.training
     teacher.eval()
     per_example: list[TopK | None] = [None] * len(split)
     for indices in batches(split, batch_size):
         batch = {name: value.to(device) for name, value in split.batch(indices, pad_id).items()}
         logits, _ = target_logits(teacher, batch)
-        top = TopK.of(logits.float().cpu(), k)
+        on_device = TopK.of(logits, k)  # (N, V) stays where it is; only (N, k) moves
+        top = TopK(on_device.ids.cpu(), on_device.log_probs.cpu(), on_device.tail.cpu(),
+                   on_device.vocab_size)
         ends = split.target_lengths()[indices].cumsum(0).tolist()
         for i, start, end in zip(indices.tolist(), [0] + ends[:-1], ends):
             per_example[i] = top.rows(torch.arange(start, end))
@@ -164,12 +174,16 @@ def teacher_top_k(teacher, split: GenerativeSplit, k: int, batch_size: int,
 
 @torch.no_grad()
 def greedy_targets(model, split: GenerativeSplit, batch_size: int, device: torch.device,
-                   pad_id: int, eos_id: int) -> list[list[int]]:
-    """Each example's greedy generation after its prompt, up to its first eos (excluded)."""
+                   pad_id: int, eos_id: int, max_new_tokens: int) -> list[list[int]]:
+    """Each example's greedy generation after its prompt, up to its first eos (excluded),
+    in the training's precision. Pinned to greedy whatever the checkpoint's own generation
+    config (a hub model's may sample, or penalise repeats), so teacher and students compare."""
     was_training = model.training
     model.eval()
     generated: list[list[int]] = [[] for _ in range(len(split))]
-    max_new = int(split.target_lengths().max())
+    greedy = GenerationConfig(do_sample=False, num_beams=1, repetition_penalty=1.0,
+                              max_new_tokens=max_new_tokens, eos_token_id=eos_id,
+                              pad_token_id=pad_id)
     prompt_lengths = split.prompt_lengths
     for indices in torch.argsort(prompt_lengths, stable=True).split(batch_size):
         width = int(prompt_lengths[indices].max())
@@ -179,10 +193,10 @@ def greedy_targets(model, split: GenerativeSplit, batch_size: int, device: torch
             prompt = split.sequence(i)[:int(prompt_lengths[i])]
             input_ids[row, width - len(prompt):] = prompt
             attention_mask[row, width - len(prompt):] = 1
-        out = model.generate(input_ids=input_ids.to(device),
-                             attention_mask=attention_mask.to(device), max_new_tokens=max_new,
-                             do_sample=False, num_beams=1, eos_token_id=eos_id,
-                             pad_token_id=pad_id)[:, width:].cpu()
+        with autocast(device):
+            out = model.generate(input_ids=input_ids.to(device),
+                                 attention_mask=attention_mask.to(device),
+                                 generation_config=greedy)[:, width:].cpu()
         for row, i in enumerate(indices.tolist()):
             tokens = out[row].tolist()
             generated[i] = tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
@@ -198,8 +212,7 @@ def teacher_forced(model, split: GenerativeSplit, batch_size: int, device: torch
     model.eval()
     correct, nll, tokens = 0, 0.0, 0
     for indices in batches(split, batch_size):
-        batch = {name: value.to(device) for name, value in split.batch(indices, pad_id).items()
-                 if not name.startswith("top_")}
+        batch = {name: value.to(device) for name, value in split.batch(indices, pad_id).items()}
         with autocast(device):
             logits, targets = target_logits(model, batch)
         correct += int((logits.argmax(-1) == targets).sum())
@@ -210,11 +223,13 @@ def teacher_forced(model, split: GenerativeSplit, batch_size: int, device: torch
 
 
 def score_generative(model, split: GenerativeSplit, batch_size: int, device: torch.device,
-                     pad_id: int, eos_id: int) -> tuple[GenerativeScores, list[list[int]]]:
+                     pad_id: int, eos_id: int,
+                     max_new_tokens: int) -> tuple[GenerativeScores, list[list[int]]]:
     """Token accuracy and NLL on the target tokens, greedy generation's exact match, and
     each example's generation."""
     token_accuracy, nll, tokens = teacher_forced(model, split, batch_size, device, pad_id)
-    generated = greedy_targets(model, split, batch_size, device, pad_id, eos_id)
+    generated = greedy_targets(model, split, batch_size, device, pad_id, eos_id,
+                               max_new_tokens)
     matches = exact_matches(generated, split)
     return GenerativeScores(token_accuracy=token_accuracy, nll=nll,
                             exact_match=sum(matches) / len(split), examples=len(split),

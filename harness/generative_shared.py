@@ -43,7 +43,6 @@ class GenerativeShared:
     data: GenerativeData  # tokenized through the teacher's tokenizer
     tokenizer: object
     pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
-    teacher: PreTrainedModel  # fine-tuned, eval mode, on ``device``
     teacher_key: str
     top_k: TopK  # at every target token of the training split
     teacher_scores: dict[str, GenerativeScores]  # "dev", "test"
@@ -85,7 +84,7 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     return GenerativeShared(
         texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
-        teacher=teacher, teacher_key=artifact.key,
+        teacher_key=artifact.key,
         top_k=TopK.from_tensors({name: value.clone() for name, value in
                                  load_file(str(top.path / "top_k.safetensors")).items()}),
         teacher_scores={name: GenerativeScores(**metrics[name]) for name in ("dev", "test")},
@@ -131,6 +130,6 @@ def _build_teacher(study_config: StudyConfig, pretrained: PreTrainedModel, token
     metrics = {}
     for name, split in (("dev", data.dev), ("test", data.test)):
         scores, generated = score_generative(teacher, split, batch, device, data.pad_id,
-                                             data.eos_id)
+                                             data.eos_id, data.max_new_tokens)
         metrics[name], metrics[f"{name}_generations"] = dataclasses.asdict(scores), generated
     (folder / "metrics.json").write_text(json.dumps(metrics))

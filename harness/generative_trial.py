@@ -8,9 +8,10 @@
 
 Both arms start from one student (built once: same init and seed), read the training
 examples in the same order for the same maximum steps (``harness.budget`` refuses phase
-settings that differ in steps) and keep the weights of their best token accuracy on the
-select split, so ``kd_gain`` (dev exact match, distilled minus baseline) measures
-distillation alone. Dev and test score each final model once.
+settings that differ in steps) and are evaluated on the select split by token accuracy
+(stopping, and keeping the best weights, as the schedule says), so ``kd_gain`` (dev exact
+match, distilled minus baseline) measures distillation alone. Dev and test score each final
+model once.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from harness.models import build_student
 from harness.token_kd import TopK, token_distillation_loss
 from harness.train import PhaseResult, StepLogger, TrainSettings, train_phase
 
-SPLITS = ("dev", "test")
+SCORED_SPLITS = ("dev", "test")  # each final model is scored on these once
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DistilledLM:
 
 def fine_tune_teacher(teacher: PreTrainedModel, data: GenerativeData, settings: TrainSettings,
                       device: torch.device, eval_batch_size: int = 64) -> PhaseResult:
-    """The teacher learns the targets (cross-entropy), keeping its best select weights."""
+    """The teacher learns the targets (cross-entropy), evaluated on the select split."""
     teacher.to(device)
     return train_phase("teacher", teacher, data.train, label_loss, settings, device, data.pad_id,
                        on_evaluation=_select_hook(teacher, data, eval_batch_size, device))
@@ -71,32 +72,35 @@ def kd_loss(loss: GenerativeLoss, vocab_size: int):
     return loss_fn
 
 
-def distil_causal_lm(teacher: PreTrainedModel, top: TopK, data: GenerativeData,
+def distil_causal_lm(pretrained: PreTrainedModel, top: TopK, data: GenerativeData,
                      shape: ModelShape, init: str, loss: GenerativeLoss,
                      baseline_settings: TrainSettings, distill_settings: TrainSettings,
                      device: torch.device, eval_batch_size: int = 64,
                      log_step: StepLogger | None = None) -> tuple[DistilledLM, PreTrainedModel]:
-    """Distil a student of ``shape`` (``init`` from ``teacher`` as loaded, before its
-    fine-tune) on the fine-tuned teacher's ``top``; returns the result and the student."""
+    """Distil a student of ``shape`` (``init`` from the teacher as loaded, ``pretrained``,
+    before its fine-tune) on the fine-tuned teacher's ``top``; returns the result and the
+    student (on ``device``; the baseline is left on the CPU)."""
     if baseline_settings.seed != distill_settings.seed:
         raise ValueError("both arms train on one seed: the same init, dropout and data order")
-    student, used = build_student(teacher, shape, init, distill_settings.seed,
+    student, used = build_student(pretrained, shape, init, distill_settings.seed,
                                   auto_class=AutoModelForCausalLM)
-    baseline = copy.deepcopy(student).to(device)
-    student.to(device)
+    baseline = copy.deepcopy(student)
     arms = {}
     for name, model, split, loss_fn, settings in (
             ("baseline", baseline, data.train, label_loss, baseline_settings),
             ("distill", student, data.train.with_teacher(top), kd_loss(loss, top.vocab_size),
              distill_settings)):
+        model.to(device)
         phase = train_phase(name, model, split, loss_fn, settings, device, data.pad_id,
                             on_evaluation=_select_hook(model, data, eval_batch_size, device),
                             log_step=log_step)
-        scored = {split_name: score_generative(model, getattr(data, split_name),
-                                               eval_batch_size, device, data.pad_id,
-                                               data.eos_id) for split_name in SPLITS}
-        arms[name] = ArmResult({s: scored[s][0] for s in SPLITS},
-                               {s: scored[s][1] for s in SPLITS}, phase)
+        scored = {scored_split: score_generative(
+            model, getattr(data, scored_split), eval_batch_size, device, data.pad_id,
+            data.eos_id, data.max_new_tokens) for scored_split in SCORED_SPLITS}
+        arms[name] = ArmResult({key: value[0] for key, value in scored.items()},
+                               {key: value[1] for key, value in scored.items()}, phase)
+        if model is baseline:  # scored: only one arm holds the device's memory at a time
+            baseline.cpu()
     return DistilledLM(used, arms["distill"], arms["baseline"]), student
 
 

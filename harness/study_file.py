@@ -263,12 +263,9 @@ def _check_semantics(config: StudyConfig) -> None:
         _check_online_views(config)
     if config.task == "causal-lm":
         _check_generative(config)
-    else:
-        for metric, instead in (("flops_per_token", "flops_per_example"),
-                                ("dev_token_accuracy", "dev_accuracy")):
-            if metric in (*metrics, *config.objectives.constraints):
-                raise ConfigError(f"objectives: {metric} is measured for task: causal-lm only; "
-                                  f"a classifier's is {instead}")
+    elif "flops_per_token" in (*metrics, *config.objectives.constraints):
+        raise ConfigError("objectives: flops_per_token is measured for task: causal-lm only; "
+                          "a classifier's cost is flops_per_example")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():
@@ -308,11 +305,15 @@ def _check_generative(config: StudyConfig) -> None:
         raise ConfigError("deploy.export: the ONNX deployment is for classifiers; use front "
                           "(skipped for causal LMs) or none")
     metrics = (*config.objectives.metrics, *config.objectives.constraints)
+    # Confirmation, the kept students and the report rank by dev_accuracy, the exact match.
     for metric in metrics:
-        if metric not in ("dev_accuracy", "dev_token_accuracy", *GENERATIVE_OBJECTIVES):
+        if metric not in ("dev_accuracy", *GENERATIVE_OBJECTIVES):
             raise ConfigError(f"objectives: {metric!r} is not measured for causal LMs; expected "
-                              f"dev_accuracy (the exact match) or dev_token_accuracy first, then "
-                              f"some of {list(GENERATIVE_OBJECTIVES)}")
+                              f"dev_accuracy (the exact match) first, then some of "
+                              f"{list(GENERATIVE_OBJECTIVES)}")
+    if config.data.select_fraction == 0:
+        raise ConfigError("data.select_fraction: a causal-LM study chooses checkpoints on a "
+                          "select split carved from train, never on dev; expected a share > 0")
 
 
 def _check_online_views(config: StudyConfig) -> None:

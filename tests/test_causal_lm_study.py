@@ -100,7 +100,7 @@ def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
         dev = tokenize_examples(transformers.AutoTokenizer.from_pretrained(folder),
                                 *_dev_texts(config), 16)
         generated = greedy_targets(student, dev, 64, torch.device("cpu"),
-                                   tokenizer.pad_token_id, tokenizer.eos_token_id)
+                                   tokenizer.pad_token_id, tokenizer.eos_token_id, 5)
         assert generated == stored["dev"]
         assert sum(exact_matches(generated, dev)) / len(dev) == trial.user_attrs["dev_accuracy"]
 
@@ -130,12 +130,14 @@ def test_bad_causal_lm_settings_are_refused_before_training(causal_study, capsys
                             ("transfer.copies=2", "transfer.copies"),
                             ("objectives.metrics=[dev_accuracy, latency_ms]", "objectives"),
                             ("data.prompt_column=question", "data.prompt_column: no column"),
+                            ("data.select_fraction=0", "data.select_fraction"),
+                            ("objectives.metrics=[dev_token_accuracy]", "objectives"),
                             (f"teacher.source={encoder}", "needs a decoder-only family")):
         assert main(["--study", str(study_file), "--set", override, "--n-trials", "1",
                      "--storage", f"journal:{tmp_path / 'refused.journal'}"]) == 2
         assert named in capsys.readouterr().err
     assert not (tmp_path / "refused.journal").exists()
-    # A classifier has no per-token scores to search on.
+    # A classifier generates no tokens to count.
     assert main(["--study", str(SMOKE), "--set",
-                 "objectives.metrics=[dev_token_accuracy, flops_per_example]"]) == 2
-    assert "dev_token_accuracy is measured for task: causal-lm only" in capsys.readouterr().err
+                 "objectives.metrics=[dev_accuracy, flops_per_token]"]) == 2
+    assert "flops_per_token is measured for task: causal-lm only" in capsys.readouterr().err

@@ -62,9 +62,9 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time():
     split = tokenize_examples(tokenizer, prompts, targets, 16)
     for family in ("gpt2", "llama"):
         model = tiny_lm(family, 1, 32, 2, seed=3)
-        together = greedy_targets(model, split, 6, CPU, 0, tokenizer.eos_token_id)
+        together = greedy_targets(model, split, 6, CPU, 0, tokenizer.eos_token_id, 5)
         alone = [greedy_targets(model, tokenize_examples(tokenizer, [p], [t], 16), 1, CPU, 0,
-                                tokenizer.eos_token_id)[0] for p, t in zip(prompts, targets)]
+                                tokenizer.eos_token_id, 5)[0] for p, t in zip(prompts, targets)]
         assert together == alone, family
 
 
@@ -77,8 +77,9 @@ def test_exact_match_counts_generations_that_are_the_target_exactly():
     train_phase("lm", model, split, label_loss,
                 TrainSettings(epochs=30, lr=3e-3, batch_size=32, warmup_ratio=0.1,
                               weight_decay=0.0, max_grad_norm=1.0, seed=0), CPU, 0)
-    scores, generated = score_generative(model, split, 64, CPU, 0, tokenizer.eos_token_id)
-    assert generated == greedy_targets(model, split, 64, CPU, 0, tokenizer.eos_token_id)
+    scores, generated = score_generative(model, split, 64, CPU, 0, tokenizer.eos_token_id, 5)
+    assert generated == greedy_targets(model, split, 64, CPU, 0, tokenizer.eos_token_id, 5)
+    assert all(len(tokens) <= 5 for tokens in generated)
     wanted = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in targets]
     assert scores.exact_match == sum(g == w for g, w in zip(generated, wanted)) / 200
     assert 0 < scores.exact_match and scores.target_tokens == 5 * 200

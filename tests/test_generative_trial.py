@@ -5,6 +5,7 @@ distilled from its top-k cache against its label-only baseline."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -34,6 +35,11 @@ def reversal_data(tokenizer, train: int = 1500) -> GenerativeData:
     return GenerativeData(*splits, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
 
 
+def scored(model, data: GenerativeData):
+    return score_generative(model, data.dev, 64, CPU, data.pad_id, data.eos_id,
+                            data.max_new_tokens)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tokenizer = digit_tokenizer()
@@ -51,7 +57,7 @@ def trained(tmp_path_factory):
 
 def test_the_distilled_student_reads_the_prompt_and_a_prompt_blind_one_cannot(trained):
     tokenizer, data, teacher, result, _ = trained
-    teacher_scores, _ = score_generative(teacher, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    teacher_scores, _ = scored(teacher, data)
     assert teacher_scores.exact_match > 0.9
     # The same student trained on the targets with every prompt replaced by "=": the best it
     # can do is the targets' marginal, and 4 random digits match by chance 1 in 10^4.
@@ -61,7 +67,7 @@ def test_the_distilled_student_reads_the_prompt_and_a_prompt_blind_one_cannot(tr
                              ModelShape(1, 64, 4, 256), "teacher-layers", seed=1,
                              auto_class=transformers.AutoModelForCausalLM)
     train_phase("blind", blind, blind_train, label_loss, settings(4, seed=1), CPU, data.pad_id)
-    blind_scores, _ = score_generative(blind, data.dev, 64, CPU, data.pad_id, data.eos_id)
+    blind_scores, _ = scored(blind, data)
     assert blind_scores.exact_match < 0.02
     assert result.student.scores["dev"].exact_match > 0.5 > blind_scores.exact_match + 0.4
     assert result.init == "teacher-layers"
@@ -86,9 +92,25 @@ def test_the_saved_student_reloads_and_reproduces_its_generations(trained, tmp_p
     again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     reloaded = transformers.AutoTokenizer.from_pretrained(tmp_path)
     assert reloaded("1 2 =")["input_ids"] == tokenizer("1 2 =")["input_ids"]
-    generated = greedy_targets(again, data.dev, 64, CPU, data.pad_id, data.eos_id)
-    assert generated == greedy_targets(student, data.dev, 64, CPU, data.pad_id, data.eos_id)
-    scores, again_generated = score_generative(again, data.dev, 64, CPU, data.pad_id,
-                                               data.eos_id)
+    generated = greedy_targets(again, data.dev, 64, CPU, data.pad_id, data.eos_id,
+                               data.max_new_tokens)
+    assert generated == greedy_targets(student, data.dev, 64, CPU, data.pad_id, data.eos_id,
+                                       data.max_new_tokens)
+    scores, again_generated = scored(again, data)
     assert scores.exact_match == result.student.scores["dev"].exact_match
     assert again_generated == result.student.generations["dev"]
+
+
+def test_with_alpha_zero_the_distilled_arm_is_its_baseline_exactly(trained):
+    # alpha = 0 leaves the labels' cross-entropy alone: if both arms share init, seed, data
+    # order, steps and selection, the distilled arm must come out as its baseline, bit for bit.
+    _, data, teacher, _, _ = trained
+    top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
+    result, _ = distil_causal_lm(tiny_lm("llama", 2, 64, 4, key_value_heads=2), top, data,
+                                 ModelShape(1, 64, 4, 256), "teacher-layers",
+                                 GenerativeLoss(alpha=0.0, T=2.0, T_s=2.0),
+                                 settings(2, seed=5), settings(2, seed=5), CPU)
+    assert result.student.phase == dataclasses.replace(
+        result.baseline.phase, wall_seconds=result.student.phase.wall_seconds)
+    assert result.student.generations == result.baseline.generations
+    assert result.student.scores == result.baseline.scores

@@ -16,6 +16,7 @@ import optuna
 from tqdm.auto import tqdm
 
 from harness.config import StudyConfig
+from harness.generative_shared import GenerativeShared
 from harness.shared import SharedArtifacts
 from harness.sweep.confirm import front_numbers, plan_repeats, queue_repeats
 from harness.sweep.objective import REFUSED, objective
@@ -38,8 +39,9 @@ class StudyAborted(RuntimeError):
     """Every recent trial failed: stop rather than fail for ever."""
 
 
-def run_study(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
-              n_trials: int, run_dir: Path, context: dict,
+def run_study(study: optuna.Study, study_config: StudyConfig,
+              shared: SharedArtifacts | GenerativeShared, n_trials: int, run_dir: Path,
+              context: dict,
               orphan_grace_seconds: float = ORPHAN_GRACE_SECONDS, progress: bool = True) -> None:
     """Run trials until the study holds ``n_trials`` finished search trials, then confirm
     the front: queue its repeats and run them until none is left.
@@ -96,8 +98,9 @@ def show_progress(bar: tqdm, counts: TrialCounts, n_trials: int, front_size: int
     bar.refresh()
 
 
-def run_one_trial(study: optuna.Study, study_config: StudyConfig, shared: SharedArtifacts,
-                  run_dir: Path, context: dict, n_trials: int) -> optuna.trial.TrialState | None:
+def run_one_trial(study: optuna.Study, study_config: StudyConfig,
+                  shared: SharedArtifacts | GenerativeShared, run_dir: Path, context: dict,
+                  n_trials: int) -> optuna.trial.TrialState | None:
     """One trial through Optuna (its failure is caught and recorded there); its state, or
     None for a trial refused before training."""
     ran: list[optuna.trial.FrozenTrial] = []

@@ -37,8 +37,9 @@ from harness.train import Diverged, StepLogger
 REFUSED = ("surplus", DUPLICATE)
 
 
-def objective(trial: optuna.Trial, study_config: StudyConfig, shared: SharedArtifacts,
-              run_dir: Path, context: dict, n_trials: int) -> list[float]:
+def objective(trial: optuna.Trial, study_config: StudyConfig,
+              shared: SharedArtifacts | GenerativeShared, run_dir: Path, context: dict,
+              n_trials: int) -> list[float]:
     """One Optuna trial: sample, run, record. Failures keep their reason in the storage.
 
     ``context`` (redacted storage URL, device) goes into the W&B config beside the trial's.
