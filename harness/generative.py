@@ -88,7 +88,7 @@ class GenerativeSplit:
         teacher, ``top_ids``, ``top_log_probs`` (N, k) and ``top_tail`` (N,) for the batch's
         N target tokens in the order ``labels != IGNORE`` reads them (row by row)."""
         indices = indices.tolist()
-        width = max(int(self.lengths()[i]) for i in indices)
+        width = int(self.lengths()[indices].max())
         input_ids = torch.full((len(indices), width), pad_id, dtype=torch.int64)
         attention_mask = torch.zeros_like(input_ids)
         labels = torch.full_like(input_ids, IGNORE)
