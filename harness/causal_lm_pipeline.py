@@ -7,7 +7,8 @@ its target exactly, so ``dev_accuracy`` is the dev exact match and ``kd_gain`` i
 difference; ``flops_per_example`` is a forward over a dev example of mean length (prompt
 and target), as for a classifier; ``task_scores`` adds token accuracy, per-token NLL and
 ``flops_per_token`` (one generated token at the mean prompt length, from the key-value
-cache) for the student, its baseline and the teacher.
+cache) for the student, its baseline and the teacher, and the student's
+``latency_per_token_ms``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from harness.artifacts import write_folder_atomically
 from harness.budget import equal_budgets
-from harness.compute import count_generated_token_flops, measure_compute
+from harness.compute import (count_generated_token_flops, measure_compute,
+                             measure_token_latency_ms)
 from harness.config import StudyConfig, TrialConfig
 from harness.evaluation import Evaluation, evaluate_outcomes
 from harness.generative import exact_matches, mean_prompt_length
@@ -70,7 +72,8 @@ def run_causal_lm_trial(study_config: StudyConfig, trial_config: TrialConfig,
         teacher_params=teacher_cost.params, teacher_latency_ms=teacher_cost.latency_ms,
         teacher_member_dev_accuracies=(), teacher_member_test_accuracies=(),
         task_scores=generative_scores(distilled, shared, count_generated_token_flops(
-            student, mean_prompt_length(shared.data.dev), device)))
+            student, mean_prompt_length(shared.data.dev), device), measure_token_latency_ms(
+            student, mean_prompt_length(shared.data.dev), device, pipeline.latency_repeats)))
 
 
 def evaluate_generations(distilled: DistilledLM, shared: GenerativeShared) -> Evaluation:
@@ -91,10 +94,12 @@ def evaluate_generations(distilled: DistilledLM, shared: GenerativeShared) -> Ev
                              agreement(baseline))
 
 
-def generative_scores(distilled: DistilledLM, shared: GenerativeShared,
-                      flops_per_token: int) -> dict[str, float]:
+def generative_scores(distilled: DistilledLM, shared: GenerativeShared, flops_per_token: int,
+                      latency_per_token_ms: float) -> dict[str, float]:
+    # The latency is measured in the trial, while peers may train: a reported axis only.
     scores = {"flops_per_token": flops_per_token,
-              "teacher_flops_per_token": shared.teacher_flops_per_token}
+              "teacher_flops_per_token": shared.teacher_flops_per_token,
+              "latency_per_token_ms": latency_per_token_ms}
     arms = (("", distilled.student.scores), ("baseline_", distilled.baseline.scores),
             ("teacher_", shared.teacher_scores))
     for prefix, by_split in arms:

@@ -135,6 +135,29 @@ def count_generated_token_flops(model: torch.nn.Module, prompt_len: int, device)
     return counter.get_total_flops()
 
 
+def measure_token_latency_ms(model: torch.nn.Module, prompt_len: int, device,
+                             repeats: int = 20) -> float:
+    """Median wall time of one generated token (batch 1, a cached decoding step) after a
+    prompt of ``prompt_len`` tokens, over up to ``repeats`` consecutive steps (fewer where
+    the model's positions run out), as ``generate`` runs them."""
+    inputs = _example_inputs(model, prompt_len, device)
+    max_positions = getattr(model.config, "max_position_embeddings", None) or prompt_len + repeats
+    steps = max(1, min(repeats, max_positions - prompt_len))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda device: None
+    times_ms = []
+    with _mode(model, training=False), torch.no_grad():
+        cache = model(**inputs, use_cache=True).cache
+        token, mask = inputs["input_ids"][:, :1], inputs["attention_mask"]
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            sync(device)
+            start = time.perf_counter()
+            cache = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True).cache
+            sync(device)
+            times_ms.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times_ms)
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
     """(params, non_embedding_params), tied weights counted once. Embedding params are the
     nn.Embedding tables (word, position, token type), as in Kaplan et al. 2020; the

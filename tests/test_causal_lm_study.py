@@ -84,6 +84,7 @@ def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
                                                  - attrs["baseline_dev_accuracy"])
         assert attrs["distill_steps"] == attrs["baseline_steps"] and attrs["budget_matched"]
         assert trial.values == [attrs["dev_accuracy"], attrs["flops_per_token"]]
+        assert attrs["latency_per_token_ms"] > 0
         one_layer = attrs["num_layers"] == 1  # else the teacher's size
         assert (attrs["flops_per_token"] < attrs["teacher_flops_per_token"]) == one_layer
     assert max(t.user_attrs["teacher_dev_accuracy"] for t in complete) > 0.9

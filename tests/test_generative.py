@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.compute import count_generated_token_flops
+from harness.compute import count_generated_token_flops, measure_token_latency_ms
 from harness.generative import (IGNORE, greedy_targets, label_loss, score_generative,
                                 target_logits, teacher_top_k, tokenize_examples)
 from harness.token_kd import TopK
@@ -93,3 +93,11 @@ def test_flops_per_generated_token_are_the_matrix_products_of_one_cached_step(pr
     keys = prompt_len + 1
     per_layer = 2 * (4 * d * d + 2 * d * 4 * d) + 2 * 2 * keys * d  # projections, FFN, QK and AV
     assert count_generated_token_flops(model, prompt_len, CPU) == layers * per_layer + 2 * d * vocab
+
+
+def test_token_latency_is_timed_on_cached_steps_within_the_models_positions():
+    model = tiny_lm("gpt2", 1, 32, 2)  # 32 positions: a prompt of 30 leaves 2 steps
+    for prompt_len in (5, 30):
+        latency = measure_token_latency_ms(model, prompt_len, CPU, repeats=20)
+        assert 0 < latency < 1000
+    assert model.training  # the flag restored
