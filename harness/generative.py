@@ -63,6 +63,7 @@ class GenerativeSplit:
     offsets: torch.Tensor  # (n + 1,) int64
     prompt_lengths: torch.Tensor  # (n,) int64
     teacher: TopK | None = None
+    teacher_starts: torch.Tensor | None = None  # (n + 1,) example i's first row of ``teacher``
 
     def __len__(self) -> int:
         return len(self.prompt_lengths)
@@ -80,7 +81,8 @@ class GenerativeSplit:
         if len(teacher.ids) != int(self.target_lengths().sum()):
             raise ValueError(f"the teacher's cache has {len(teacher.ids)} target tokens, the "
                              f"split {int(self.target_lengths().sum())}")
-        return dataclasses.replace(self, teacher=teacher)
+        starts = torch.cat([torch.zeros(1, dtype=torch.int64), self.target_lengths().cumsum(0)])
+        return dataclasses.replace(self, teacher=teacher, teacher_starts=starts)
 
     def batch(self, indices: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
         """Right-padded ``input_ids`` and ``attention_mask`` (B, L) and ``labels`` (B, L): at
@@ -99,8 +101,7 @@ class GenerativeSplit:
             labels[row, prompt - 1:len(sequence) - 1] = sequence[prompt:]
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
         if self.teacher is not None:
-            starts = torch.cat([torch.zeros(1, dtype=torch.int64),
-                                self.target_lengths().cumsum(0)])
+            starts = self.teacher_starts
             rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in indices])
             top = self.teacher.rows(rows)
             batch.update(top_ids=top.ids, top_log_probs=top.log_probs, top_tail=top.tail)

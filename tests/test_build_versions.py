@@ -82,12 +82,13 @@ RECORDED = {
     ("importance", 1): "d35787e55474426b",
     ("transfer", 1): "c8a76581b72efeeb",
     ("lm-teacher", 1): "008b81bcf457b74d",
-    ("lm-top-k", 1): "a3496b0d1976e264",
+    ("lm-top-k", 1): "b34a528e0c37547b",
     # Greedy generation pinned (a checkpoint's own generation config ignored), in the
     # training's precision, at most the longest training target: the teacher's scores and
     # generations change (lm-teacher 2). The top-k is taken on the device: the same numbers.
-    # A batch's width read in one indexing: the same batches (re-recorded).
-    ("lm-teacher", 2): "d12df55abbdc814f",
+    # A batch's width read in one indexing, the teacher's row starts computed once when
+    # attached: the same batches (re-recorded).
+    ("lm-teacher", 2): "7a998b9d1589961f",
 }
 
 
