@@ -10,9 +10,10 @@ so the same model would look cheaper with sdpa than with eager attention. We map
 to torch's sdpa formulas, so the two implementations give the same forward count.
 
 Takes any Hugging Face *ForSequenceClassification model (input_ids, attention_mask) already
-on `device`, or a *ForCausalLM (its train FLOPs with a loss on every position;
-``count_generated_token_flops`` for the cost of one generated token); every function
-restores its training flag and leaves its `.grad`s as found.
+on `device`, a *ForCausalLM (its train FLOPs with a loss on every position;
+``count_generated_token_flops`` for the cost of one generated token) or an encoder-decoder
+(T5: its prompt of ``seq_len`` tokens encoded, its target of ``decoder_len`` decoded);
+every function restores its training flag and leaves its `.grad`s as found.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ def _frozen(model: torch.nn.Module):
             p.requires_grad_(flag)
 
 
-def _example_inputs(model: torch.nn.Module, seq_len: int, device) -> dict[str, torch.Tensor]:
+def _example_inputs(model: torch.nn.Module, seq_len: int, device,
+                    decoder_len: int | None = None) -> dict[str, torch.Tensor]:
     if seq_len < 1:
         raise ValueError(f"seq_len must be >= 1, got {seq_len}")
     max_positions = getattr(model.config, "max_position_embeddings", None)
@@ -88,24 +90,32 @@ def _example_inputs(model: torch.nn.Module, seq_len: int, device) -> dict[str, t
     # (RoBERTa-style models derive position ids from which tokens are padding).
     token = 2 if getattr(model.config, "pad_token_id", None) == 1 else 1
     input_ids = torch.full((1, seq_len), token, dtype=torch.long, device=device)  # (1, L)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if model.config.is_encoder_decoder:
+        if decoder_len is None or decoder_len < 1:
+            raise ValueError(f"an encoder-decoder needs decoder_len >= 1, got {decoder_len}")
+        inputs["decoder_input_ids"] = torch.full((1, decoder_len), token, dtype=torch.long,
+                                                 device=device)
+    return inputs
 
 
-def count_forward_flops(model: torch.nn.Module, seq_len: int, device) -> int:
+def count_forward_flops(model: torch.nn.Module, seq_len: int, device,
+                        decoder_len: int | None = None) -> int:
     """Forward FLOPs of one example (batch 1) of seq_len tokens, in eval mode."""
-    inputs = _example_inputs(model, seq_len, device)
+    inputs = _example_inputs(model, seq_len, device, decoder_len)
     with _mode(model, training=False), _frozen(model), _flop_counter() as counter:
         model(**inputs)
     return counter.get_total_flops()
 
 
-def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device) -> int:
+def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device,
+                                  decoder_len: int | None = None) -> int:
     """Forward + backward FLOPs of one example in train mode, loss = cross-entropy on the logits.
 
     About 3x forward: each matmul's backward computes both operands' gradients; fused sdpa
     backward kernels also recompute the attention scores, and that is counted too.
     """
-    inputs = _example_inputs(model, seq_len, device)
+    inputs = _example_inputs(model, seq_len, device, decoder_len)
     params = list(model.parameters())
     saved_grads = [p.grad for p in params]  # the caller may be accumulating gradients
     for p in params:
@@ -122,14 +132,40 @@ def count_train_flops_per_example(model: torch.nn.Module, seq_len: int, device) 
     return counter.get_total_flops()
 
 
-def count_generated_token_flops(model: torch.nn.Module, prompt_len: int, device) -> int:
-    """Forward FLOPs of a causal LM's next token after a prompt of ``prompt_len`` tokens,
-    read from its key-value cache (as ``generate`` does): the cost per generated token."""
-    inputs = _example_inputs(model, prompt_len, device)
+def _decoding_step(model: torch.nn.Module, prompt_len: int, device):
+    """The inputs of a cached decoding step after a prompt of ``prompt_len`` tokens, and the
+    cache it reads, as ``generate`` runs it: a causal LM's cache holds the prompt; an
+    encoder-decoder's holds the encoded prompt's cross-attention keys and values and the
+    decoder's start token (the encoder ran once, before the first step, as a causal LM's
+    prompt did)."""
+    inputs = _example_inputs(model, prompt_len, device, decoder_len=1)
+    token = inputs["input_ids"][:, :1]
     with _mode(model, training=False), torch.no_grad():
-        cache = model(**inputs, use_cache=True).cache
-    step = {"input_ids": inputs["input_ids"][:, :1],
-            "attention_mask": torch.ones(1, prompt_len + 1, dtype=torch.long, device=device)}
+        if not model.config.is_encoder_decoder:
+            cache = model(**inputs, use_cache=True).cache
+            mask = torch.ones(1, prompt_len + 1, dtype=torch.long, device=device)
+            return {"input_ids": token, "attention_mask": mask}, cache
+        encoded = model.get_encoder()(input_ids=inputs["input_ids"],
+                                      attention_mask=inputs["attention_mask"])
+        step = {"encoder_outputs": encoded, "attention_mask": inputs["attention_mask"]}
+        cache = model(**step, decoder_input_ids=inputs["decoder_input_ids"], use_cache=True).cache
+        return {**step, "decoder_input_ids": token}, cache
+
+
+def _next_step(step: dict) -> dict:
+    """The step after ``step``: a causal LM's attention mask covers one more token (a
+    decoder's self-attention reads its cache whole; its mask is the prompt's)."""
+    if "decoder_input_ids" in step:
+        return step
+    mask = step["attention_mask"]
+    return {**step, "attention_mask": torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)}
+
+
+def count_generated_token_flops(model: torch.nn.Module, prompt_len: int, device) -> int:
+    """Forward FLOPs of a generative model's next token after a prompt of ``prompt_len``
+    tokens, read from its key-value cache (as ``generate`` does): the cost per generated
+    token."""
+    step, cache = _decoding_step(model, prompt_len, device)
     with _mode(model, training=False), _frozen(model), _flop_counter() as counter:
         model(**step, cache=cache, use_cache=True)
     return counter.get_total_flops()
@@ -140,21 +176,19 @@ def measure_token_latency_ms(model: torch.nn.Module, prompt_len: int, device,
     """Median wall time of one generated token (batch 1, a cached decoding step) after a
     prompt of ``prompt_len`` tokens, over up to ``repeats`` consecutive steps (fewer where
     the model's positions run out), as ``generate`` runs them."""
-    inputs = _example_inputs(model, prompt_len, device)
     max_positions = getattr(model.config, "max_position_embeddings", None) or prompt_len + repeats
     steps = max(1, min(repeats, max_positions - prompt_len))
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda device: None
     times_ms = []
+    step, cache = _decoding_step(model, prompt_len, device)
     with _mode(model, training=False), torch.no_grad():
-        cache = model(**inputs, use_cache=True).cache
-        token, mask = inputs["input_ids"][:, :1], inputs["attention_mask"]
         for _ in range(steps):
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             sync(device)
             start = time.perf_counter()
-            cache = model(input_ids=token, attention_mask=mask, cache=cache, use_cache=True).cache
+            cache = model(**step, cache=cache, use_cache=True).cache
             sync(device)
             times_ms.append((time.perf_counter() - start) * 1000.0)
+            step = _next_step(step)
     return statistics.median(times_ms)
 
 
@@ -169,11 +203,12 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return total, total - sum(tables.values())
 
 
-def measure_latency_ms(model: torch.nn.Module, seq_len: int, device, warmup: int = 3, repeats: int = 20) -> float:
+def measure_latency_ms(model: torch.nn.Module, seq_len: int, device, warmup: int = 3,
+                       repeats: int = 20, decoder_len: int | None = None) -> float:
     """Median wall time of a batch-1 forward pass in eval mode, after `warmup` untimed runs."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    inputs = _example_inputs(model, seq_len, device)
+    inputs = _example_inputs(model, seq_len, device, decoder_len)
     # CUDA kernels run asynchronously: synchronize so the clock sees only the finished forward.
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda device: None
     times_ms = []
@@ -189,15 +224,18 @@ def measure_latency_ms(model: torch.nn.Module, seq_len: int, device, warmup: int
     return statistics.median(times_ms)
 
 
-def measure_compute(model: torch.nn.Module, seq_len: int, device,
-                    latency_repeats: int = 20) -> ComputeCost:
-    """All compute measures of `model` at `seq_len` tokens (the dataset's mean length, rounded)."""
+def measure_compute(model: torch.nn.Module, seq_len: int, device, latency_repeats: int = 20,
+                    decoder_len: int | None = None) -> ComputeCost:
+    """All compute measures of `model` at `seq_len` tokens (the dataset's mean length,
+    rounded; an encoder-decoder's mean prompt, and ``decoder_len``, its mean target)."""
     params, non_embedding_params = count_params(model)
     return ComputeCost(
-        flops_per_example=count_forward_flops(model, seq_len, device),
-        train_flops_per_example=count_train_flops_per_example(model, seq_len, device),
+        flops_per_example=count_forward_flops(model, seq_len, device, decoder_len),
+        train_flops_per_example=count_train_flops_per_example(model, seq_len, device,
+                                                              decoder_len),
         seq_len=seq_len,
         params=params,
         non_embedding_params=non_embedding_params,
-        latency_ms=measure_latency_ms(model, seq_len, device, repeats=latency_repeats),
+        latency_ms=measure_latency_ms(model, seq_len, device, repeats=latency_repeats,
+                                      decoder_len=decoder_len),
     )

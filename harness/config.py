@@ -38,7 +38,7 @@ class DataConfig:
     # chooses checkpoints, so dev, on which the front is chosen, scores each final model
     # once. 0: checkpoints are chosen on dev, as studies made before the select split did.
     select_fraction: float = 0.1
-    # task: causal-lm: the prompt the model reads and the target it learns to write
+    # task: causal-lm and seq2seq: the prompt the model reads and the target it learns to write
     prompt_column: str = "prompt"
     target_column: str = "target"
 
@@ -201,7 +201,7 @@ OBJECTIVE_DIRECTIONS = {
     **{metric: "maximize" for metric in QUALITY_OBJECTIVES},
     "flops_per_example": "minimize", "params": "minimize", "latency_ms": "minimize",
     "train_flops": "minimize",
-    # task: causal-lm: forward FLOPs of one generated token at the mean prompt length
+    # generative tasks: forward FLOPs of one generated token at the mean prompt length
     "flops_per_token": "minimize",
     # The int8 ONNX file's size: deterministic, so searchable (deploy.export: every-trial);
     # measured deployed latency is not, and stays a reported axis.
@@ -299,7 +299,8 @@ class DeployConfig:
 
 @dataclass(frozen=True)
 class GenerationConfig:
-    """Token-level distillation of a causal LM (``task: causal-lm``, ``harness.token_kd``):
+    """Token-level distillation of a generative model (``task: causal-lm`` or ``seq2seq``,
+    ``harness.token_kd``):
     the teacher's ``top_k`` next-token log-probabilities cached per target token; the KL
     forward, KL(q_T || p_{T_s}), or with ``reverse_kl`` KL(p_{T_s} || q_T)."""
 
@@ -313,7 +314,8 @@ class StudyConfig:
     description: str = ""
     # "classification": texts (or pairs) to classes. "causal-lm": a decoder-only LM learns
     # to write each prompt's target (harness.generative); dev_accuracy is its exact match.
-    task: Literal["classification", "causal-lm"] = "classification"
+    # "seq2seq": the same with an encoder-decoder (T5) that encodes the prompt.
+    task: Literal["classification", "causal-lm", "seq2seq"] = "classification"
     seed: int = 0
     data: DataConfig = DataConfig()
     teacher: TeacherConfig = TeacherConfig()
@@ -328,6 +330,11 @@ class StudyConfig:
     deploy: DeployConfig = DeployConfig()
     generation: GenerationConfig = GenerationConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def generative(self) -> bool:
+        """A study of prompts and targets (causal-lm, seq2seq), not of classes."""
+        return self.task != "classification"
 
 
 @dataclass(frozen=True)

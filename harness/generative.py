@@ -1,9 +1,12 @@
-"""Generative examples for a causal LM: a prompt, then a target the model learns to write.
+"""Generative examples: a prompt, then a target the model learns to write.
 
 Each example is one token sequence, ``prompt + target + eos``; the model is trained and
-scored on the target's tokens only (the next-token predictions at the positions before
-them), so a prompt is read, never learned. ``GenerativeSplit`` has the interface
-``harness.train.train_phase`` batches over (``len``, ``lengths``, ``batch``), so every
+scored on the target's tokens only, so a prompt is read, never learned. A causal LM reads
+the sequence and predicts each target token at the position before it; an encoder-decoder
+(``decoder_start_id`` set: T5) encodes the prompt and its decoder reads
+``[start] + target`` shifted by one, as transformers' ``shift_tokens_right`` builds it.
+``GenerativeSplit`` has the interface ``harness.train.train_phase`` batches over (``len``,
+``lengths``, ``batch``), so every
 phase runs in the one training loop; with a teacher's top-k cache attached
 (``with_teacher``) a batch carries the teacher's rows for its target tokens.
 
@@ -18,6 +21,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import sacrebleu
 import torch
 import torch.nn.functional as F
 from transformers import GenerationConfig
@@ -64,6 +68,7 @@ class GenerativeSplit:
     prompt_lengths: torch.Tensor  # (n,) int64
     teacher: TopK | None = None
     teacher_starts: torch.Tensor | None = None  # (n + 1,) example i's first row of ``teacher``
+    decoder_start_id: int | None = None  # set for an encoder-decoder: its decoder's first input
 
     def __len__(self) -> int:
         return len(self.prompt_lengths)
@@ -85,11 +90,23 @@ class GenerativeSplit:
         return dataclasses.replace(self, teacher=teacher, teacher_starts=starts)
 
     def batch(self, indices: torch.Tensor, pad_id: int) -> dict[str, torch.Tensor]:
-        """Right-padded ``input_ids`` and ``attention_mask`` (B, L) and ``labels`` (B, L): at
-        each position the next token where it is a target token, else ``IGNORE``; with a
+        """Right-padded ``input_ids`` and ``attention_mask`` (B, L) and ``labels``: at each
+        position the next token where it is a target token, else ``IGNORE``. A causal LM's
+        (B, L) read the whole sequence; an encoder-decoder's ``input_ids`` are the prompt,
+        its ``labels`` (B, T) the target, read by ``decoder_input_ids`` (B, T). With a
         teacher, ``top_ids``, ``top_log_probs`` (N, k) and ``top_tail`` (N,) for the batch's
         N target tokens in the order ``labels != IGNORE`` reads them (row by row)."""
         indices = indices.tolist()
+        batch = (self._causal_batch(indices, pad_id) if self.decoder_start_id is None
+                 else self._encoder_decoder_batch(indices, pad_id))
+        if self.teacher is not None:
+            starts = self.teacher_starts
+            rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in indices])
+            top = self.teacher.rows(rows)
+            batch.update(top_ids=top.ids, top_log_probs=top.log_probs, top_tail=top.tail)
+        return batch
+
+    def _causal_batch(self, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
         width = int(self.lengths()[indices].max())
         input_ids = torch.full((len(indices), width), pad_id, dtype=torch.int64)
         attention_mask = torch.zeros_like(input_ids)
@@ -99,20 +116,32 @@ class GenerativeSplit:
             input_ids[row, :len(sequence)] = sequence
             attention_mask[row, :len(sequence)] = 1
             labels[row, prompt - 1:len(sequence) - 1] = sequence[prompt:]
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if self.teacher is not None:
-            starts = self.teacher_starts
-            rows = torch.cat([torch.arange(int(starts[i]), int(starts[i + 1])) for i in indices])
-            top = self.teacher.rows(rows)
-            batch.update(top_ids=top.ids, top_log_probs=top.log_probs, top_tail=top.tail)
-        return batch
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _encoder_decoder_batch(self, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+        prompt_width = int(self.prompt_lengths[indices].max())
+        target_width = int(self.target_lengths()[indices].max())
+        input_ids = torch.full((len(indices), prompt_width), pad_id, dtype=torch.int64)
+        attention_mask = torch.zeros_like(input_ids)
+        labels = torch.full((len(indices), target_width), IGNORE, dtype=torch.int64)
+        decoder_input_ids = torch.full_like(labels, pad_id)
+        for row, i in enumerate(indices):
+            sequence, prompt = self.sequence(i), int(self.prompt_lengths[i])
+            target = sequence[prompt:]
+            input_ids[row, :prompt] = sequence[:prompt]
+            attention_mask[row, :prompt] = 1
+            labels[row, :len(target)] = target
+            decoder_input_ids[row, 0] = self.decoder_start_id
+            decoder_input_ids[row, 1:len(target)] = target[:-1]
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
+                "decoder_input_ids": decoder_input_ids}
 
 
 def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str],
-                      max_length: int) -> GenerativeSplit:
+                      max_length: int, decoder_start_id: int | None = None) -> GenerativeSplit:
     """``prompt + target + eos`` per example, at most ``max_length`` tokens: a target is cut
     to half of them at most, then the prompt loses its start (the end is what the target
-    continues)."""
+    continues). ``decoder_start_id``: the examples of an encoder-decoder."""
     if tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token: a generated target could not end")
     prompt_ids = tokenizer(list(prompts))["input_ids"]
@@ -128,12 +157,16 @@ def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str],
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
     return GenerativeSplit(torch.tensor([t for s in sequences for t in s], dtype=torch.int64),
                            torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-                           torch.tensor(prompt_lengths, dtype=torch.int64))
+                           torch.tensor(prompt_lengths, dtype=torch.int64),
+                           decoder_start_id=decoder_start_id)
 
 
 def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's logits at the batch's target positions (N, V) and the targets (N,)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    decoder = ({"decoder_input_ids": batch["decoder_input_ids"]}
+               if "decoder_input_ids" in batch else {})
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   **decoder).logits
     where = batch["labels"] != IGNORE
     return logits[where], batch["labels"][where]
 
@@ -197,7 +230,9 @@ def greedy_targets(model, split: GenerativeSplit, batch_size: int, device: torch
         with autocast(device):
             out = model.generate(input_ids=input_ids.to(device),
                                  attention_mask=attention_mask.to(device),
-                                 generation_config=greedy)[:, width:].cpu()
+                                 generation_config=greedy).cpu()
+        # A causal LM's output continues its prompt; a decoder's starts at its start token.
+        out = out[:, 1:] if model.config.is_encoder_decoder else out[:, width:]
         for row, i in enumerate(indices.tolist()):
             tokens = out[row].tolist()
             generated[i] = tokens[:tokens.index(eos_id)] if eos_id in tokens else tokens
@@ -245,3 +280,14 @@ def exact_matches(generated: list[list[int]], split: GenerativeSplit) -> list[bo
 
 def mean_prompt_length(split: GenerativeSplit) -> int:
     return max(1, math.floor(float(split.prompt_lengths.float().mean()) + 0.5))
+
+
+def bleu(tokenizer, generated: list[list[int]], split: GenerativeSplit) -> float:
+    """Corpus BLEU (sacrebleu, with its standard 13a tokenisation of detokenised text) of
+    the decoded generations against the decoded targets, in 0-100."""
+    def text(tokens) -> str:
+        return tokenizer.decode(tokens, skip_special_tokens=True)
+
+    references = [text(split.sequence(i)[int(split.prompt_lengths[i]):-1])
+                  for i in range(len(split))]
+    return sacrebleu.corpus_bleu([text(tokens) for tokens in generated], [references]).score

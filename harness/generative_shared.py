@@ -1,5 +1,5 @@
-"""What every trial of a causal-LM study shares (``task: causal-lm``), built once: the
-prompt/target data through the teacher's tokenizer, the teacher fine-tuned on the targets
+"""What every trial of a generative study shares (``task: causal-lm`` or ``seq2seq``), built
+once: the prompt/target data through the teacher's tokenizer, the teacher fine-tuned on the targets
 (artifact ``lm-teacher``), its top-k next-token log-probabilities at every training target
 token (artifact ``lm-top-k``: full distributions over the vocabulary would not fit), and its
 scores and generations on dev and test. Bad input fails here, before any training."""
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from harness.artifacts import build_once
 from harness.budget import check_equal_budgets
@@ -25,7 +25,7 @@ from harness.generative import (GenerativeData, GenerativeScores, mean_prompt_le
                                 score_generative, teacher_top_k, tokenize_examples)
 from harness.generative_trial import fine_tune_teacher
 from harness.models import (ModelError, check_teacher_source, hub_revision, load_tokenizer,
-                            resolve_source, save_model, tokenizer_id)
+                            resolve_source, save_model, source_config, tokenizer_id)
 from harness.prompt_data import PromptTargetData, load_prompt_target_data
 from harness.shared import teacher_fields
 from harness.token_kd import TopK
@@ -33,12 +33,17 @@ from harness.train import precision, train_settings
 
 log = logging.getLogger(__name__)
 
-# The decoder-only families of harness.models.FAMILIES: what a causal-LM student is built from.
-CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
+# Per generative task: the auto class its teacher and students load with, and the families
+# of harness.models.FAMILIES it builds students from.
+GENERATIVE_TASKS = {
+    "causal-lm": (AutoModelForCausalLM, ("gpt2", "llama", "qwen2", "mistral")),
+    "seq2seq": (AutoModelForSeq2SeqLM, ("t5",)),
+}
 
 
 @dataclass(frozen=True)
 class GenerativeShared:
+    task: str  # a key of GENERATIVE_TASKS
     texts: PromptTargetData
     data: GenerativeData  # tokenized through the teacher's tokenizer
     tokenizer: object
@@ -47,7 +52,7 @@ class GenerativeShared:
     top_k: TopK  # at every target token of the training split
     teacher_scores: dict[str, GenerativeScores]  # "dev", "test"
     teacher_generations: dict[str, list[list[int]]]  # greedy, per example
-    teacher_cost: ComputeCost  # at the mean length of a dev example, prompt and target
+    teacher_cost: ComputeCost  # at a dev example of mean length (``example_cost``)
     teacher_flops_per_token: int
     device: torch.device
     cache: Path
@@ -57,24 +62,27 @@ class GenerativeShared:
 def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
                               cache: Path) -> GenerativeShared:
     config = study_config.teacher
-    check_teacher_source(config)
+    check_teacher_source(config, study_config.task)
     texts = load_prompt_target_data(study_config.data)
     check_equal_budgets(study_config.pipeline, len(texts.splits["train"]))
     tokenizer = load_tokenizer(config)
+    revision = hub_revision(config.source)
+    task = study_config.task
+    pretrained = load_generative_lm(config.source, "teacher.source", task, study_config.seed,
+                                    revision, config.trust_remote_code)
+    start = pretrained.config.decoder_start_token_id if task == "seq2seq" else None
     splits = [tokenize_examples(tokenizer, texts.splits[name].prompts,
-                                texts.splits[name].targets, study_config.data.max_length)
+                                texts.splits[name].targets, study_config.data.max_length, start)
               for name in ("train", "select", "dev", "test")]
     data = GenerativeData(*splits, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
-    revision = hub_revision(config.source)
-    pretrained = load_causal_lm(config.source, "teacher.source", study_config.seed, revision,
-                                config.trust_remote_code)
     fields = {**teacher_fields(study_config, texts, tokenizer_id(tokenizer), revision),
-              "task": "causal-lm", "precision": precision(device)}
+              "task": task, "precision": precision(device)}
     artifact = build_once(cache, "lm-teacher", fields, lambda folder: _build_teacher(
         study_config, pretrained, tokenizer, data, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
-    teacher = AutoModelForCausalLM.from_pretrained(artifact.path / "model",
-                                                   use_safetensors=True).to(device).eval()
+    auto_class = GENERATIVE_TASKS[task][0]
+    teacher = auto_class.from_pretrained(artifact.path / "model",
+                                         use_safetensors=True).to(device).eval()
     k = min(study_config.generation.top_k, len(tokenizer))
     top = build_once(cache, "lm-top-k", {"teacher": artifact.key, "k": k}, lambda folder:
                      save_file(teacher_top_k(teacher, data.train, k,
@@ -83,39 +91,51 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
                                str(folder / "top_k.safetensors")))
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     return GenerativeShared(
-        texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
+        task=task, texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
         teacher_key=artifact.key,
         top_k=TopK.from_tensors({name: value.clone() for name, value in
                                  load_file(str(top.path / "top_k.safetensors")).items()}),
         teacher_scores={name: GenerativeScores(**metrics[name]) for name in ("dev", "test")},
         teacher_generations={name: metrics[f"{name}_generations"] for name in ("dev", "test")},
-        teacher_cost=measure_compute(teacher, mean_length(data), device),
+        teacher_cost=example_cost(teacher, data, device),
         teacher_flops_per_token=count_generated_token_flops(
             teacher, mean_prompt_length(data.dev), device),
         device=device, cache=cache,
         reused={"teacher": artifact.reused, "top-k": top.reused})
 
 
-def load_causal_lm(source: str, key: str, seed: int, revision: str | None = None,
-                   trust_remote_code: bool = False) -> PreTrainedModel:
-    """A decoder-only checkpoint of a family students can be built from, with its LM head."""
+def load_generative_lm(source: str, key: str, task: str, seed: int,
+                       revision: str | None = None,
+                       trust_remote_code: bool = False) -> PreTrainedModel:
+    """A checkpoint of a family ``task`` builds students from, with its LM head."""
+    auto_class, families = GENERATIVE_TASKS[task]
+    model_type = source_config(source, key, trust_remote_code, task).model_type
+    if model_type not in families:
+        raise ModelError(f"{key}: task: {task} needs a model of the families {list(families)}; "
+                         f"got {model_type!r}")
     try:
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_pretrained(
+        return auto_class.from_pretrained(
             resolve_source(source, key), revision=revision, use_safetensors=True,
             trust_remote_code=trust_remote_code)
     except Exception as error:
-        raise ModelError(f"{key}: cannot load {source!r} as a causal LM "
+        raise ModelError(f"{key}: cannot load {source!r} as a {task} model "
                          f"({type(error).__name__}: {str(error)[:300]})") from error
-    if model.config.model_type not in CAUSAL_FAMILIES:
-        raise ModelError(f"{key}: task: causal-lm needs a decoder-only family, one of "
-                         f"{list(CAUSAL_FAMILIES)}; got {model.config.model_type!r}")
-    return model
 
 
-def mean_length(data: GenerativeData) -> int:
-    """The mean tokens of a dev example, prompt and target: where its FLOPs are counted."""
-    return max(1, round(float(data.dev.lengths().float().mean())))
+def example_cost(model: PreTrainedModel, data: GenerativeData, device: torch.device,
+                 latency_repeats: int = 20) -> ComputeCost:
+    """The cost of a dev example of mean length (rounded): a causal LM reads its prompt and
+    target as one sequence; an encoder-decoder encodes the mean prompt and decodes the mean
+    target."""
+    def mean(lengths: torch.Tensor) -> int:
+        return max(1, round(float(lengths.float().mean())))
+
+    dev = data.dev
+    if dev.decoder_start_id is None:
+        return measure_compute(model, mean(dev.lengths()), device, latency_repeats)
+    return measure_compute(model, mean(dev.prompt_lengths), device, latency_repeats,
+                           decoder_len=mean(dev.target_lengths()))
 
 
 def _build_teacher(study_config: StudyConfig, pretrained: PreTrainedModel, tokenizer,

@@ -1,9 +1,9 @@
-"""A causal-LM student distilled token by token from its teacher's top-k cache
-(``harness.token_kd``), measured against its label-only baseline.
+"""A generative student (a causal LM, or an encoder-decoder) distilled token by token from
+its teacher's top-k cache (``harness.token_kd``), measured against its label-only baseline.
 
     fine_tune_teacher(teacher, data, teacher_settings, device)
     top = teacher_top_k(teacher, data.train, k, ...)            # once per teacher and data
-    result, student = distil_causal_lm(untrained_teacher, top, data, shape, init, loss,
+    result, student = distil_generative(untrained_teacher, top, data, shape, init, loss,
                                        baseline_settings, distill_settings, device)
 
 Both arms start from one student (built once: same init and seed), read the training
@@ -20,7 +20,7 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from harness.config import ModelShape
 from harness.generative import (GenerativeData, GenerativeScores, label_loss, score_generative,
@@ -72,7 +72,7 @@ def kd_loss(loss: GenerativeLoss, vocab_size: int):
     return loss_fn
 
 
-def distil_causal_lm(pretrained: PreTrainedModel, top: TopK, data: GenerativeData,
+def distil_generative(pretrained: PreTrainedModel, top: TopK, data: GenerativeData,
                      shape: ModelShape, init: str, loss: GenerativeLoss,
                      baseline_settings: TrainSettings, distill_settings: TrainSettings,
                      device: torch.device, eval_batch_size: int = 64,
@@ -82,8 +82,10 @@ def distil_causal_lm(pretrained: PreTrainedModel, top: TopK, data: GenerativeDat
     student (on ``device``; the baseline is left on the CPU)."""
     if baseline_settings.seed != distill_settings.seed:
         raise ValueError("both arms train on one seed: the same init, dropout and data order")
+    auto_class = (AutoModelForSeq2SeqLM if pretrained.config.is_encoder_decoder
+                  else AutoModelForCausalLM)
     student, used = build_student(pretrained, shape, init, distill_settings.seed,
-                                  auto_class=AutoModelForCausalLM)
+                                  auto_class=auto_class)
     baseline = copy.deepcopy(student)
     arms = {}
     for name, model, split, loss_fn, settings in (

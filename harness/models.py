@@ -1,7 +1,8 @@
 """Model sources: the teacher (builtin, hub, local folder or a random-init architecture)
 and students built from (num_layers, hidden_size, num_heads, intermediate_size) that share
-the teacher's tokenizer and vocabulary, for the families in ``FAMILIES``: encoders, and
-decoder-only classifiers (GPT-2, Llama, Qwen2, Mistral) that pool their last real token.
+the teacher's tokenizer and vocabulary, for the families in ``FAMILIES``: encoders,
+decoder-only classifiers (GPT-2, Llama, Qwen2, Mistral) that pool their last real token,
+and T5's encoder-decoder for ``task: seq2seq``.
 
 Weights are only ever read from safetensors (``use_safetensors=True``): never pickle.
 """
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
-                          AutoTokenizer, BertConfig, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
+                          BertConfig, PreTrainedModel)
 
 from harness.config import ModelShape, TeacherConfig
 from harness.losses import teacher_blocks
@@ -50,6 +51,10 @@ class Family:
     key_value_heads: str | None = None
     head_width: str | None = None
     group_projections: tuple[str, ...] = ()
+    # An encoder-decoder's second stack of layers and the config field of its depth (a
+    # student has num_layers of each).
+    decoder_layers: str | None = None
+    decoder_layer_count: str | None = None
     not_prunable: str = ""  # why ``teacher-pruned`` cannot slice this family, where it cannot
 
 
@@ -79,7 +84,19 @@ FAMILIES = {
                                 "Conv1D (attn.c_attn), which harness.pruning does not slice; use "
                                 "student.init: teacher-layers or random"),
     "llama": _LLAMA_LAYOUT, "qwen2": _LLAMA_LAYOUT, "mistral": _LLAMA_LAYOUT,
+    # T5 (v1.1 and Flan-T5 gate the FFN: wi_0, wi_1): heads are d_kv wide, whatever d_model.
+    "t5": Family("encoder.block", "d_ff", "layer.0.SelfAttention", ("layer.0.SelfAttention.q",),
+                 "layer.0.SelfAttention.o", ("layer.1.DenseReluDense.wi",),
+                 "layer.1.DenseReluDense.wo", head_width="d_kv", decoder_layers="decoder.block",
+                 decoder_layer_count="num_decoder_layers",
+                 not_prunable="T5's decoder blocks hold cross-attention (layer.1) and their FFN "
+                              "at layer.2, which harness.pruning does not slice; use "
+                              "student.init: teacher-layers or random"),
 }
+# What a classification study's teacher and students are built from: an encoder-decoder
+# is for task: seq2seq only.
+CLASSIFIER_FAMILIES = tuple(sorted(name for name, layout in FAMILIES.items()
+                                   if not layout.decoder_layers))
 REFUSED_FAMILIES = {
     "albert": "ALBERT shares one set of layer weights across all its layers "
               "(num_hidden_groups), so a student cannot take or drop layers of it",
@@ -304,14 +321,17 @@ def teacher_label_rows(id2label: dict, label_names: tuple[str, ...],
     return rows
 
 
-def check_teacher_source(config: TeacherConfig) -> None:
+def check_teacher_source(config: TeacherConfig, task: str = "classification") -> None:
     """Fail fast, before any training, on a teacher that cannot be loaded."""
     if config.source != "architecture":
-        source_config(config.source, "teacher.source", config.trust_remote_code)
+        source_config(config.source, "teacher.source", config.trust_remote_code, task)
 
 
-def source_config(source: str, key: str, trust_remote_code: bool = False):
-    """The config of a model source, of a family students can be built from or trained as."""
+def source_config(source: str, key: str, trust_remote_code: bool = False,
+                  task: str = "classification"):
+    """The config of a model source, of a family students can be built from or trained as
+    (an encoder-decoder for ``task: seq2seq`` only: the classification pipeline feeds and
+    measures an encoder, or a decoder, alone)."""
     try:
         model_config = AutoConfig.from_pretrained(resolve_source(source, key),
                                                   trust_remote_code=trust_remote_code)
@@ -321,7 +341,10 @@ def source_config(source: str, key: str, trust_remote_code: bool = False):
         raise ModelError(f"{key}: cannot load {source!r} ({type(error).__name__}: "
                          f"{str(error)[:200]}); offline, use builtin:minilm-l6 or a local "
                          "model folder") from error
-    family(model_config, key)
+    if family(model_config, key).decoder_layers and task == "classification":
+        raise ModelError(f"{key}: a {model_config.model_type!r} model is an encoder-decoder, "
+                         "for task: seq2seq; classifiers are built from the families "
+                         f"{list(CLASSIFIER_FAMILIES)}")
     return model_config
 
 
@@ -373,6 +396,8 @@ def resized_config(teacher_config, shape: ModelShape):
     config.hidden_size = shape.hidden_size
     config.num_attention_heads = shape.num_heads
     layout = family(teacher_config, "teacher.source")
+    if layout.decoder_layer_count:
+        setattr(config, layout.decoder_layer_count, shape.num_layers)
     setattr(config, layout.intermediate_size, shape.intermediate_size)
     if layout.head_width:
         setattr(config, layout.head_width, shape.hidden_size // shape.num_heads)
@@ -399,7 +424,8 @@ def student_init(teacher_config, shape: ModelShape, init: str) -> str:
     ``teacher-layers`` where the widths are the teacher's. Either falls back to ``random``
     (and the trial records it) where it cannot apply."""
     teacher_shape = shape_of(teacher_config)
-    if init not in ("teacher-layers", "teacher-pruned") or shape.num_layers > teacher_shape.num_layers:
+    if (init not in ("teacher-layers", "teacher-pruned")
+            or shape.num_layers > min(teacher_layer_counts(teacher_config).values())):
         return "random"
     same_width = (shape.hidden_size, shape.num_heads, shape.intermediate_size) == (
         teacher_shape.hidden_size, teacher_shape.num_heads, teacher_shape.intermediate_size)
@@ -421,8 +447,9 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
     ``teacher-layers`` (DistilBERT-style): embeddings, pooler and every
     (n_teacher / n_student)-th encoder layer of ``teacher``; ``teacher-pruned``: the same
     layers, keeping the channels, heads and FFN neurons ``importance`` ranks highest
-    (``harness.pruning``). A classification head is the student's own, seeded; a causal
-    LM's output layer (``auto_class=AutoModelForCausalLM``) is the teacher's, as
+    (``harness.pruning``); an encoder-decoder takes both stacks' layers so. A classification
+    head is the student's own, seeded; a language model's output layer
+    (``auto_class=AutoModelForCausalLM`` or ``AutoModelForSeq2SeqLM``) is the teacher's, as
     DistilGPT-2's was: tied to the copied embeddings, or, where the family unties it, copied
     at the teacher's width (``teacher-layers``; pruned, it stays the student's own).
     Trials pass the teacher as loaded, before fine-tuning, so a label-only baseline carries
@@ -434,15 +461,25 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
     if used == "teacher-pruned" and importance is None:
         raise ValueError("a teacher-pruned student needs the teacher's importance scores")
     if used in ("teacher-layers", "teacher-pruned"):
-        copy_teacher_weights(teacher, student, family(teacher.config, "teacher.source"),
-                             teacher_layer_choice(shape.num_layers, teacher.config.num_hidden_layers),
+        chosen = {stack: teacher_layer_choice(shape.num_layers, count)
+                  for stack, count in teacher_layer_counts(teacher.config).items()}
+        copy_teacher_weights(teacher, student, family(teacher.config, "teacher.source"), chosen,
                              importance if used == "teacher-pruned" else None,
                              query_group(teacher.config))
-    if auto_class is AutoModelForCausalLM and used == "teacher-layers":
+    if auto_class is not AutoModelForSequenceClassification and used == "teacher-layers":
         output, teachers = student.get_output_embeddings(), teacher.get_output_embeddings()
         if output.weight is not student.get_input_embeddings().weight:
             output.load_state_dict(teachers.state_dict())
     return student, used
+
+
+def teacher_layer_counts(model_config) -> dict[str, int]:
+    """Each stack of layers of the family (under the base model) and its depth."""
+    layout = family(model_config, "teacher.source")
+    counts = {layout.layers: model_config.num_hidden_layers}
+    if layout.decoder_layers:
+        counts[layout.decoder_layers] = getattr(model_config, layout.decoder_layer_count)
+    return counts
 
 
 def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> list[int]:

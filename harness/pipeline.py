@@ -88,7 +88,7 @@ class TrialResult:
     # An ensemble teacher's members (teacher.ensemble), each member's accuracy; else empty.
     teacher_member_dev_accuracies: tuple[float, ...]
     teacher_member_test_accuracies: tuple[float, ...]
-    # A task's own scores beside the contract's (task: causal-lm: token accuracy, NLL,
+    # A task's own scores beside the contract's (generative: token accuracy, NLL, BLEU,
     # FLOPs per generated token), stored under these names
     task_scores: dict[str, float] = dataclasses.field(default_factory=dict)
 

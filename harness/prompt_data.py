@@ -1,5 +1,5 @@
-"""Prompt and target texts of a causal-LM study (``task: causal-lm``): a local file
-(CSV/JSON/JSONL/Parquet) or a hub dataset with ``data.prompt_column`` and
+"""Prompt and target texts of a generative study (``task: causal-lm`` or ``seq2seq``): a
+local file (CSV/JSON/JSONL/Parquet) or a hub dataset with ``data.prompt_column`` and
 ``data.target_column``, read through datasets' loaders (``harness.data``) and split as the
 classification data is: a missing dev or test split carved out of train, the select split
 carved out of train (``data.select_fraction``), each subsampled where the study limits it."""

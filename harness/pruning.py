@@ -84,11 +84,12 @@ def kept(scores: torch.Tensor, count: int) -> torch.Tensor:
     return torch.sort(torch.topk(scores, count).indices).values
 
 
-def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
+def copy_teacher_weights(teacher, student, family, chosen_layers: dict[str, list[int]],
                          importance: dict[str, torch.Tensor] | None = None,
                          group: int = 1) -> None:
     """Fill ``student`` (built at its shape from the teacher's config) with the teacher's
-    weights: layer j of the student is layer ``chosen_layers[j]`` of the teacher. Without
+    weights: layer j of each stack of layers (``family.layers``, and an encoder-decoder's
+    ``family.decoder_layers``) is layer ``chosen_layers[stack][j]`` of the teacher's. Without
     ``importance`` every tensor is copied whole (teacher-layers: the widths must match); with
     it, sliced to the kept heads and neurons of each layer and the kept channels everywhere
     (teacher-pruned). With grouped-query attention whole groups are kept: the key-value
@@ -99,10 +100,13 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
     student_config = student.config
     pruned = importance is not None
     channels = kept(importance["channels"], student_config.hidden_size) if pruned else None
-    prefix = f"{teacher.base_model_prefix}."
-    layer_prefix = f"{prefix}{family.layers}."
-    if not any(name.startswith(layer_prefix) for name in student.state_dict()):
-        raise ValueError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
+    # A task model holds its base model under base_model_prefix; T5's generator is its own.
+    prefix = (f"{teacher.base_model_prefix}." if hasattr(teacher, teacher.base_model_prefix)
+              else "")
+    stacks = {f"{prefix}{stack}.": layers for stack, layers in chosen_layers.items()}
+    for layer_prefix in stacks:
+        if not any(name.startswith(layer_prefix) for name in student.state_dict()):
+            raise ValueError(f"cannot copy teacher layers: no parameters under {layer_prefix!r}")
     attention = (*family.head_projections, *family.group_projections, family.head_merge)
     teacher_state = teacher.state_dict()
     new_state = {}
@@ -113,9 +117,10 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: list[int],
         module = name.rsplit(".", 1)[0]
         roles = {}  # dimension -> the indices it keeps
         source = name
-        if name.startswith(layer_prefix):
+        layer_prefix = next((stack for stack in stacks if name.startswith(stack)), None)
+        if layer_prefix is not None:
             index, module = module[len(layer_prefix):].split(".", 1)
-            layer = chosen_layers[int(index)]
+            layer = stacks[layer_prefix][int(index)]
             source = f"{layer_prefix}{layer}.{name[len(layer_prefix):].split('.', 1)[1]}"
             if pruned and module in attention:
                 groups = kept(importance["heads"][layer].unflatten(0, (-1, group)).sum(-1),

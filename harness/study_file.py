@@ -71,7 +71,7 @@ FIELD_RULES = {
     "deploy.latency_repeats": above_zero("repeat counts"),
     "generation.top_k": above_zero("token counts"),
 }
-# The compute objectives a causal-LM trial measures.
+# The compute objectives a generative trial measures.
 GENERATIVE_OBJECTIVES = ("flops_per_token", "flops_per_example", "params", "train_flops",
                          "flops_share")
 
@@ -261,11 +261,11 @@ def _check_semantics(config: StudyConfig) -> None:
                           "ensemble, as yet; use teacher.ensemble: 1 with transfer:")
     if config.transfer.online:
         _check_online_views(config)
-    if config.task == "causal-lm":
+    if config.generative:
         _check_generative(config)
     elif "flops_per_token" in (*metrics, *config.objectives.constraints):
-        raise ConfigError("objectives: flops_per_token is measured for task: causal-lm only; "
-                          "a classifier's cost is flops_per_example")
+        raise ConfigError("objectives: flops_per_token is measured for task: causal-lm and "
+                          "seq2seq only; a classifier's cost is flops_per_example")
     if config.teacher.source == "architecture" and config.teacher.architecture is None:
         raise ConfigError("teacher.architecture: required when teacher.source is 'architecture'")
     for searchable in SEARCHABLE.values():
@@ -277,7 +277,7 @@ def _check_semantics(config: StudyConfig) -> None:
         raise ConfigError("sampler.name: grid needs every search entry given as choices")
 
 
-# What a causal-LM study cannot use as yet, each with the value that leaves it unused.
+# What a generative study cannot use as yet, each with the value that leaves it unused.
 _NOT_GENERATIVE = (
     ("data.text_columns", None), ("data.group_column", None), ("teacher.ensemble", 1),
     ("teacher.fine_tune", True), ("student.source", RESIZED_TEACHER),
@@ -290,29 +290,30 @@ _NOT_GENERATIVE = (
 def _check_generative(config: StudyConfig) -> None:
     for path, unused in _NOT_GENERATIVE:
         if fixed_value(config, path) != unused:
-            raise ConfigError(f"{path}: not used by task: causal-lm as yet; leave it at "
+            raise ConfigError(f"{path}: not used by task: {config.task} as yet; leave it at "
                               f"{unused!r}")
     for name in ("student_source", "hidden_weight", "attention_weight", "transfer_copies"):
         if name in config.search:
-            raise ConfigError(f"search.{name}: not searched by task: causal-lm as yet")
+            raise ConfigError(f"search.{name}: not searched by task: {config.task} as yet")
     if "teacher-pruned" in student_inits(config):
-        raise ConfigError("student.init: teacher-pruned is not built for causal LMs as yet; use "
-                          "teacher-layers or random")
+        raise ConfigError(f"student.init: teacher-pruned is not built for task: {config.task} "
+                          "as yet; use teacher-layers or random")
     if config.teacher.source == "architecture":
-        raise ConfigError("teacher.source: task: causal-lm takes a causal LM checkpoint (a hub "
-                          "name or a local folder), not an architecture")
+        raise ConfigError(f"teacher.source: task: {config.task} takes a pre-trained checkpoint "
+                          "(a hub name or a local folder), not an architecture")
     if config.deploy.export == "every-trial":
         raise ConfigError("deploy.export: the ONNX deployment is for classifiers; use front "
-                          "(skipped for causal LMs) or none")
+                          "(skipped for generative studies) or none")
     metrics = (*config.objectives.metrics, *config.objectives.constraints)
     # Confirmation, the kept students and the report rank by dev_accuracy, the exact match.
     for metric in metrics:
         if metric not in ("dev_accuracy", *GENERATIVE_OBJECTIVES):
-            raise ConfigError(f"objectives: {metric!r} is not measured for causal LMs; expected "
+            raise ConfigError(f"objectives: {metric!r} is not measured for task: {config.task}; "
+                              f"expected "
                               f"dev_accuracy (the exact match) first, then some of "
                               f"{list(GENERATIVE_OBJECTIVES)}")
     if config.data.select_fraction == 0:
-        raise ConfigError("data.select_fraction: a causal-LM study chooses checkpoints on a "
+        raise ConfigError("data.select_fraction: a generative study chooses checkpoints on a "
                           "select split carved from train, never on dev; expected a share > 0")
 
 

@@ -1,6 +1,7 @@
 """A synthetic generative task whose answer is a function of the prompt: reverse a string
 of four digits ("3 1 4 1 =" -> "1 4 1 3"), with a word-level tokenizer of 14 tokens, and
-tiny random-weight causal LMs built from their config classes. No hub."""
+tiny random-weight causal LMs and T5 encoder-decoders built from their config classes.
+No hub."""
 
 from __future__ import annotations
 
@@ -43,3 +44,15 @@ def tiny_lm(family: str, layers: int, hidden: int, heads: int, seed: int = 0,
             max_position_embeddings=32, **ids)
     torch.manual_seed(seed)
     return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def tiny_t5(layers: int, hidden: int, heads: int, seed: int = 0) -> transformers.PreTrainedModel:
+    """T5 v1.1's layout (a gated FFN; ``tie_word_embeddings=False``: no rescaled decoder
+    output, though transformers 5 ties the output layer anyway), the decoder started by pad."""
+    config = transformers.T5Config(
+        vocab_size=len(TOKENS), d_model=hidden, d_kv=hidden // heads, d_ff=4 * hidden,
+        num_layers=layers, num_heads=heads, feed_forward_proj="gated-gelu",
+        dropout_rate=0.0, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForSeq2SeqLM.from_config(config)

@@ -37,7 +37,7 @@ BUILD_ROOTS = {
     "importance": (shared.prepare_importance,),
     "transfer": (shared.prepare_transfer, transfer.unlabeled_texts),
     # A causal LM teacher: its examples tokenized, loaded, fine-tuned on the targets, scored.
-    "lm-teacher": (generative.tokenize_examples, generative_shared.load_causal_lm,
+    "lm-teacher": (generative.tokenize_examples, generative_shared.load_generative_lm,
                    generative_shared._build_teacher),
     "lm-top-k": (generative.teacher_top_k,),
 }
@@ -75,20 +75,24 @@ RECORDED = {
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
     ("teacher", 4): "43166f49d19054d1",
-    ("baseline", 5): "ad32e0fa9ceb2a6d",
+    ("baseline", 5): "599b29a17734494c",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
-    ("importance", 1): "d35787e55474426b",
+    ("importance", 1): "62350f85253bb5a6",
     ("transfer", 1): "c8a76581b72efeeb",
     ("lm-teacher", 1): "008b81bcf457b74d",
-    ("lm-top-k", 1): "b34a528e0c37547b",
+    ("lm-top-k", 1): "30839fbfb68552a8",
     # Greedy generation pinned (a checkpoint's own generation config ignored), in the
     # training's precision, at most the longest training target: the teacher's scores and
     # generations change (lm-teacher 2). The top-k is taken on the device: the same numbers.
     # A batch's width read in one indexing, the teacher's row starts computed once when
     # attached: the same batches (re-recorded).
-    ("lm-teacher", 2): "7a998b9d1589961f",
+    # T5 students (task: seq2seq): copy_teacher_weights maps each stack of layers (a model
+    # without a base-model attribute copies from its root), the decoder's inputs built for an
+    # encoder-decoder; a classifier and a causal LM take the paths they took (baseline,
+    # importance, lm-teacher and lm-top-k re-recorded; a seq2seq teacher has its own key).
+    ("lm-teacher", 2): "fc0aa6e954817f70",
 }
 
 

@@ -14,7 +14,7 @@ import transformers
 from harness.config import ModelShape
 from harness.generative import (GenerativeData, greedy_targets, label_loss, score_generative,
                                 teacher_top_k, tokenize_examples)
-from harness.generative_trial import GenerativeLoss, distil_causal_lm, fine_tune_teacher
+from harness.generative_trial import GenerativeLoss, distil_generative, fine_tune_teacher
 from harness.models import build_student
 from harness.train import TrainSettings, train_phase
 
@@ -50,7 +50,7 @@ def trained(tmp_path_factory):
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
     loss = GenerativeLoss(alpha=0.8, T=2.0, T_s=2.0)
     shape = ModelShape(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=256)
-    result, student = distil_causal_lm(untrained, top, data, shape, "teacher-layers", loss,
+    result, student = distil_generative(untrained, top, data, shape, "teacher-layers", loss,
                                        settings(4, seed=1), settings(4, seed=1), CPU)
     return tokenizer, data, teacher, result, student
 
@@ -106,7 +106,7 @@ def test_with_alpha_zero_the_distilled_arm_is_its_baseline_exactly(trained):
     # order, steps and selection, the distilled arm must come out as its baseline, bit for bit.
     _, data, teacher, _, _ = trained
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
-    result, _ = distil_causal_lm(tiny_lm("llama", 2, 64, 4, key_value_heads=2), top, data,
+    result, _ = distil_generative(tiny_lm("llama", 2, 64, 4, key_value_heads=2), top, data,
                                  ModelShape(1, 64, 4, 256), "teacher-layers",
                                  GenerativeLoss(alpha=0.0, T=2.0, T_s=2.0),
                                  settings(2, seed=5), settings(2, seed=5), CPU)

@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from harness.data import TokenizedSplit
-from harness.models import FAMILIES, as_classifier, load_source_tokenizer
+from harness.models import CLASSIFIER_FAMILIES, as_classifier, load_source_tokenizer
 from harness.onnx_export import (EXPORT_LENGTH, ExportError, export_onnx, input_names,
                                  onnx_latency, onnx_logits, onnx_session, quantize_int8,
                                  verify_onnx)
@@ -29,7 +29,7 @@ def _texts(tokenizer, texts: list[str]) -> TokenizedSplit:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("family", CLASSIFIER_FAMILIES)
 def test_every_family_exports_and_onnx_runtime_reproduces_its_logits(family, bpe, smoke_shared,
                                                                      tmp_path):
     folder = save_tiny_model(family, tmp_path / family, bpe)

@@ -166,7 +166,7 @@ def prepare(args: argparse.Namespace) -> Prepared:
     # file is only created once the data and the teacher are known to be good.
     storage = (None if journal_path(storage_url)
                else open_storage(storage_url, heartbeat_seconds=args.heartbeat_seconds))
-    prepare = prepare_generative_shared if study_config.task == "causal-lm" else prepare_shared
+    prepare = prepare_generative_shared if study_config.generative else prepare_shared
     shared = prepare(study_config, device, cache_root())
     study = open_study(storage or open_storage(storage_url), study_name, study_config)
     return Prepared(study, study_config, shared, storage_url)
@@ -210,9 +210,9 @@ def run(prepared: Prepared, args: argparse.Namespace, argv: list[str]) -> int:
         # The driver deploys the front once its workers are gone, so that nothing else
         # runs while the students are timed; it reports the study once, for all its
         # workers; not within a scheduler's grace period after SIGTERM (the next run does).
-        # ONNX deployment is for classifiers: a causal-LM study's front is not exported.
+        # ONNX deployment is for classifiers: a generative study's front is not exported.
         if (finished and not problems and not args.local_worker
-                and study_config.task == "classification"):
+                and not study_config.generative):
             deploy_front(study, study_config, shared)
         if not args.local_worker and not terminated:
             report_study(study, study_config, prepared.storage_url, run_dir,

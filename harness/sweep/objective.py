@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 import torch
 
-from harness.causal_lm_pipeline import run_causal_lm_trial
+from harness.generative_pipeline import run_generative_trial
 from harness.config import StudyConfig, TrialConfig
 from harness.generative_shared import GenerativeShared
 from harness.pipeline import (TrialHooks, TrialResult, reported_evaluations, run_trial,
@@ -98,10 +98,10 @@ def run_task_trial(trial: optuna.Trial, study_config: StudyConfig, trial_config:
                    shared: SharedArtifacts | GenerativeShared, log: StepLogger, repeat: bool,
                    student_dir: Path) -> TrialResult:
     """The trial's pipeline for the study's task. A classifier over its compute budget is
-    refused untrained, and a search trial stopped when behind its peers; a causal LM's
+    refused untrained, and a search trial stopped when behind its peers; a generative
     trial runs whole (its constraints are checked on what it measured)."""
-    if study_config.task == "causal-lm":
-        return run_causal_lm_trial(study_config, trial_config, shared, TrialHooks(log=log),
+    if study_config.generative:
+        return run_generative_trial(study_config, trial_config, shared, TrialHooks(log=log),
                                    save_student_to=student_dir)
     student = resolve_student(study_config, trial_config, shared)
     # A repeat is never stopped early: its configuration already made the front.

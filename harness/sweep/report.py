@@ -29,8 +29,8 @@ def report_study(study: optuna.Study, study_config: StudyConfig, storage_url: st
     from analysis.report import NoCompleteTrials, build_report, render_text
 
     frame = study_frame(study)
-    # A causal LM's cost where it is deployed is per generated token.
-    x = "flops_per_token" if study_config.task == "causal-lm" else "flops_per_example"
+    # A generative model's cost where it is deployed is per generated token.
+    x = "flops_per_token" if study_config.generative else "flops_per_example"
     try:
         report = build_report(frame, x=x)
     except NoCompleteTrials:

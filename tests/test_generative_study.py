@@ -1,12 +1,12 @@
-"""A causal-LM study (``task: causal-lm``) through ``python -m harness.study``: prompt/target
-data in a local JSONL file, a tiny Llama teacher saved in a local folder (no hub), students
-searched by size, confirmed on a fresh seed, the front's students reloaded with
-``AutoModelForCausalLM`` and reproducing their stored exact match."""
+"""Generative studies (``task: causal-lm`` and ``seq2seq``) through ``python -m harness.study``:
+prompt/target data in a local JSONL file, a tiny Llama (or T5) teacher saved in a local
+folder (no hub), students searched by size, confirmed on a fresh seed, the front's students
+reloaded with ``AutoModelForCausalLM`` (or ``AutoModelForSeq2SeqLM``) and reproducing their
+stored exact match (and BLEU)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -16,14 +16,14 @@ import transformers
 import yaml
 
 from analysis.pareto import main as pareto_main
-from harness.causal_lm_pipeline import GENERATIONS_FILE
-from harness.generative import exact_matches, greedy_targets, tokenize_examples
+from harness.generative import bleu, exact_matches, greedy_targets, tokenize_examples
+from harness.generative_pipeline import GENERATIONS_FILE
 from harness.study import main
 from harness.study_file import load_study_config
 from harness.sweep.storage import open_storage
 
 from .conftest import SMOKE
-from .generative_task import digit_tokenizer, reversal_examples, tiny_lm
+from .generative_task import digit_tokenizer, reversal_examples, tiny_lm, tiny_t5
 
 STUDY = {
     "name": "reverse",
@@ -46,29 +46,51 @@ STUDY = {
 }
 
 
-@pytest.fixture(scope="module")
-def causal_study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("causal-lm")
+# Per task: its teacher, the auto class its students load with, the decoder's start token
+# (None: a causal LM), and the epochs its tiny models need (T5 learns the reversal slower).
+TASKS = {
+    "causal-lm": (lambda: tiny_lm("llama", 2, 64, 4, key_value_heads=2),
+                  transformers.AutoModelForCausalLM, None, 8, 5),
+    "seq2seq": (lambda: tiny_t5(2, 64, 4), transformers.AutoModelForSeq2SeqLM, 0, 20, 12),
+}
+
+
+def write_study(root, task: str):
+    teacher_model, _, _, teacher_epochs, student_epochs = TASKS[task]
     data = root / "reverse.jsonl"
     prompts, targets = reversal_examples(1500, seed=0)
     data.write_text("".join(json.dumps({"prompt": p, "target": t}) + "\n"
                             for p, t in zip(prompts, targets)))
     teacher = root / "teacher"
-    tiny_lm("llama", 2, 64, 4, key_value_heads=2).save_pretrained(teacher)
+    teacher_model().save_pretrained(teacher)
     digit_tokenizer().save_pretrained(teacher)
-    study = {**STUDY, "data": {**STUDY["data"], "source": str(data)},
-             "teacher": {**STUDY["teacher"], "source": str(teacher)}}
+    arms = {arm: {**STUDY["pipeline"][arm], "epochs": student_epochs}
+            for arm in ("baseline", "distill")}
+    study = {**STUDY, "task": task, "data": {**STUDY["data"], "source": str(data)},
+             "teacher": {**STUDY["teacher"], "source": str(teacher), "epochs": teacher_epochs},
+             "pipeline": {**STUDY["pipeline"], **arms}}
     path = root / "reverse.yaml"
     path.write_text(yaml.safe_dump(study))
-    return root, path
+    return path
 
 
-def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
-        causal_study, monkeypatch, cache_dir, capsys):
-    root, study_file = causal_study
+@pytest.fixture(scope="module")
+def causal_study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("causal-lm")
+    return root, write_study(root, "causal-lm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_generative_study_runs_confirms_and_saves_students_that_reproduce_it(
+        task, tmp_path, monkeypatch, cache_dir, capsys):
+    root = tmp_path
+    study_file = write_study(root, task)
+    _, auto_class, start, _, _ = TASKS[task]
     monkeypatch.chdir(root)
     storage = f"journal:{root / 'study.journal'}"
-    assert main(["--study", str(study_file), "--workers", "1", "--n-trials", "3",
+    trials = {"causal-lm": 3, "seq2seq": 2}[task]
+    assert main(["--study", str(study_file), "--workers", "1", "--n-trials", str(trials),
                  "--storage", storage]) == 0
     printed = capsys.readouterr().out  # the report against the cost of a generated token
     assert "dev accuracy vs forward FLOPs per generated token" in printed
@@ -76,7 +98,7 @@ def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
     study = optuna.load_study(study_name="reverse", storage=open_storage(storage))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     repeats = [t for t in complete if "repeat_of" in t.user_attrs]
-    assert len(complete) - len(repeats) == 3 and repeats  # the front confirmed on fresh seeds
+    assert len(complete) - len(repeats) == trials and repeats  # the front confirmed on fresh seeds
     for trial in complete:
         attrs = trial.user_attrs
         assert attrs["dev_accuracy"] == attrs["dev_exact_match"]
@@ -87,6 +109,7 @@ def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
         assert attrs["latency_per_token_ms"] > 0
         one_layer = attrs["num_layers"] == 1  # else the teacher's size
         assert (attrs["flops_per_token"] < attrs["teacher_flops_per_token"]) == one_layer
+        assert ("dev_bleu" in attrs) == (task == "seq2seq")
     assert max(t.user_attrs["teacher_dev_accuracy"] for t in complete) > 0.9
     assert max(t.user_attrs["dev_accuracy"] for t in complete) > 0.5
 
@@ -96,14 +119,16 @@ def test_a_causal_lm_study_runs_confirms_and_saves_students_that_reproduce_it(
     assert saved
     for folder in saved:
         trial = study.trials[int(folder.name.removeprefix("trial-"))]
-        student = transformers.AutoModelForCausalLM.from_pretrained(folder)
+        student = auto_class.from_pretrained(folder)
         stored = json.loads((folder / GENERATIONS_FILE).read_text())
         dev = tokenize_examples(transformers.AutoTokenizer.from_pretrained(folder),
-                                *_dev_texts(config), 16)
+                                *_dev_texts(config), 16, decoder_start_id=start)
         generated = greedy_targets(student, dev, 64, torch.device("cpu"),
                                    tokenizer.pad_token_id, tokenizer.eos_token_id, 5)
         assert generated == stored["dev"]
         assert sum(exact_matches(generated, dev)) / len(dev) == trial.user_attrs["dev_accuracy"]
+        if task == "seq2seq":
+            assert bleu(tokenizer, generated, dev) == pytest.approx(trial.user_attrs["dev_bleu"])
 
     out = root / "report"
     assert pareto_main(["--study-name", "reverse", "--storage", storage, "--x",
@@ -133,7 +158,7 @@ def test_bad_causal_lm_settings_are_refused_before_training(causal_study, capsys
                             ("data.prompt_column=question", "data.prompt_column: no column"),
                             ("data.select_fraction=0", "data.select_fraction"),
                             ("objectives.metrics=[dev_token_accuracy]", "objectives"),
-                            (f"teacher.source={encoder}", "needs a decoder-only family")):
+                            (f"teacher.source={encoder}", "needs a model of the families")):
         assert main(["--study", str(study_file), "--set", override, "--n-trials", "1",
                      "--storage", f"journal:{tmp_path / 'refused.journal'}"]) == 2
         assert named in capsys.readouterr().err
@@ -141,4 +166,10 @@ def test_bad_causal_lm_settings_are_refused_before_training(causal_study, capsys
     # A classifier generates no tokens to count.
     assert main(["--study", str(SMOKE), "--set",
                  "objectives.metrics=[dev_accuracy, flops_per_token]"]) == 2
-    assert "flops_per_token is measured for task: causal-lm only" in capsys.readouterr().err
+    assert "flops_per_token is measured for task: causal-lm and seq2seq only" in \
+        capsys.readouterr().err
+    # A seq2seq study's teacher is an encoder-decoder.
+    assert main(["--study", str(study_file), "--set", "task=seq2seq", "--n-trials", "1",
+                 "--storage", f"journal:{tmp_path / 'refused.journal'}"]) == 2
+    assert "task: seq2seq needs a model of the families ['t5']" in capsys.readouterr().err
+    assert not (tmp_path / "refused.journal").exists()

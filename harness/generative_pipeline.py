@@ -1,14 +1,14 @@
-"""One trial of a causal-LM study (``task: causal-lm``), end to end: ``run_causal_lm_trial``
-is the method, one named call per stage.
+"""One trial of a generative study (``task: causal-lm`` or ``seq2seq``), end to end:
+``run_generative_trial`` is the method, one named call per stage.
 
 It returns the classification pipeline's ``TrialResult``, so the sweep, its confirmation
 and the analysis read it as any trial: an example is right when greedy generation writes
 its target exactly, so ``dev_accuracy`` is the dev exact match and ``kd_gain`` its paired
 difference; ``flops_per_example`` is a forward over a dev example of mean length (prompt
-and target), as for a classifier; ``task_scores`` adds token accuracy, per-token NLL and
-``flops_per_token`` (one generated token at the mean prompt length, from the key-value
-cache) for the student, its baseline and the teacher, and the student's
-``latency_per_token_ms``.
+and target; ``generative_shared.example_cost``), as for a classifier; ``task_scores`` adds
+token accuracy, per-token NLL (and, for seq2seq, corpus BLEU) and ``flops_per_token`` (one
+generated token at the mean prompt length, from the key-value cache) for the student, its
+baseline and the teacher, and the student's ``latency_per_token_ms``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ import torch
 
 from harness.artifacts import write_folder_atomically
 from harness.budget import equal_budgets
-from harness.compute import (count_generated_token_flops, measure_compute,
-                             measure_token_latency_ms)
+from harness.compute import count_generated_token_flops, measure_token_latency_ms
 from harness.config import StudyConfig, TrialConfig
 from harness.evaluation import Evaluation, evaluate_outcomes
-from harness.generative import exact_matches, mean_prompt_length
-from harness.generative_shared import GenerativeShared, mean_length
-from harness.generative_trial import DistilledLM, GenerativeLoss, distil_causal_lm
+from harness.generative import bleu, exact_matches, mean_prompt_length
+from harness.generative_shared import GenerativeShared, example_cost
+from harness.generative_trial import DistilledLM, GenerativeLoss, distil_generative
 from harness.models import save_model, student_shape
 from harness.pipeline import TrialHooks, TrialResult
 from harness.train import train_settings
@@ -35,16 +34,16 @@ from harness.train import train_settings
 GENERATIONS_FILE = "generations.json"  # beside a saved student: its dev and test generations
 
 
-def run_causal_lm_trial(study_config: StudyConfig, trial_config: TrialConfig,
+def run_generative_trial(study_config: StudyConfig, trial_config: TrialConfig,
                         shared: GenerativeShared, hooks: TrialHooks = TrialHooks(),
                         save_student_to: Path | None = None) -> TrialResult:
-    """Distil one causal-LM student configuration and measure it against its baseline."""
+    """Distil one generative student configuration and measure it against its baseline."""
     started = time.perf_counter()
     pipeline, device = study_config.pipeline, shared.device
     shape = student_shape(shared.pretrained_teacher, trial_config.num_layers,
                           trial_config.hidden_size, study_config.student.head_dim,
                           trial_config.intermediate_size)
-    distilled, student = distil_causal_lm(
+    distilled, student = distil_generative(
         shared.pretrained_teacher, shared.top_k, shared.data, shape, trial_config.init,
         GenerativeLoss(trial_config.alpha, trial_config.T, trial_config.T_s,
                        study_config.generation.reverse_kl),
@@ -53,9 +52,10 @@ def run_causal_lm_trial(study_config: StudyConfig, trial_config: TrialConfig,
         train_settings(pipeline, pipeline.distill.epochs, trial_config.lr, trial_config.seed),
         device, pipeline.eval_batch_size, hooks.log)
     evaluation = evaluate_generations(distilled, shared)
-    cost = measure_compute(student, mean_length(shared.data), device, pipeline.latency_repeats)
+    cost = example_cost(student, shared.data, device, pipeline.latency_repeats)
     if save_student_to is not None:
-        save_causal_lm(student, shared.tokenizer, distilled.student.generations, save_student_to)
+        save_generative_lm(student, shared.tokenizer, distilled.student.generations,
+                           save_student_to)
     teacher_cost, phase = shared.teacher_cost, distilled.student.phase
     return TrialResult(
         trial=trial_config, shape=shape, init=distilled.init, evaluation=evaluation, cost=cost,
@@ -100,19 +100,23 @@ def generative_scores(distilled: DistilledLM, shared: GenerativeShared, flops_pe
     scores = {"flops_per_token": flops_per_token,
               "teacher_flops_per_token": shared.teacher_flops_per_token,
               "latency_per_token_ms": latency_per_token_ms}
-    arms = (("", distilled.student.scores), ("baseline_", distilled.baseline.scores),
-            ("teacher_", shared.teacher_scores))
-    for prefix, by_split in arms:
-        for split, split_scores in by_split.items():
+    arms = (("", distilled.student), ("baseline_", distilled.baseline))
+    for prefix, scored, generations in (
+            *((prefix, arm.scores, arm.generations) for prefix, arm in arms),
+            ("teacher_", shared.teacher_scores, shared.teacher_generations)):
+        for split, split_scores in scored.items():
             for name in ("exact_match", "token_accuracy", "nll"):
                 scores[f"{prefix}{split}_{name}"] = getattr(split_scores, name)
+            if shared.task == "seq2seq":
+                scores[f"{prefix}{split}_bleu"] = bleu(shared.tokenizer, generations[split],
+                                                       getattr(shared.data, split))
     return scores
 
 
-def save_causal_lm(model, tokenizer, generations: dict[str, list[list[int]]],
+def save_generative_lm(model, tokenizer, generations: dict[str, list[list[int]]],
                    folder: Path) -> None:
-    """A folder ``AutoModelForCausalLM.from_pretrained`` loads, with the greedy generations
-    the trial scored, so a reloaded student can be checked against them."""
+    """A folder ``AutoModelForCausalLM`` (or ``AutoModelForSeq2SeqLM``) loads, with the
+    greedy generations the trial scored, so a reloaded student can be checked against them."""
     def write(staging: Path) -> None:
         save_model(model, tokenizer, staging)
         (staging / GENERATIONS_FILE).write_text(json.dumps(generations))
