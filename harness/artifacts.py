@@ -36,7 +36,7 @@ MANIFEST = "manifest.json"
 # when its build would now produce something else (tests/test_build_versions.py notices
 # a changed build and asks for it), so caches stop reusing what the old code built.
 BUILD_VERSIONS = {"data": 2, "tokens": 3, "teacher": 4, "baseline": 5, "importance": 1,
-                  "transfer": 1, "lm-teacher": 2, "lm-top-k": 1}
+                  "transfer": 1, "lm-teacher": 2, "lm-top-k": 1, "lm-pseudo-labels": 1}
 
 
 class ArtifactLockTimeout(TimeoutError):

@@ -111,6 +111,10 @@ class TeacherConfig(OptimizerConfig):
 
 
 StudentInit = Literal["teacher-layers", "teacher-pruned", "random", "baseline"]
+# What a generative student's distilled arm learns from (Kim & Rush 2016): the teacher's
+# distribution at each token of the data's targets, or at each token of the teacher's own
+# greedy outputs, which replace the targets (alpha = 0: pseudo-labels alone).
+KDLevel = Literal["word", "sequence"]
 RESIZED_TEACHER = "resized-teacher"  # student.source: the teacher's config at the student's size
 
 
@@ -302,10 +306,12 @@ class GenerationConfig:
     """Token-level distillation of a generative model (``task: causal-lm`` or ``seq2seq``,
     ``harness.token_kd``):
     the teacher's ``top_k`` next-token log-probabilities cached per target token; the KL
-    forward, KL(q_T || p_{T_s}), or with ``reverse_kl`` KL(p_{T_s} || q_T)."""
+    forward, KL(q_T || p_{T_s}), or with ``reverse_kl`` KL(p_{T_s} || q_T); ``kd_level``
+    (searchable) the targets the distilled arm learns (``KDLevel``)."""
 
     top_k: int = 20
     reverse_kl: bool = False
+    kd_level: KDLevel = "word"
 
 
 @dataclass(frozen=True)
@@ -377,6 +383,15 @@ def _student_init(value, _) -> str | None:
     return None if value in inits else f"expected one of {list(inits)}, got {value!r}"
 
 
+def _kd_level(value, study_config: StudyConfig) -> str | None:
+    levels = typing.get_args(KDLevel)
+    if value not in levels:
+        return f"expected one of {list(levels)}, got {value!r}"
+    if value != "word" and not study_config.generative:
+        return "sequence-level KD distils generated targets: for task: causal-lm or seq2seq"
+    return None
+
+
 # Every searchable parameter, once. Adding one: an entry here, a TrialConfig field, its use.
 # num_heads is not here: it is hidden_size / student.head_dim, so no invalid pair exists.
 SEARCHABLE: dict[str, Searchable] = {
@@ -393,6 +408,7 @@ SEARCHABLE: dict[str, Searchable] = {
                                     above_zero("intermediate sizes"), True),
     "init": Searchable("student.init", str, _student_init),
     "transfer_copies": Searchable("transfer.copies", int, not_negative("copy counts")),
+    "kd_level": Searchable("generation.kd_level", str, _kd_level),
 }
 
 
@@ -413,6 +429,7 @@ class TrialConfig:
     init: StudentInit
     student_source: str  # RESIZED_TEACHER, or a pre-trained checkpoint
     transfer_copies: int  # augmented copies of each training example distilled on
+    kd_level: KDLevel  # a generative student's: the data's targets or the teacher's outputs
     seed: int
 
 
@@ -445,6 +462,12 @@ def student_inits(study_config: StudyConfig) -> tuple[str, ...]:
     """The inits a trial of the study may ask for."""
     entry = study_config.search.get("init")
     return entry.choices if entry is not None else (study_config.student.init,)
+
+
+def kd_levels(study_config: StudyConfig) -> tuple[str, ...]:
+    """The KD levels a trial of the study may ask for."""
+    entry = study_config.search.get("kd_level")
+    return entry.choices if entry is not None else (study_config.generation.kd_level,)
 
 
 def matching_keys(study_config: StudyConfig) -> list[str]:

@@ -154,11 +154,28 @@ def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str],
             raise ValueError(f"max_length {max_length} leaves no room for a prompt")
         sequences.append(prompt + target)
         prompt_lengths.append(len(prompt))
+    return _split_of(sequences, torch.tensor(prompt_lengths, dtype=torch.int64),
+                     decoder_start_id)
+
+
+def with_targets(split: GenerativeSplit, targets: Sequence[Sequence[int]], eos_id: int,
+                 max_length: int) -> GenerativeSplit:
+    """``split``'s prompts, each followed by its new target (the teacher's generation, for
+    sequence-level KD) and eos, cut to ``max_length`` tokens as the data's targets are."""
+    sequences = []
+    for i, target in enumerate(targets):
+        prompt = split.sequence(i)[:int(split.prompt_lengths[i])].tolist()
+        room = max(0, max_length - len(prompt) - 1)
+        sequences.append(prompt + list(target)[:room] + [eos_id])
+    return _split_of(sequences, split.prompt_lengths.clone(), split.decoder_start_id)
+
+
+def _split_of(sequences: list[list[int]], prompt_lengths: torch.Tensor,
+              decoder_start_id: int | None) -> GenerativeSplit:
     lengths = torch.tensor([len(s) for s in sequences], dtype=torch.int64)
     return GenerativeSplit(torch.tensor([t for s in sequences for t in s], dtype=torch.int64),
                            torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]),
-                           torch.tensor(prompt_lengths, dtype=torch.int64),
-                           decoder_start_id=decoder_start_id)
+                           prompt_lengths, decoder_start_id=decoder_start_id)
 
 
 def target_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

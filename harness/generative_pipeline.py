@@ -44,7 +44,8 @@ def run_generative_trial(study_config: StudyConfig, trial_config: TrialConfig,
                           trial_config.hidden_size, study_config.student.head_dim,
                           trial_config.intermediate_size)
     distilled, student = distil_generative(
-        shared.pretrained_teacher, shared.top_k, shared.data, shape, trial_config.init,
+        shared.pretrained_teacher, shared.distill_on[trial_config.kd_level], shared.data,
+        shape, trial_config.init,
         GenerativeLoss(trial_config.alpha, trial_config.T, trial_config.T_s,
                        study_config.generation.reverse_kl),
         train_settings(pipeline, pipeline.baseline.epochs, pipeline.baseline.lr,

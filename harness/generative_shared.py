@@ -1,8 +1,10 @@
 """What every trial of a generative study shares (``task: causal-lm`` or ``seq2seq``), built
-once: the prompt/target data through the teacher's tokenizer, the teacher fine-tuned on the targets
-(artifact ``lm-teacher``), its top-k next-token log-probabilities at every training target
-token (artifact ``lm-top-k``: full distributions over the vocabulary would not fit), and its
-scores and generations on dev and test. Bad input fails here, before any training."""
+once: the prompt/target data through the teacher's tokenizer, the teacher fine-tuned on the
+targets (artifact ``lm-teacher``), its top-k next-token log-probabilities at every training
+target token (artifact ``lm-top-k``: full distributions over the vocabulary would not fit),
+for sequence-level KD its greedy outputs on the training prompts (``lm-pseudo-labels``) and
+its top-k at their tokens, and its scores and generations on dev and test. Bad input fails
+here, before any training."""
 
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrained
 from harness.artifacts import build_once
 from harness.budget import check_equal_budgets
 from harness.compute import ComputeCost, count_generated_token_flops, measure_compute
-from harness.config import StudyConfig
-from harness.generative import (GenerativeData, GenerativeScores, mean_prompt_length,
-                                score_generative, teacher_top_k, tokenize_examples)
+from harness.config import StudyConfig, kd_levels
+from harness.generative import (GenerativeData, GenerativeScores, GenerativeSplit,
+                                greedy_targets, mean_prompt_length, score_generative,
+                                teacher_top_k, tokenize_examples, with_targets)
 from harness.generative_trial import fine_tune_teacher
 from harness.models import (ModelError, check_teacher_source, hub_revision, load_tokenizer,
                             resolve_source, save_model, source_config, tokenizer_id)
@@ -49,7 +52,10 @@ class GenerativeShared:
     tokenizer: object
     pretrained_teacher: PreTrainedModel  # before fine-tuning, on CPU: what students copy
     teacher_key: str
-    top_k: TopK  # at every target token of the training split
+    # Per KD level the study uses: the training examples the distilled arm learns, with the
+    # teacher's top-k at each of their target tokens attached ("word": the data's targets;
+    # "sequence": the teacher's greedy outputs in their place).
+    distill_on: dict[str, GenerativeSplit]
     teacher_scores: dict[str, GenerativeScores]  # "dev", "test"
     teacher_generations: dict[str, list[list[int]]]  # greedy, per example
     teacher_cost: ComputeCost  # at a dev example of mean length (``example_cost``)
@@ -83,25 +89,47 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
     auto_class = GENERATIVE_TASKS[task][0]
     teacher = auto_class.from_pretrained(artifact.path / "model",
                                          use_safetensors=True).to(device).eval()
+    reused = {"teacher": artifact.reused}
     k = min(study_config.generation.top_k, len(tokenizer))
-    top = build_once(cache, "lm-top-k", {"teacher": artifact.key, "k": k}, lambda folder:
-                     save_file(teacher_top_k(teacher, data.train, k,
-                                             study_config.pipeline.eval_batch_size, device,
-                                             data.pad_id).tensors(),
-                               str(folder / "top_k.safetensors")))
+    distill_on = {level: _distillation_split(study_config, level, teacher, artifact.key, k,
+                                             data, device, cache, reused)
+                  for level in kd_levels(study_config)}
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     return GenerativeShared(
         task=task, texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
-        teacher_key=artifact.key,
-        top_k=TopK.from_tensors({name: value.clone() for name, value in
-                                 load_file(str(top.path / "top_k.safetensors")).items()}),
+        teacher_key=artifact.key, distill_on=distill_on,
         teacher_scores={name: GenerativeScores(**metrics[name]) for name in ("dev", "test")},
         teacher_generations={name: metrics[f"{name}_generations"] for name in ("dev", "test")},
         teacher_cost=example_cost(teacher, data, device),
         teacher_flops_per_token=count_generated_token_flops(
             teacher, mean_prompt_length(data.dev), device),
-        device=device, cache=cache,
-        reused={"teacher": artifact.reused, "top-k": top.reused})
+        device=device, cache=cache, reused=reused)
+
+
+def _distillation_split(study_config: StudyConfig, level: str, teacher: PreTrainedModel,
+                        teacher_key: str, k: int, data: GenerativeData, device: torch.device,
+                        cache: Path, reused: dict[str, bool]) -> GenerativeSplit:
+    """The training split of ``level`` with the teacher's top-k attached: for "sequence",
+    the teacher's greedy outputs on the training prompts first (artifact
+    ``lm-pseudo-labels``), then its top-k at their tokens."""
+    batch_size = study_config.pipeline.eval_batch_size
+    split, top_k_fields = data.train, {"teacher": teacher_key}
+    if level == "sequence":
+        labels = build_once(cache, "lm-pseudo-labels", {"teacher": teacher_key}, lambda folder:
+                            (folder / "generations.json").write_text(json.dumps(greedy_targets(
+                                teacher, data.train, batch_size, device, data.pad_id,
+                                data.eos_id, data.max_new_tokens))))
+        reused["pseudo-labels"] = labels.reused
+        generated = json.loads((labels.path / "generations.json").read_text())
+        split = with_targets(data.train, generated, data.eos_id, study_config.data.max_length)
+        top_k_fields["pseudo_labels"] = labels.key
+    top = build_once(cache, "lm-top-k", {**top_k_fields, "k": k}, lambda folder: save_file(
+        teacher_top_k(teacher, split, k, batch_size, device, data.pad_id).tensors(),
+        str(folder / "top_k.safetensors")))
+    reused[f"{level}-top-k"] = top.reused
+    return split.with_teacher(TopK.from_tensors(
+        {name: value.clone() for name, value in
+         load_file(str(top.path / "top_k.safetensors")).items()}))
 
 
 def load_generative_lm(source: str, key: str, task: str, seed: int,

@@ -3,8 +3,9 @@ its teacher's top-k cache (``harness.token_kd``), measured against its label-onl
 
     fine_tune_teacher(teacher, data, teacher_settings, device)
     top = teacher_top_k(teacher, data.train, k, ...)            # once per teacher and data
-    result, student = distil_generative(untrained_teacher, top, data, shape, init, loss,
-                                       baseline_settings, distill_settings, device)
+    result, student = distil_generative(untrained_teacher, data.train.with_teacher(top), data,
+                                        shape, init, loss, baseline_settings,
+                                        distill_settings, device)
 
 Both arms start from one student (built once: same init and seed), read the training
 examples in the same order for the same maximum steps (``harness.budget`` refuses phase
@@ -23,8 +24,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from harness.config import ModelShape
-from harness.generative import (GenerativeData, GenerativeScores, label_loss, score_generative,
-                                target_logits, teacher_forced)
+from harness.generative import (GenerativeData, GenerativeScores, GenerativeSplit, label_loss,
+                                score_generative, target_logits, teacher_forced)
 from harness.models import build_student
 from harness.token_kd import TopK, token_distillation_loss
 from harness.train import PhaseResult, StepLogger, TrainSettings, train_phase
@@ -72,16 +73,23 @@ def kd_loss(loss: GenerativeLoss, vocab_size: int):
     return loss_fn
 
 
-def distil_generative(pretrained: PreTrainedModel, top: TopK, data: GenerativeData,
-                     shape: ModelShape, init: str, loss: GenerativeLoss,
-                     baseline_settings: TrainSettings, distill_settings: TrainSettings,
-                     device: torch.device, eval_batch_size: int = 64,
-                     log_step: StepLogger | None = None) -> tuple[DistilledLM, PreTrainedModel]:
+def distil_generative(pretrained: PreTrainedModel, distill_on: GenerativeSplit,
+                      data: GenerativeData, shape: ModelShape, init: str, loss: GenerativeLoss,
+                      baseline_settings: TrainSettings, distill_settings: TrainSettings,
+                      device: torch.device, eval_batch_size: int = 64,
+                      log_step: StepLogger | None = None
+                      ) -> tuple[DistilledLM, PreTrainedModel]:
     """Distil a student of ``shape`` (``init`` from the teacher as loaded, ``pretrained``,
-    before its fine-tune) on the fine-tuned teacher's ``top``; returns the result and the
-    student (on ``device``; the baseline is left on the CPU)."""
+    before its fine-tune) on ``distill_on``, the training prompts with the fine-tuned
+    teacher's top-k attached at each target token (the data's targets, or the teacher's
+    outputs for sequence-level KD); the baseline learns the data's targets. Returns the
+    result and the student (on ``device``; the baseline is left on the CPU)."""
     if baseline_settings.seed != distill_settings.seed:
         raise ValueError("both arms train on one seed: the same init, dropout and data order")
+    if distill_on.teacher is None or not torch.equal(distill_on.prompt_lengths,
+                                                     data.train.prompt_lengths):
+        raise ValueError("the distilled arm reads the training prompts, with the teacher's "
+                         "top-k attached")
     auto_class = (AutoModelForSeq2SeqLM if pretrained.config.is_encoder_decoder
                   else AutoModelForCausalLM)
     student, used = build_student(pretrained, shape, init, distill_settings.seed,
@@ -90,12 +98,14 @@ def distil_generative(pretrained: PreTrainedModel, top: TopK, data: GenerativeDa
     arms = {}
     for name, model, split, loss_fn, settings in (
             ("baseline", baseline, data.train, label_loss, baseline_settings),
-            ("distill", student, data.train.with_teacher(top), kd_loss(loss, top.vocab_size),
+            ("distill", student, distill_on, kd_loss(loss, distill_on.teacher.vocab_size),
              distill_settings)):
         model.to(device)
+        # Batched by the data's lengths: the teacher's outputs, of other lengths, come in the
+        # baseline's batches, so both arms read the same prompts in the same order.
         phase = train_phase(name, model, split, loss_fn, settings, device, data.pad_id,
                             on_evaluation=_select_hook(model, data, eval_batch_size, device),
-                            log_step=log_step)
+                            log_step=log_step, order_by=data.train.lengths())
         scored = {scored_split: score_generative(
             model, getattr(data, scored_split), eval_batch_size, device, data.pad_id,
             data.eos_id, data.max_new_tokens) for scored_split in SCORED_SPLITS}

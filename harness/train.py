@@ -120,9 +120,12 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
                 extra_parameters: Sequence[torch.nn.Parameter] = (),
                 on_evaluation: EvaluationHook | None = None,
                 log_step: StepLogger | None = None,
-                views: BatchViews | None = None) -> PhaseResult:
+                views: BatchViews | None = None,
+                order_by: torch.Tensor | None = None) -> PhaseResult:
     """Train ``model`` for its budget of steps (``TrainSettings.total_steps``) over ``split``,
-    each batch as ``views`` makes it where given.
+    each batch as ``views`` makes it where given, batches grouped by ``order_by`` lengths
+    (default: the split's own; a split of other targets for the same inputs batched as the
+    original is reads the same examples in the same order).
 
     ``on_evaluation`` (the select evaluation) runs every ``eval_every`` steps, or after every
     epoch, and after the last step; without it there is nothing to stop on or keep."""
@@ -143,7 +146,7 @@ def train_phase(name: str, model: torch.nn.Module, split: TokenizedSplit, loss_f
     best = _Best()
     with tqdm(total=total_steps, desc=name, unit="step", leave=False, disable=None) as bar:
         while step < total_steps and not best.stale(settings.patience):
-            for indices in length_grouped_batches(split, settings.batch_size, order):
+            for indices in length_grouped_batches(split, settings.batch_size, order, order_by):
                 batch = split.batch(indices, pad_id)
                 if views is not None:
                     batch = views(batch, settings.seed, step)
@@ -213,16 +216,17 @@ def accuracy_on(model, split: TokenizedSplit, eval_batch_size: int, device: torc
                  split.labels).accuracy
 
 
-def length_grouped_batches(split: TokenizedSplit, batch_size: int,
-                           generator: torch.Generator) -> list[torch.Tensor]:
-    """Shuffled batches of examples of similar length (as transformers' group_by_length).
+def length_grouped_batches(split: TokenizedSplit, batch_size: int, generator: torch.Generator,
+                           lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Shuffled batches of examples of similar length (as transformers' group_by_length),
+    ``lengths`` where given, else the split's.
 
     Random batches are padded to their longest example, which on short-text data wastes
     about a third of the compute; sorting within shuffled windows of 50 batches keeps
     the order random while batches hold similar lengths.
     """
     window = batch_size * 50
-    lengths = split.lengths()
+    lengths = split.lengths() if lengths is None else lengths
     batches = []
     for chunk in torch.randperm(len(split), generator=generator).split(window):
         by_length = chunk[torch.argsort(lengths[chunk], descending=True, stable=True)]

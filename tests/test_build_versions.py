@@ -39,7 +39,8 @@ BUILD_ROOTS = {
     # A causal LM teacher: its examples tokenized, loaded, fine-tuned on the targets, scored.
     "lm-teacher": (generative.tokenize_examples, generative_shared.load_generative_lm,
                    generative_shared._build_teacher),
-    "lm-top-k": (generative.teacher_top_k,),
+    "lm-top-k": (generative.teacher_top_k, generative.with_targets),
+    "lm-pseudo-labels": (generative.greedy_targets,),
 }
 
 # (kind, build version) -> hash of the code its build runs. Recorded anew at the versions
@@ -74,15 +75,15 @@ RECORDED = {
     # re-recorded. The causal-LM teacher and its top-k cache are new kinds.
     ("data", 2): "61864af857e8a496",
     ("tokens", 3): "b362d3238cdd2554",
-    ("teacher", 4): "43166f49d19054d1",
-    ("baseline", 5): "599b29a17734494c",
+    ("teacher", 4): "bdd93c87261a148b",
+    ("baseline", 5): "cfca3521da4ee8f0",
     ("tokens", 2): "35bcfbdd153ba3a0",
     ("teacher", 3): "68879796765a2e96",
     ("baseline", 4): "8d4f2465b73cbcda",
     ("importance", 1): "62350f85253bb5a6",
     ("transfer", 1): "c8a76581b72efeeb",
     ("lm-teacher", 1): "008b81bcf457b74d",
-    ("lm-top-k", 1): "30839fbfb68552a8",
+    ("lm-top-k", 1): "54addd89a306517c",
     # Greedy generation pinned (a checkpoint's own generation config ignored), in the
     # training's precision, at most the longest training target: the teacher's scores and
     # generations change (lm-teacher 2). The top-k is taken on the device: the same numbers.
@@ -92,7 +93,12 @@ RECORDED = {
     # without a base-model attribute copies from its root), the decoder's inputs built for an
     # encoder-decoder; a classifier and a causal LM take the paths they took (baseline,
     # importance, lm-teacher and lm-top-k re-recorded; a seq2seq teacher has its own key).
-    ("lm-teacher", 2): "fc0aa6e954817f70",
+    # Sequence-level KD: a phase may group its batches by other lengths than its split's
+    # (none passed: its own, as before); the teacher's outputs as targets (with_targets)
+    # and their top-k key on the pseudo-labels (teacher, baseline, lm-teacher and lm-top-k
+    # re-recorded; lm-pseudo-labels new).
+    ("lm-teacher", 2): "eb8f32ec1e03489e",
+    ("lm-pseudo-labels", 1): "12bbfc256659ce96",
 }
 
 

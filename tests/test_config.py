@@ -86,7 +86,7 @@ def test_the_searchable_table_gives_every_trial_field_its_study_file_value():
     fixed = {"T": 2.5, "T_s": 3.5, "alpha": 0.25, "lr": 3e-4, "hidden_weight": 0.5,
              "attention_weight": 1.5, "num_layers": 5, "hidden_size": 96,
              "intermediate_size": 200, "init": "random", "student_source": "./small-bert",
-             "transfer_copies": 3}
+             "transfer_copies": 3, "kd_level": "word"}  # "sequence": generative studies
     assert set(fixed) == set(SEARCHABLE)
     raw: dict = {"seed": 7}
     for name, value in fixed.items():
@@ -97,6 +97,9 @@ def test_the_searchable_table_gives_every_trial_field_its_study_file_value():
     for name, value in fixed.items():
         assert isinstance(getattr(trial, name), SEARCHABLE[name].kind), name
     assert default_trial_config(config, T=9.0).T == 9.0
+    generative = study_config_from_dict({"task": "causal-lm",
+                                         "generation": {"kd_level": "sequence"}})
+    assert default_trial_config(generative).kd_level == "sequence"
 
 
 def test_the_teacher_fine_tune_has_its_own_optimiser_settings():

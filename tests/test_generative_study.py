@@ -38,7 +38,9 @@ STUDY = {
     "generation": {"top_k": 4},
     # At the teacher's width (head_dim 16: its 4 heads) students start from its layers.
     "search": {"num_layers": {"choices": [1, 2]}, "hidden_size": {"choices": [64]},
-               "alpha": {"low": 0.5, "high": 0.9}},
+               "alpha": {"low": 0.5, "high": 0.9},
+               # word-level KD on the data's targets, or on the teacher's greedy outputs
+               "kd_level": {"choices": ["word", "sequence"]}},
     "objectives": {"metrics": ["dev_accuracy", "flops_per_token"]},
     "sampler": {"name": "random"},
     "confirm": {"seeds": 1},
@@ -110,6 +112,8 @@ def test_a_generative_study_runs_confirms_and_saves_students_that_reproduce_it(
         one_layer = attrs["num_layers"] == 1  # else the teacher's size
         assert (attrs["flops_per_token"] < attrs["teacher_flops_per_token"]) == one_layer
         assert ("dev_bleu" in attrs) == (task == "seq2seq")
+    # The random sampler (seeded) draws both: sequence-level trials ran on the teacher's outputs.
+    assert {t.user_attrs["kd_level"] for t in complete} == {"word", "sequence"}
     assert max(t.user_attrs["teacher_dev_accuracy"] for t in complete) > 0.9
     assert max(t.user_attrs["dev_accuracy"] for t in complete) > 0.5
 
@@ -168,6 +172,10 @@ def test_bad_causal_lm_settings_are_refused_before_training(causal_study, capsys
                  "objectives.metrics=[dev_accuracy, flops_per_token]"]) == 2
     assert "flops_per_token is measured for task: causal-lm and seq2seq only" in \
         capsys.readouterr().err
+    # Sequence-level KD distils generated targets; a classifier has none.
+    assert main(["--study", str(SMOKE), "--set",
+                 "search.kd_level={choices: [word, sequence]}"]) == 2
+    assert "search.kd_level.choices[1]: sequence-level KD" in capsys.readouterr().err
     # A seq2seq study's teacher is an encoder-decoder.
     assert main(["--study", str(study_file), "--set", "task=seq2seq", "--n-trials", "1",
                  "--storage", f"journal:{tmp_path / 'refused.journal'}"]) == 2

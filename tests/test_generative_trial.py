@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import random
 
 import pytest
 import torch
@@ -13,10 +14,10 @@ import transformers
 
 from harness.config import ModelShape
 from harness.generative import (GenerativeData, greedy_targets, label_loss, score_generative,
-                                teacher_top_k, tokenize_examples)
+                                teacher_top_k, tokenize_examples, with_targets)
 from harness.generative_trial import GenerativeLoss, distil_generative, fine_tune_teacher
 from harness.models import build_student
-from harness.train import TrainSettings, train_phase
+from harness.train import TrainSettings, length_grouped_batches, train_phase
 
 from .generative_task import digit_tokenizer, reversal_examples, tiny_lm
 
@@ -50,8 +51,9 @@ def trained(tmp_path_factory):
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
     loss = GenerativeLoss(alpha=0.8, T=2.0, T_s=2.0)
     shape = ModelShape(num_layers=1, hidden_size=64, num_heads=4, intermediate_size=256)
-    result, student = distil_generative(untrained, top, data, shape, "teacher-layers", loss,
-                                       settings(4, seed=1), settings(4, seed=1), CPU)
+    result, student = distil_generative(untrained, data.train.with_teacher(top), data, shape,
+                                        "teacher-layers", loss, settings(4, seed=1),
+                                        settings(4, seed=1), CPU)
     return tokenizer, data, teacher, result, student
 
 
@@ -106,11 +108,53 @@ def test_with_alpha_zero_the_distilled_arm_is_its_baseline_exactly(trained):
     # order, steps and selection, the distilled arm must come out as its baseline, bit for bit.
     _, data, teacher, _, _ = trained
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=data.pad_id)
-    result, _ = distil_generative(tiny_lm("llama", 2, 64, 4, key_value_heads=2), top, data,
-                                 ModelShape(1, 64, 4, 256), "teacher-layers",
-                                 GenerativeLoss(alpha=0.0, T=2.0, T_s=2.0),
-                                 settings(2, seed=5), settings(2, seed=5), CPU)
+    result, _ = distil_generative(tiny_lm("llama", 2, 64, 4, key_value_heads=2),
+                                  data.train.with_teacher(top), data,
+                                  ModelShape(1, 64, 4, 256), "teacher-layers",
+                                  GenerativeLoss(alpha=0.0, T=2.0, T_s=2.0),
+                                  settings(2, seed=5), settings(2, seed=5), CPU)
     assert result.student.phase == dataclasses.replace(
         result.baseline.phase, wall_seconds=result.student.phase.wall_seconds)
     assert result.student.generations == result.baseline.generations
     assert result.student.scores == result.baseline.scores
+
+
+def test_the_teachers_outputs_replace_the_targets_and_come_in_the_baselines_batches(trained):
+    tokenizer, data, _, _, _ = trained
+    generator = random.Random(0)
+    # Outputs of other lengths than the targets: batches grouped by their own lengths differ.
+    outputs = [[generator.randrange(4, 14) for _ in range(generator.randrange(1, 7))]
+               for _ in range(len(data.train))]
+    outputs[0] = list(range(4, 14)) * 2  # longer than max_length leaves it room for
+    relabelled = with_targets(data.train, outputs, data.eos_id, max_length=16)
+    for i in range(len(data.train)):
+        prompt = data.train.sequence(i)[:int(data.train.prompt_lengths[i])].tolist()
+        room = 16 - len(prompt) - 1
+        assert relabelled.sequence(i).tolist() == prompt + outputs[i][:room] + [data.eos_id]
+    assert len(relabelled.sequence(0)) == 16
+    ours = length_grouped_batches(relabelled, 32, torch.Generator().manual_seed(3),
+                                  data.train.lengths())
+    baselines = length_grouped_batches(data.train, 32, torch.Generator().manual_seed(3))
+    own = length_grouped_batches(relabelled, 32, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(ours, baselines, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(own, baselines, strict=True))
+
+
+def test_sequence_level_kd_learns_the_teachers_outputs_not_the_data_targets(trained):
+    # A "teacher" whose outputs copy the prompt where the data reverses it: at alpha = 0 the
+    # distilled arm learns its outputs alone (pseudo-labels), the baseline the data's targets.
+    tokenizer, data, teacher, _, _ = trained
+    copies = [data.train.sequence(i)[:int(data.train.prompt_lengths[i]) - 1].tolist()
+              for i in range(len(data.train))]  # the digits before "="
+    relabelled = with_targets(data.train, copies, data.eos_id, max_length=16)
+    top = teacher_top_k(teacher, relabelled, k=4, batch_size=64, device=CPU, pad_id=0)
+    result, _ = distil_generative(tiny_lm("llama", 2, 64, 4, key_value_heads=2),
+                                  relabelled.with_teacher(top), data, ModelShape(1, 64, 4, 256),
+                                  "teacher-layers", GenerativeLoss(alpha=0.0, T=1.0, T_s=1.0),
+                                  settings(4, seed=1), settings(4, seed=1), CPU)
+    dev = data.dev
+    prompts = [dev.sequence(i)[:int(dev.prompt_lengths[i]) - 1].tolist() for i in range(len(dev))]
+    copied = sum(g == p for g, p in zip(result.student.generations["dev"], prompts)) / len(dev)
+    assert copied > 0.5 and result.student.scores["dev"].exact_match < 0.2
+    assert result.baseline.scores["dev"].exact_match > 0.5
+    assert result.student.phase.steps == result.baseline.phase.steps

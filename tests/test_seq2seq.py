@@ -140,9 +140,10 @@ def trained():
     teacher = copy.deepcopy(untrained)
     fine_tune_teacher(teacher, data, settings(12, seed=0), CPU)
     top = teacher_top_k(teacher, data.train, k=4, batch_size=64, device=CPU, pad_id=0)
-    result, student = distil_generative(untrained, top, data, ModelShape(1, 64, 4, 256),
-                                        "teacher-layers", GenerativeLoss(0.8, 2.0, 2.0),
-                                        settings(12, seed=1), settings(12, seed=1), CPU)
+    result, student = distil_generative(untrained, data.train.with_teacher(top), data,
+                                        ModelShape(1, 64, 4, 256), "teacher-layers",
+                                        GenerativeLoss(0.8, 2.0, 2.0), settings(12, seed=1),
+                                        settings(12, seed=1), CPU)
     return data, teacher, result, student
 
 

@@ -112,7 +112,9 @@ _ADDED_FIELDS = (
     ("data.group_column", None), ("data.select_fraction", 0.0),
     ("teacher.fine_tune", True), ("teacher.label_map", None), ("teacher.ensemble", 1),
     ("task", "classification"), ("data.prompt_column", "prompt"),
-    ("data.target_column", "target"), ("generation", dataclasses.asdict(GenerationConfig())),
+    ("data.target_column", "target"), ("generation.kd_level", "word"),
+    ("generation", {name: value for name, value in dataclasses.asdict(GenerationConfig()).items()
+                    if name != "kd_level"}),
 )
 
 
