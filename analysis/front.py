@@ -37,7 +37,7 @@ AXIS_LABELS = {"flops_per_example": "forward FLOPs per example",
                "train_flops": "training FLOPs (total)",
                "int8_latency_ms": "ONNX Runtime int8 latency, batch 1, 1 thread (ms)",
                "int8_bytes": "int8 ONNX file (bytes)",
-               "flops_per_token": "forward FLOPs per generated token (causal LM)"}
+               "flops_per_token": "forward FLOPs per generated token"}
 DEPLOYED_ACCURACY = "int8_dev_accuracy"
 ACCURACY = "dev_accuracy"
 #: The teacher's value on each compute axis (the teacher has no training-FLOPs figure).

@@ -14,7 +14,7 @@ Writes into ``--out`` (default ``runs/reports/<study-name>/``):
 
 and prints the front. ``--x`` is one of flops_per_example (default), params, latency_ms,
 train_flops, int8_latency_ms, int8_bytes (the last two where the study deployed its
-front: ``deploy.export``), flops_per_token (a causal-LM study's). ``--storage`` defaults
+front: ``deploy.export``), flops_per_token (a generative study's). ``--storage`` defaults
 to the journal file ``runs/optuna.journal``. Only complete trials are analysed; failed and pruned ones are counted.
 
 Exit status 2, with the reason on stderr and nothing written, for an unknown study (the

@@ -161,6 +161,13 @@ def _size(row) -> str:
     return size
 
 
+def _alpha(row) -> str:
+    """``"0.7"``; a generative student distilled on the teacher's outputs (``kd_level``)
+    says so: ``"0.7, sequence-level"``."""
+    alpha = number(_get(row, "alpha"))
+    return f"{alpha}, sequence-level" if row.get("kd_level") == "sequence" else alpha
+
+
 # ---- tables ------------------------------------------------------------------------------
 
 
@@ -176,7 +183,7 @@ def front_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     rows = [_teacher_cells(report) + ([""] * 2 if confirmed else [])] if report.teacher else []
     for _, row in report.front.iterrows():
         cells = [f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
-                 number(_get(row, "T_s")), number(_get(row, "alpha")),
+                 number(_get(row, "T_s")), _alpha(row),
                  number(_get(row, report.x)), times(_get(row, "speedup")),
                  _interval(row, "dev_accuracy"), percent(_get(row, "retention_dev")),
                  _budget_note(row, _interval(row, "kd_gain", points)),
@@ -235,7 +242,7 @@ def confirmed_rows(report: Report) -> tuple[list[str], list[list[str]]]:
                "on the single-run front"]
     single = set(report.front["trial"])
     rows = [[f"{_get(row, 'trial'):.0f}", _size(row), number(_get(row, "T")),
-             number(_get(row, "T_s")), number(_get(row, "alpha")),
+             number(_get(row, "T_s")), _alpha(row),
              number(_get(row, report.x)), f"{_get(row, 'seeds'):.0f}",
              _mean(row, "dev_accuracy") if row["confirmed"] else "unconfirmed",
              percent(_get(row, "dev_accuracy")), _budget_note(row, _mean(row, "kd_gain", points)),

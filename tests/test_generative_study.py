@@ -15,7 +15,9 @@ import torch
 import transformers
 import yaml
 
+from analysis.frame import study_frame
 from analysis.pareto import main as pareto_main
+from analysis.report import build_report, front_rows
 from harness.generative import bleu, exact_matches, greedy_targets, tokenize_examples
 from harness.generative_pipeline import GENERATIONS_FILE
 from harness.study import main
@@ -140,6 +142,12 @@ def test_a_generative_study_runs_confirms_and_saves_students_that_reproduce_it(
     front = pd.read_csv(out / "pareto.csv")
     assert set(front["trial"]) <= {t.number for t in complete}
     assert "flops_per_token" in front.columns
+    # The front table says which students learnt from the teacher's outputs.
+    report = build_report(study_frame(study), x="flops_per_token")
+    headers, rows = front_rows(report)
+    alphas = [row[headers.index("alpha")] for row in rows[1:]]  # the teacher's row first
+    assert ([alpha.endswith(", sequence-level") for alpha in alphas]
+            == [level == "sequence" for level in report.front["kd_level"]])
 
 
 def _dev_texts(config) -> tuple[tuple[str, ...], tuple[str, ...]]:
