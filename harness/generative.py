@@ -161,7 +161,8 @@ def tokenize_examples(tokenizer, prompts: Sequence[str], targets: Sequence[str],
 def with_targets(split: GenerativeSplit, targets: Sequence[Sequence[int]], eos_id: int,
                  max_length: int) -> GenerativeSplit:
     """``split``'s prompts, each followed by its new target (the teacher's generation, for
-    sequence-level KD) and eos, cut to ``max_length`` tokens as the data's targets are."""
+    sequence-level KD) and eos, the target cut where the example would pass ``max_length``
+    tokens (the prompt is kept whole: the baseline's example has it so)."""
     sequences = []
     for i, target in enumerate(targets):
         prompt = split.sequence(i)[:int(split.prompt_lengths[i])].tolist()

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrained
 from harness.artifacts import build_once
 from harness.budget import check_equal_budgets
 from harness.compute import ComputeCost, count_generated_token_flops, measure_compute
-from harness.config import StudyConfig, kd_levels
+from harness.config import StudyConfig, kd_levels, student_inits
 from harness.generative import (GenerativeData, GenerativeScores, GenerativeSplit,
                                 greedy_targets, mean_prompt_length, score_generative,
                                 teacher_top_k, tokenize_examples, with_targets)
@@ -76,7 +76,7 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
     task = study_config.task
     pretrained = load_generative_lm(config.source, "teacher.source", task, study_config.seed,
                                     revision, config.trust_remote_code)
-    start = pretrained.config.decoder_start_token_id if task == "seq2seq" else None
+    start = decoder_start(pretrained, study_config) if task == "seq2seq" else None
     splits = [tokenize_examples(tokenizer, texts.splits[name].prompts,
                                 texts.splits[name].targets, study_config.data.max_length, start)
               for name in ("train", "select", "dev", "test")]
@@ -115,7 +115,9 @@ def _distillation_split(study_config: StudyConfig, level: str, teacher: PreTrain
     batch_size = study_config.pipeline.eval_batch_size
     split, top_k_fields = data.train, {"teacher": teacher_key}
     if level == "sequence":
-        labels = build_once(cache, "lm-pseudo-labels", {"teacher": teacher_key}, lambda folder:
+        # Batched generation's numbers can depend on which prompts share a batch.
+        fields = {"teacher": teacher_key, "batch_size": batch_size}
+        labels = build_once(cache, "lm-pseudo-labels", fields, lambda folder:
                             (folder / "generations.json").write_text(json.dumps(greedy_targets(
                                 teacher, data.train, batch_size, device, data.pad_id,
                                 data.eos_id, data.max_new_tokens))))
@@ -149,6 +151,24 @@ def load_generative_lm(source: str, key: str, task: str, seed: int,
     except Exception as error:
         raise ModelError(f"{key}: cannot load {source!r} as a {task} model "
                          f"({type(error).__name__}: {str(error)[:300]})") from error
+
+
+def decoder_start(model: PreTrainedModel, study_config: StudyConfig) -> int:
+    """An encoder-decoder teacher's decoder start token, once its students are known to be
+    buildable from it."""
+    config = model.config
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        raise ModelError("teacher.source: the encoder-decoder's config names no "
+                         "decoder_start_token_id, the first token its decoder reads")
+    if ("teacher-layers" in student_inits(study_config)
+            and config.d_kv * config.num_heads != config.d_model):
+        # Students have hidden_size / student.head_dim heads of head_dim each.
+        raise ModelError(f"student.init: teacher-layers needs the teacher's heads to split "
+                         f"its width; its {config.num_heads} heads of {config.d_kv} do not "
+                         f"make d_model {config.d_model} (as in t5-v1_1-small, "
+                         "flan-t5-small); use student.init: random")
+    return start
 
 
 def example_cost(model: PreTrainedModel, data: GenerativeData, device: torch.device,

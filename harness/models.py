@@ -450,13 +450,14 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
     (``harness.pruning``); an encoder-decoder takes both stacks' layers so. A classification
     head is the student's own, seeded; a language model's output layer
     (``auto_class=AutoModelForCausalLM`` or ``AutoModelForSeq2SeqLM``) is the teacher's, as
-    DistilGPT-2's was: tied to the copied embeddings, or, where the family unties it, copied
-    at the teacher's width (``teacher-layers``; pruned, it stays the student's own).
-    Trials pass the teacher as loaded, before fine-tuning, so a label-only baseline carries
-    no fine-tuned knowledge.
+    DistilGPT-2's was: tied to the copied embeddings, or, where the teacher's is untied,
+    untied and copied at the teacher's width (``teacher-layers``; pruned, it stays the
+    student's own). Trials pass the teacher as loaded, before fine-tuning, so a label-only
+    baseline carries no fine-tuned knowledge.
     """
     torch.manual_seed(seed)
     student = auto_class.from_config(resized_config(teacher.config, shape))
+    _untie_as_teacher(teacher, student)
     used = student_init(teacher.config, shape, init)
     if used == "teacher-pruned" and importance is None:
         raise ValueError("a teacher-pruned student needs the teacher's importance scores")
@@ -471,6 +472,20 @@ def build_student(teacher: PreTrainedModel, shape: ModelShape, init: str, seed: 
         if output.weight is not student.get_input_embeddings().weight:
             output.load_state_dict(teachers.state_dict())
     return student, used
+
+
+def _untie_as_teacher(teacher: PreTrainedModel, student: PreTrainedModel) -> None:
+    """A student with its own output layer where the teacher has one. transformers 5 ties
+    T5's output layer to its embeddings in every model built from a config, yet loads a
+    checkpoint whose two differ (T5 v1.1, Flan-T5) untied: a student built tied would have
+    another layout than its teacher, and copying both tensors into its one would leave its
+    embeddings the teacher's output layer. (Saved untied, it reloads untied.)"""
+    output, teachers = student.get_output_embeddings(), teacher.get_output_embeddings()
+    if output is None or teachers is None:
+        return  # a classifier
+    tied = output.weight is student.get_input_embeddings().weight
+    if tied and teachers.weight is not teacher.get_input_embeddings().weight:
+        output.weight = torch.nn.Parameter(output.weight.detach().clone())
 
 
 def teacher_layer_counts(model_config) -> dict[str, int]:

@@ -93,8 +93,9 @@ def copy_teacher_weights(teacher, student, family, chosen_layers: dict[str, list
     ``importance`` every tensor is copied whole (teacher-layers: the widths must match); with
     it, sliced to the kept heads and neurons of each layer and the kept channels everywhere
     (teacher-pruned). With grouped-query attention whole groups are kept: the key-value
-    heads whose ``group`` query heads score highest together, with all of them. The task
-    head (outside the base model) stays the student's own."""
+    heads whose ``group`` query heads score highest together, with all of them. A task head
+    outside the base model (a classifier's, a causal LM's output layer) stays the student's
+    own; a model that is its own base (T5's generator) has its output layer copied too."""
     hidden = teacher.config.hidden_size
     head_width = hidden // teacher.config.num_attention_heads
     student_config = student.config

@@ -16,8 +16,10 @@ from harness.config import ModelShape
 from harness.generative import (IGNORE, GenerativeData, bleu, greedy_targets, score_generative,
                                 target_logits, teacher_top_k, tokenize_examples)
 from harness.generative_trial import GenerativeLoss, distil_generative, fine_tune_teacher
-from harness.models import build_student
+from harness.generative_shared import decoder_start
+from harness.models import ModelError, build_student
 from harness.study import main
+from harness.study_file import study_config_from_dict
 
 from .conftest import SMOKE
 from .generative_task import digit_tokenizer, reversal_examples, tiny_t5
@@ -78,8 +80,11 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time_and_an_argmax_loo
         assert generated == (written[:written.index(1)] if 1 in written else written)
 
 
-def test_a_t5_student_takes_every_kth_block_of_both_stacks_and_the_output_layer():
+def test_a_t5_student_takes_every_kth_block_of_both_stacks_and_the_output_layer(tmp_path):
     teacher = tiny_t5(4, 32, 2, seed=1)
+    # A T5 v1.1 / Flan-T5 checkpoint loads with its own output layer; transformers 5 ties the
+    # one of any model built from a config.
+    teacher.lm_head.weight = torch.nn.Parameter(torch.randn_like(teacher.lm_head.weight))
     student, used = build_student(teacher, ModelShape(2, 32, 2, 128), "teacher-layers", seed=0,
                                   auto_class=transformers.AutoModelForSeq2SeqLM)
     assert used == "teacher-layers"
@@ -93,8 +98,13 @@ def test_a_t5_student_takes_every_kth_block_of_both_stacks_and_the_output_layer(
                 source = f"{stack}{[0, 2][int(index)]}.{rest}"
         assert torch.equal(value, theirs[source]), name
     assert "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight" in ours
-    # transformers 5 ties T5's output layer to its embeddings whatever the config says.
-    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    assert student.lm_head.weight is not student.shared.weight  # untied, as its teacher
+    student.save_pretrained(tmp_path)
+    again = transformers.AutoModelForSeq2SeqLM.from_pretrained(tmp_path)
+    assert all(torch.equal(value, again.state_dict()[name]) for name, value in ours.items())
+    tied, _ = build_student(tiny_t5(4, 32, 2), ModelShape(2, 32, 2, 128), "random", seed=0,
+                            auto_class=transformers.AutoModelForSeq2SeqLM)
+    assert tied.lm_head.weight is tied.shared.weight  # a tied teacher's student is tied
     # A decoder shallower than the student's depth has no layers to give it.
     shallow = tiny_t5(4, 32, 2)
     shallow.config.num_decoder_layers = 1
@@ -172,3 +182,17 @@ def test_a_t5_teacher_is_refused_for_a_classification_study_before_training(tmp_
                  "--storage", f"journal:{journal}"]) == 2
     assert "is an encoder-decoder, for task: seq2seq" in capsys.readouterr().err
     assert not journal.exists()
+
+
+def test_a_t5_teacher_whose_heads_do_not_split_its_width_cannot_give_students_its_layers():
+    narrow = tiny_t5(1, 32, 2)  # d_kv 16
+    narrow.config.d_kv = 8  # 2 heads of 8 in a width of 32, as flan-t5-small's 6 of 64 in 512
+    layers = study_config_from_dict({"task": "seq2seq", "student": {"init": "teacher-layers"}})
+    with pytest.raises(ModelError, match="student.init: teacher-layers needs"):
+        decoder_start(narrow, layers)
+    assert decoder_start(narrow, study_config_from_dict(
+        {"task": "seq2seq", "student": {"init": "random"}})) == START
+    assert decoder_start(tiny_t5(1, 32, 2), layers) == START
+    narrow.config.decoder_start_token_id = None
+    with pytest.raises(ModelError, match="decoder_start_token_id"):
+        decoder_start(narrow, layers)
