@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from harness.artifacts import build_once
 from harness.budget import check_equal_budgets
@@ -27,8 +27,9 @@ from harness.generative import (GenerativeData, GenerativeScores, GenerativeSpli
                                 greedy_targets, mean_prompt_length, score_generative,
                                 teacher_top_k, tokenize_examples, with_targets)
 from harness.generative_trial import fine_tune_teacher
-from harness.models import (ModelError, check_teacher_source, hub_revision, load_tokenizer,
-                            resolve_source, save_model, source_config, tokenizer_id)
+from harness.models import (ModelError, check_teacher_source, hub_revision,
+                            language_model_class, load_tokenizer, resolve_source, save_model,
+                            source_config, tokenizer_id)
 from harness.prompt_data import PromptTargetData, load_prompt_target_data
 from harness.shared import teacher_fields
 from harness.token_kd import TopK
@@ -36,17 +37,13 @@ from harness.train import precision, train_settings
 
 log = logging.getLogger(__name__)
 
-# Per generative task: the auto class its teacher and students load with, and the families
-# of harness.models.FAMILIES it builds students from.
-GENERATIVE_TASKS = {
-    "causal-lm": (AutoModelForCausalLM, ("gpt2", "llama", "qwen2", "mistral")),
-    "seq2seq": (AutoModelForSeq2SeqLM, ("t5",)),
-}
+# Per generative task, the families of harness.models.FAMILIES it builds students from.
+TASK_FAMILIES = {"causal-lm": ("gpt2", "llama", "qwen2", "mistral"), "seq2seq": ("t5",)}
 
 
 @dataclass(frozen=True)
 class GenerativeShared:
-    task: str  # a key of GENERATIVE_TASKS
+    task: str  # a key of TASK_FAMILIES
     texts: PromptTargetData
     data: GenerativeData  # tokenized through the teacher's tokenizer
     tokenizer: object
@@ -86,14 +83,15 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
     artifact = build_once(cache, "lm-teacher", fields, lambda folder: _build_teacher(
         study_config, pretrained, tokenizer, data, device, folder))
     log.info("teacher %s: %s", artifact.key, "reused" if artifact.reused else "built")
-    auto_class = GENERATIVE_TASKS[task][0]
-    teacher = auto_class.from_pretrained(artifact.path / "model",
-                                         use_safetensors=True).to(device).eval()
+    teacher = language_model_class(pretrained.config).from_pretrained(
+        artifact.path / "model", use_safetensors=True).to(device).eval()
     reused = {"teacher": artifact.reused}
     k = min(study_config.generation.top_k, len(tokenizer))
-    distill_on = {level: _distillation_split(study_config, level, teacher, artifact.key, k,
-                                             data, device, cache, reused)
-                  for level in kd_levels(study_config)}
+    distill_on = {}
+    for level in kd_levels(study_config):
+        distill_on[level], built = _distillation_split(study_config, level, teacher,
+                                                       artifact.key, k, data, device, cache)
+        reused.update(built)
     metrics = json.loads((artifact.path / "metrics.json").read_text())
     return GenerativeShared(
         task=task, texts=texts, data=data, tokenizer=tokenizer, pretrained_teacher=pretrained,
@@ -108,10 +106,11 @@ def prepare_generative_shared(study_config: StudyConfig, device: torch.device,
 
 def _distillation_split(study_config: StudyConfig, level: str, teacher: PreTrainedModel,
                         teacher_key: str, k: int, data: GenerativeData, device: torch.device,
-                        cache: Path, reused: dict[str, bool]) -> GenerativeSplit:
-    """The training split of ``level`` with the teacher's top-k attached: for "sequence",
-    the teacher's greedy outputs on the training prompts first (artifact
-    ``lm-pseudo-labels``), then its top-k at their tokens."""
+                        cache: Path) -> tuple[GenerativeSplit, dict[str, bool]]:
+    """The training split of ``level`` with the teacher's top-k attached (for "sequence",
+    the teacher's greedy outputs on the training prompts first, artifact
+    ``lm-pseudo-labels``, then its top-k at their tokens), and which artifacts were reused."""
+    reused = {}
     batch_size = study_config.pipeline.eval_batch_size
     split, top_k_fields = data.train, {"teacher": teacher_key}
     if level == "sequence":
@@ -131,21 +130,21 @@ def _distillation_split(study_config: StudyConfig, level: str, teacher: PreTrain
     reused[f"{level}-top-k"] = top.reused
     return split.with_teacher(TopK.from_tensors(
         {name: value.clone() for name, value in
-         load_file(str(top.path / "top_k.safetensors")).items()}))
+         load_file(str(top.path / "top_k.safetensors")).items()})), reused
 
 
 def load_generative_lm(source: str, key: str, task: str, seed: int,
                        revision: str | None = None,
                        trust_remote_code: bool = False) -> PreTrainedModel:
     """A checkpoint of a family ``task`` builds students from, with its LM head."""
-    auto_class, families = GENERATIVE_TASKS[task]
-    model_type = source_config(source, key, trust_remote_code, task).model_type
-    if model_type not in families:
+    families = TASK_FAMILIES[task]
+    model_config = source_config(source, key, trust_remote_code, task)
+    if model_config.model_type not in families:
         raise ModelError(f"{key}: task: {task} needs a model of the families {list(families)}; "
-                         f"got {model_type!r}")
+                         f"got {model_config.model_type!r}")
     try:
         torch.manual_seed(seed)
-        return auto_class.from_pretrained(
+        return language_model_class(model_config).from_pretrained(
             resolve_source(source, key), revision=revision, use_safetensors=True,
             trust_remote_code=trust_remote_code)
     except Exception as error:

@@ -21,12 +21,12 @@ import copy
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from harness.config import ModelShape
 from harness.generative import (GenerativeData, GenerativeScores, GenerativeSplit, label_loss,
                                 score_generative, target_logits, teacher_forced)
-from harness.models import build_student
+from harness.models import build_student, language_model_class
 from harness.token_kd import TopK, token_distillation_loss
 from harness.train import PhaseResult, StepLogger, TrainSettings, train_phase
 
@@ -90,10 +90,8 @@ def distil_generative(pretrained: PreTrainedModel, distill_on: GenerativeSplit,
                                                      data.train.prompt_lengths):
         raise ValueError("the distilled arm reads the training prompts, with the teacher's "
                          "top-k attached")
-    auto_class = (AutoModelForSeq2SeqLM if pretrained.config.is_encoder_decoder
-                  else AutoModelForCausalLM)
     student, used = build_student(pretrained, shape, init, distill_settings.seed,
-                                  auto_class=auto_class)
+                                  auto_class=language_model_class(pretrained.config))
     baseline = copy.deepcopy(student)
     arms = {}
     for name, model, split, loss_fn, settings in (

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer,
-                          BertConfig, PreTrainedModel)
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM,
+                          AutoModelForSequenceClassification, AutoTokenizer, BertConfig,
+                          PreTrainedModel)
 
 from harness.config import ModelShape, TeacherConfig
 from harness.losses import teacher_blocks
@@ -501,6 +502,12 @@ def teacher_layer_choice(num_student_layers: int, num_teacher_layers: int) -> li
     """The first layer of each of the student's ``losses.teacher_blocks`` (matching targets
     the last): 2 of 6 -> [0, 3], 3 of 6 -> [0, 2, 4]."""
     return [block[0] for block in teacher_blocks(num_student_layers, num_teacher_layers)]
+
+
+def language_model_class(model_config):
+    """The auto class a generative model of ``model_config`` loads and is built with."""
+    return (AutoModelForSeq2SeqLM if model_config.is_encoder_decoder
+            else AutoModelForCausalLM)
 
 
 def save_model(model: PreTrainedModel, tokenizer, folder: Path) -> None:

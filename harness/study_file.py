@@ -309,8 +309,7 @@ def _check_generative(config: StudyConfig) -> None:
     for metric in metrics:
         if metric not in ("dev_accuracy", *GENERATIVE_OBJECTIVES):
             raise ConfigError(f"objectives: {metric!r} is not measured for task: {config.task}; "
-                              f"expected "
-                              f"dev_accuracy (the exact match) first, then some of "
+                              f"expected dev_accuracy (the exact match) first, then some of "
                               f"{list(GENERATIVE_OBJECTIVES)}")
     if config.data.select_fraction == 0:
         raise ConfigError("data.select_fraction: a generative study chooses checkpoints on a "
